@@ -1,0 +1,53 @@
+# `make run` and `make test` each work as the first command on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Reinstall only when the dependency list changes.
+STAMP := $(VENV)/.installed
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: run test lint compile s3 bench images sample-data clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# The demo: a local KFP run against a local S3 server, on the sample data.
+run: $(STAMP)
+	$(BIN)/python examples/demo.py
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src components pipelines tests bench examples
+	$(BIN)/ruff format --check src components pipelines tests bench examples
+
+# Rewrites the compiled pipeline YAML in pipelines/.
+compile: $(STAMP)
+	$(BIN)/finetuner compile --output-dir pipelines
+
+# A local S3 server in the foreground (Ctrl-C stops it).
+s3: $(STAMP)
+	$(BIN)/finetuner s3-server --data-dir .s3data
+
+bench: $(STAMP)
+	$(BIN)/python bench/train_throughput.py
+
+# Regenerates examples/wordnet_pairs.csv from Debian's WordNet.
+sample-data:
+	test -d /usr/share/wordnet || (apt-get update && apt-get install -y wordnet-base)
+	$(PYTHON) examples/make_wordnet_pairs.py --out examples/wordnet_pairs.csv
+
+images:
+	@tool=$$(command -v docker || command -v podman) || { echo "neither docker nor podman is installed"; exit 1; }; \
+	$$tool build -f images/Dockerfile -t finetuner:0.1.0 .
+
+clean:
+	rm -rf $(VENV) .s3data .local-pipeline-root runs

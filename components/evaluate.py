@@ -1,0 +1,25 @@
+from finetuner.components import IMAGE
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def evaluate(
+    model_spec: dict,
+    model: Input[Model],
+    eval_dataset: Input[Dataset],
+    k: int,
+    metrics: Output[Metrics],
+    report: Output[HTML],
+) -> dict:
+    """Retrieval metrics@k of the pretrained and the fine-tuned model, for the UI and export."""
+    from pathlib import Path
+
+    from finetuner import steps
+
+    result = steps.evaluate(model_spec, model.path, eval_dataset.path, k)
+    for stage in ("before", "after"):
+        for name, value in result[stage].items():
+            metrics.log_metric(f"{stage}/{name}", value)
+    Path(report.path).write_text(steps.evaluation_html(result))
+    return result

@@ -1,0 +1,27 @@
+from finetuner.components import IMAGE
+from kfp import dsl
+from kfp.dsl import Dataset, Markdown, Output
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def preprocess(
+    train_data: str,
+    eval_data: str,
+    val_split: float,
+    seed: int,
+    train_dataset: Output[Dataset],
+    eval_dataset: Output[Dataset],
+    data_report: Output[Markdown],
+) -> dict:
+    """Read and validate the pairs (s3:// or local), split them and write Parquet."""
+    from finetuner import steps
+
+    return steps.preprocess(
+        train_data,
+        eval_data,
+        val_split,
+        seed,
+        train_dataset.path,
+        eval_dataset.path,
+        data_report.path,
+    )

@@ -1,0 +1,32 @@
+from finetuner.components import GPU_IMAGE
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+def train(
+    model_spec: dict,
+    train_dataset: Input[Dataset],
+    loss: str,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    model: Output[Model],
+    train_metrics: Output[Metrics],
+):
+    """Fine-tune the backbone on the training pairs (CUDA with bf16 when a GPU is present)."""
+    from finetuner import steps
+
+    result = steps.train(
+        model_spec,
+        train_dataset.path,
+        model.path,
+        loss,
+        epochs,
+        batch_size,
+        learning_rate,
+        seed,
+    )
+    for name in ("steps", "samples_per_second", "final_loss"):
+        train_metrics.log_metric(name, result[name])

@@ -1,0 +1,80 @@
+"""The `finetune` pipeline: catalogue-lookup -> preprocess -> train -> evaluate -> export."""
+
+from finetuner.components.catalogue_lookup import catalogue_lookup
+from finetuner.components.evaluate import evaluate
+from finetuner.components.export import export
+from finetuner.components.preprocess import preprocess
+from finetuner.components.train import train
+from kfp import dsl
+
+
+@dsl.pipeline(
+    name="finetune",
+    description="Fine-tune an embedding model from the catalogue on (query, document) pairs.",
+)
+def finetune(
+    train_data: str,
+    output_uri: str,
+    model: str = "minilm-l6-en",
+    eval_data: str = "",
+    val_split: float = 0.2,
+    loss: str = "MultipleNegativesRankingLoss",
+    epochs: int = 1,
+    batch_size: int = 32,
+    learning_rate: float = 5e-5,
+    pooler: str = "mean",
+    pooler_p: float = 3.0,
+    pooler_eps: float = 1e-6,
+    max_length: int = 128,
+    eval_k: int = 10,
+    seed: int = 42,
+):
+    """Fine-tune an embedding model from the catalogue on (query, document) pairs.
+
+    Args:
+        train_data: CSV of query,document pairs: an s3:// URI or a path.
+        output_uri: Where the model is exported (s3://bucket/prefix/ or a folder).
+        model: Catalogue name of the backbone (see `finetuner describe-models`).
+        eval_data: CSV of held-out pairs; empty to hold out val_split of train_data.
+        val_split: Fraction of the queries held out for evaluation when eval_data is empty.
+        loss: Training loss: MultipleNegativesRankingLoss or TripletMarginLoss.
+        epochs: Passes over the training pairs.
+        batch_size: Pairs per step; the other pairs of a batch are the negatives.
+        learning_rate: Peak AdamW learning rate, reached after a linear warm-up.
+        pooler: How token embeddings become one vector: mean, cls, max or GeM.
+        pooler_p: GeM's exponent p (1 is mean pooling); used when pooler is GeM.
+        pooler_eps: GeM's eps, the floor of |x| before the power.
+        max_length: Tokens kept of each text.
+        eval_k: The cut-off k of the retrieval metrics (ndcg@k, mrr@k, ...).
+        seed: Seed of the split, shuffling and initialisation.
+    """
+    lookup = catalogue_lookup(
+        model=model,
+        pooler=pooler,
+        pooler_p=pooler_p,
+        pooler_eps=pooler_eps,
+        max_length=max_length,
+        loss=loss,
+    )
+    data = preprocess(train_data=train_data, eval_data=eval_data, val_split=val_split, seed=seed)
+    data.after(lookup)
+    trained = train(
+        model_spec=lookup.output,
+        train_dataset=data.outputs["train_dataset"],
+        loss=loss,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+    )
+    trained.set_caching_options(False)
+    evaluated = evaluate(
+        model_spec=lookup.output,
+        model=trained.outputs["model"],
+        eval_dataset=data.outputs["eval_dataset"],
+        k=eval_k,
+    )
+    exported = export(
+        model=trained.outputs["model"], metrics=evaluated.outputs["Output"], output_uri=output_uri
+    )
+    exported.set_caching_options(False)

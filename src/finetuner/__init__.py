@@ -1,0 +1,25 @@
+"""Fine-tune embedding models for search on your own infrastructure.
+
+The Python API follows Jina AI's Finetuner: `describe_models`, `fit`, `get_model` and
+`encode`. Attributes load lazily, so `import finetuner` stays fast.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_API = {
+    "describe_models": "finetuner.catalogue",
+    "fit": "finetuner.run",
+    "Run": "finetuner.run",
+    "get_model": "finetuner.inference",
+    "encode": "finetuner.inference",
+    "FinetunerError": "finetuner.errors",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(import_module(_API[name]), name)
+    raise AttributeError(f"module 'finetuner' has no attribute {name!r}")

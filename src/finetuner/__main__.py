@@ -1,0 +1,5 @@
+import sys
+
+from finetuner.cli import main
+
+sys.exit(main())

@@ -1,0 +1,160 @@
+"""The `finetuner` command line. Heavy libraries are imported only by the commands that
+need them, so `--help` and `describe-models` answer at once."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from finetuner.errors import FinetunerError
+
+
+def describe_models_command(args) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from finetuner.catalogue import describe_models
+
+    table = Table(title="Finetuner backbones")
+    for column in ("name", "task", "output_dim", "architecture", "description"):
+        table.add_column(column, overflow="fold")
+    for entry in describe_models(args.task):
+        table.add_row(
+            entry.name, entry.task, str(entry.output_dim), entry.architecture, entry.description
+        )
+    Console().print(table)
+
+
+def metrics_table(metrics: dict):
+    from rich.table import Table
+
+    table = Table(title="Retrieval on the evaluation data")
+    for column in ("metric", "pretrained", "fine-tuned", "change"):
+        table.add_column(column, justify="right" if column != "metric" else "left")
+    from finetuner.metrics import METRICS
+
+    # Metrics come back from KFP in no particular order; show them in the usual one.
+    for name in sorted(metrics["after"], key=lambda n: METRICS.index(n.split("@")[0])):
+        before, after = metrics["before"][name], metrics["after"][name]
+        table.add_row(name, f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}")
+    return table
+
+
+def run_command(args) -> None:
+    from rich.console import Console
+
+    from finetuner.run import run_pipeline
+
+    params = {
+        "model": args.model,
+        "train_data": args.train_data,
+        "eval_data": args.eval_data,
+        "val_split": args.val_split,
+        "loss": args.loss,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "pooler": args.pooler,
+        "pooler_p": args.pooler_p,
+        "pooler_eps": args.pooler_eps,
+        "max_length": args.max_length,
+        "eval_k": args.eval_k,
+        "seed": args.seed,
+        "output_uri": args.output,
+    }
+    run = run_pipeline(params, pipeline_root=args.pipeline_root)
+    if args.summary_json:
+        summary = {k: run.summary[k] for k in ("metrics", "artifacts")}
+        with open(args.summary_json, "w") as f:
+            json.dump(summary, f, indent=2)
+    console = Console(stderr=False)
+    console.print(metrics_table(run.metrics()))
+    for name, uri in run.summary["artifacts"].items():
+        console.print(f"{name:>9}: {uri}")
+
+
+def compile_command(args) -> None:
+    from finetuner.compile import compile_pipelines
+
+    for path in compile_pipelines(args.output_dir):
+        print(f"wrote {path}")
+
+
+def s3_server_command(args) -> None:
+    from finetuner import s3server
+
+    code = s3server.main(args.rest)
+    if code:
+        raise SystemExit(code)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from finetuner.run import DEFAULTS
+
+    parser = argparse.ArgumentParser(
+        prog="finetuner",
+        description="Fine-tune embedding models for search, as a Kubeflow pipeline.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("describe-models", help="list the backbones of the catalogue")
+    p.add_argument("--task", help="only the models of this task, e.g. text-to-text")
+    p.set_defaults(func=describe_models_command)
+
+    d = DEFAULTS
+    p = sub.add_parser(
+        "run",
+        help="run the finetune pipeline on this machine (kfp.local)",
+        description="Run the finetune pipeline locally with kfp.local: catalogue-lookup, "
+        "preprocess, train, evaluate and export. URIs may be s3:// (endpoint and "
+        "credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or paths.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", default=d["model"], help="catalogue name of the backbone")
+    p.add_argument("--train-data", required=True, help="CSV of query,document pairs")
+    p.add_argument("--eval-data", default="", help="CSV of held-out pairs (default: split)")
+    p.add_argument("--val-split", type=float, default=d["val_split"], help="held-out fraction")
+    p.add_argument(
+        "--loss", default=d["loss"], help="MultipleNegativesRankingLoss or TripletMarginLoss"
+    )
+    p.add_argument("--epochs", type=int, default=d["epochs"])
+    p.add_argument("--batch-size", type=int, default=d["batch_size"])
+    p.add_argument("--learning-rate", type=float, default=d["learning_rate"])
+    p.add_argument("--pooler", default=d["pooler"], help="mean, cls, max or GeM")
+    p.add_argument("--pooler-p", type=float, default=d["pooler_p"], help="GeM's p")
+    p.add_argument("--pooler-eps", type=float, default=d["pooler_eps"], help="GeM's eps")
+    p.add_argument("--max-length", type=int, default=d["max_length"], help="tokens per text")
+    p.add_argument("--eval-k", type=int, default=d["eval_k"], help="cut-off of the metrics")
+    p.add_argument("--seed", type=int, default=d["seed"])
+    p.add_argument("--output", help="export location (default: runs/<model>-<time>)")
+    p.add_argument("--summary-json", help="write metrics and artifact URIs to this file")
+    p.add_argument("--pipeline-root", help="keep the step artifacts here (default: temporary)")
+    p.set_defaults(func=run_command)
+
+    p = sub.add_parser("compile", help="compile the pipelines to KFP IR YAML")
+    p.add_argument("--output-dir", default="pipelines", help="where the YAML goes")
+    p.set_defaults(func=compile_command)
+
+    p = sub.add_parser(
+        "s3-server", help="run a local S3 server (SeaweedFS) on loopback", add_help=False
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=s3_server_command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except FinetunerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

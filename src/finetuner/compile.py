@@ -1,0 +1,57 @@
+"""Compile the pipelines to KFP IR YAML, with the UI's dropdown choices added."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+PIPELINES = {"finetune": "finetuner.pipelines.finetune:finetune"}
+
+
+def choices() -> dict[str, list[str]]:
+    """Parameters that the KFP UI shows as dropdowns, and their valid values."""
+    from finetuner.catalogue import CATALOGUE, POOLERS
+    from finetuner.losses import LOSSES
+
+    return {
+        "model": [entry.name for entry in CATALOGUE],
+        "pooler": list(POOLERS),
+        "loss": list(LOSSES),
+    }
+
+
+def add_literals(spec: dict) -> dict:
+    """Set `literals` on the root parameters with fixed choices.
+
+    The UI renders these as dropdowns; the SDK cannot emit them yet, so they are added
+    after compiling. catalogue-lookup still validates every value.
+    """
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    for name, values in choices().items():
+        if name in parameters:
+            parameters[name]["literals"] = values
+    return spec
+
+
+def compile_pipeline(func, path: Path) -> Path:
+    from kfp import compiler
+
+    compiler.Compiler().compile(func, str(path))
+    header = "".join(line for line in path.read_text().splitlines(True) if line.startswith("#"))
+    spec = add_literals(yaml.safe_load(path.read_text()))
+    path.write_text(header + yaml.safe_dump(spec, sort_keys=True))
+    return path
+
+
+def compile_pipelines(output_dir: str | Path) -> list[Path]:
+    import importlib
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, ref in PIPELINES.items():
+        module, attr = ref.split(":")
+        func = getattr(importlib.import_module(module), attr)
+        written.append(compile_pipeline(func, output_dir / f"{name}.yaml"))
+    return written

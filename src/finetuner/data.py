@@ -1,0 +1,130 @@
+"""Training data: Finetuner's two-column CSV of (query, document) pairs.
+
+Every row is validated; the first bad one stops the read with its file, line and column.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import random
+from dataclasses import dataclass
+
+from finetuner import storage
+from finetuner.errors import FinetunerError
+
+COLUMNS = ("query", "document")
+# A first row made of these names is a header, not a pair.
+HEADER_NAMES = {"query", "document", "text1", "text2", "anchor", "positive", "question", "answer"}
+MAX_FIELD_CHARS = 100_000
+
+Pair = tuple[str, str]
+
+
+def read_pairs(uri: str, encoding: str = "utf-8") -> list[Pair]:
+    """All (query, document) pairs of a CSV file at a local path or s3:// URI."""
+    raw = storage.read_bytes(uri)
+    if not raw.strip():
+        raise FinetunerError(f"{uri} is empty: expected CSV rows of query,document.")
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise FinetunerError(
+            f"{uri}, line {line}: bytes that are not valid {encoding} (byte {exc.start})."
+        ) from None
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise FinetunerError(f"{uri}, line {line}: NUL byte; is this a binary file, not CSV?")
+    csv.field_size_limit(MAX_FIELD_CHARS + 1)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    pairs: list[Pair] = []
+    line = 1  # where the current record starts; a quoted field may span lines
+    try:
+        for row in reader:
+            start, line = line, reader.line_num + 1
+            if not row or all(not f.strip() for f in row):
+                continue
+            if not pairs and start == 1 and {f.strip().lower() for f in row} <= HEADER_NAMES:
+                continue
+            pairs.append(_check_row(uri, start, row))
+    except csv.Error as exc:
+        raise FinetunerError(f"{uri}, line {line}: malformed CSV ({exc}).") from None
+    if not pairs:
+        raise FinetunerError(f"{uri} has a header but no pairs: expected rows of query,document.")
+    return pairs
+
+
+def _check_row(uri: str, line: int, row: list[str]) -> Pair:
+    if len(row) != len(COLUMNS):
+        raise FinetunerError(
+            f"{uri}, line {line}: expected 2 columns (query, document), found {len(row)}. "
+            "Quote fields that contain commas."
+        )
+    for column, (name, value) in enumerate(zip(COLUMNS, row, strict=True), start=1):
+        if not value.strip():
+            raise FinetunerError(f"{uri}, line {line}, column {column} ({name}): empty {name}.")
+        if len(value) > MAX_FIELD_CHARS:
+            raise FinetunerError(
+                f"{uri}, line {line}, column {column} ({name}): {len(value)} characters, "
+                f"more than the limit of {MAX_FIELD_CHARS}."
+            )
+    return row[0].strip(), row[1].strip()
+
+
+def deduplicate(pairs: list[Pair]) -> list[Pair]:
+    return list(dict.fromkeys(pairs))
+
+
+def split_by_query(pairs: list[Pair], val_split: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """Hold out a fraction of the queries, with all their pairs, so none leaks into training."""
+    if not 0 <= val_split < 1:
+        raise FinetunerError(f"parameter val_split: must be in [0, 1), got {val_split}.")
+    queries = sorted({q for q, _ in pairs})
+    random.Random(seed).shuffle(queries)
+    n_held = round(len(queries) * val_split)
+    if val_split > 0 and not 1 <= n_held < len(queries):
+        raise FinetunerError(
+            f"parameter val_split: {val_split} of {len(queries)} distinct queries leaves "
+            "no queries for training or none for evaluation; give more data or --eval-data."
+        )
+    held = set(queries[:n_held])
+    train = [p for p in pairs if p[0] not in held]
+    evaluation = [p for p in pairs if p[0] in held]
+    return train, evaluation
+
+
+@dataclass
+class EvalSet:
+    """Queries, a corpus and, for each query, the corpus indices that are relevant."""
+
+    queries: list[str]
+    corpus: list[str]
+    relevant: list[set[int]]
+
+    @classmethod
+    def from_pairs(cls, pairs: list[Pair]) -> EvalSet:
+        corpus = list(dict.fromkeys(d for _, d in pairs))
+        doc_index = {d: i for i, d in enumerate(corpus)}
+        by_query: dict[str, set[int]] = {}
+        for q, d in pairs:
+            by_query.setdefault(q, set()).add(doc_index[d])
+        return cls(list(by_query), corpus, list(by_query.values()))
+
+
+def write_pairs(pairs: list[Pair], path: str) -> None:
+    """Pairs as a Parquet file: the format steps hand to each other."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"query": [q for q, _ in pairs], "document": [d for _, d in pairs]})
+    pq.write_table(table, path)
+
+
+def load_pairs(path: str) -> list[Pair]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=list(COLUMNS))
+    return list(
+        zip(table.column("query").to_pylist(), table.column("document").to_pylist(), strict=True)
+    )

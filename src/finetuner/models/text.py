@@ -1,0 +1,104 @@
+"""Text embedding models: a Hugging Face transformer, a pooler and L2 normalisation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from finetuner.catalogue import ModelSpec
+from finetuner.poolers import Pooler
+
+CONFIG_FILE = "finetuner.json"
+FORMAT_VERSION = 1
+
+
+class TextEmbedder(nn.Module):
+    """token ids -> unit-length embeddings; the module that is trained and exported."""
+
+    def __init__(self, backbone: nn.Module, pooler: Pooler):
+        super().__init__()
+        self.backbone = backbone
+        self.pooler = pooler
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        tokens = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, **extra
+        ).last_hidden_state
+        return F.normalize(self.pooler(tokens, attention_mask), dim=-1)
+
+
+class TextModel:
+    """A TextEmbedder with its tokenizer and catalogue spec: what the steps pass around."""
+
+    def __init__(self, embedder: TextEmbedder, tokenizer, spec: ModelSpec):
+        self.embedder = embedder
+        self.tokenizer = tokenizer
+        self.spec = spec
+
+    @property
+    def input_names(self) -> list[str]:
+        """The tokenizer's outputs that TextEmbedder.forward takes, in its argument order."""
+        made = self.tokenizer.model_input_names
+        return [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in made]
+
+    @classmethod
+    def pretrained(cls, spec: ModelSpec) -> TextModel:
+        from finetuner.weights import local_path
+
+        return cls._from_folder(local_path(spec.weights), spec)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> TextModel:
+        """Load a folder written by `save` (a train output or an export's model/)."""
+        config = json.loads((Path(folder) / CONFIG_FILE).read_text())
+        return cls._from_folder(Path(folder), ModelSpec(**config["spec"]))
+
+    @classmethod
+    def _from_folder(cls, folder: Path, spec: ModelSpec) -> TextModel:
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        backbone = AutoModel.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        pooler = Pooler(spec.pooler, p=spec.pooler_p, eps=spec.pooler_eps)
+        return cls(TextEmbedder(backbone, pooler).eval(), tokenizer, spec)
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.embedder.backbone.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        config = {"format": FORMAT_VERSION, "spec": self.spec.model_dump()}
+        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        return folder
+
+    def tokenize(self, texts: list[str], return_tensors: str = "pt") -> dict:
+        batch = self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.spec.max_length,
+            return_tensors=return_tensors,
+        )
+        return {name: batch[name] for name in self.input_names}
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str], batch_size: int = 64, device: str = "cpu") -> np.ndarray:
+        """Embeddings of texts, float32, shape (len(texts), output_dim)."""
+        self.embedder.eval().to(device)
+        # Sorting by length keeps padding, and so the work, small.
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out = np.zeros((len(texts), self.spec.output_dim), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            idx = order[start : start + batch_size]
+            batch = self.tokenize([texts[i] for i in idx])
+            emb = self.embedder(**{k: v.to(device) for k, v in batch.items()})
+            out[idx] = emb.float().cpu().numpy()
+        return out

@@ -1,0 +1,132 @@
+"""Run the `finetune` pipeline on this machine with kfp.local: `finetuner run` and `fit`.
+
+Every documented bad input is caught here first, in-process, so it fails in seconds with
+one clear message and before anything is written; the steps validate again on a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from finetuner import storage
+from finetuner.errors import FinetunerError
+
+DEFAULTS = {
+    "model": "minilm-l6-en",
+    "eval_data": "",
+    "val_split": 0.2,
+    "loss": "MultipleNegativesRankingLoss",
+    "epochs": 1,
+    "batch_size": 32,
+    "learning_rate": 5e-5,
+    "pooler": "mean",
+    "pooler_p": 3.0,
+    "pooler_eps": 1e-6,
+    "max_length": 128,
+    "eval_k": 10,
+    "seed": 42,
+}
+
+
+@dataclass
+class Run:
+    """The outcome of a pipeline run, like Finetuner's Run object."""
+
+    status: str
+    artifact_uri: str
+    summary: dict = field(default_factory=dict)
+
+    def metrics(self) -> dict:
+        """{"before": {...}, "after": {...}}, keyed like `ndcg@10`."""
+        return self.summary.get("metrics", {})
+
+
+def default_output(model: str) -> str:
+    return str(Path("runs") / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def preflight(params: dict) -> dict:
+    """Validate all parameters and the data and output locations; the completed params."""
+    from finetuner.export import check_output_free
+    from finetuner.steps import catalogue_lookup
+    from finetuner.train import TrainConfig
+
+    unknown = set(params) - set(DEFAULTS) - {"train_data", "output_uri"}
+    if unknown:
+        raise FinetunerError(f"unknown parameter(s): {', '.join(sorted(unknown))}.")
+    params = {**DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
+    catalogue_lookup(
+        params["model"],
+        params["pooler"],
+        params["pooler_p"],
+        params["pooler_eps"],
+        params["max_length"],
+        params["loss"],
+    )
+    TrainConfig(
+        loss=params["loss"],
+        epochs=params["epochs"],
+        batch_size=params["batch_size"],
+        learning_rate=params["learning_rate"],
+    ).validate()
+    if not 0 <= params["val_split"] < 1:
+        raise FinetunerError(f"parameter val_split: must be in [0, 1), got {params['val_split']}.")
+    if params["eval_k"] < 1:
+        raise FinetunerError(f"parameter eval_k: must be >= 1, got {params['eval_k']}.")
+    for name in ("train_data", "eval_data"):
+        uri = params.get(name)
+        if name == "train_data" and not uri:
+            raise FinetunerError("parameter train_data: required (a CSV path or s3:// URI).")
+        if uri and not storage.exists(uri):
+            raise FinetunerError(f"parameter {name}: {uri} does not exist.")
+    params["output_uri"] = params.get("output_uri") or default_output(params["model"])
+    check_output_free(params["output_uri"])
+    return params
+
+
+def run_pipeline(params: dict, pipeline_root: str | None = None) -> Run:
+    """Run the pipeline through kfp.local's SubprocessRunner in this environment."""
+    params = preflight(params)
+    from kfp import local
+
+    from finetuner.pipelines.finetune import finetune
+
+    root = pipeline_root or tempfile.mkdtemp(prefix="finetuner-kfp-")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root)
+    output = params["output_uri"]
+    try:
+        with warnings.catch_warnings():
+            # Our step images are not named "python*"; they run here as plain subprocesses.
+            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+            finetune(**params)
+    except RuntimeError as exc:
+        raise FinetunerError(
+            f"the pipeline failed ({exc}); the failing step's log is above. "
+            f"Step outputs are kept in {root}."
+        ) from None
+    manifest = json.loads(storage.read_text(storage.join(output, "manifest.json")))
+    if pipeline_root is None:
+        shutil.rmtree(root, ignore_errors=True)
+    summary = {
+        "metrics": {k: manifest["metrics"][k] for k in ("before", "after")},
+        "artifacts": {
+            "model": storage.join(output, "model") + "/",
+            "onnx": storage.join(output, "onnx", "model.onnx"),
+            "manifest": storage.join(output, "manifest.json"),
+        },
+        "params": params,
+    }
+    return Run(status="FINISHED", artifact_uri=output, summary=summary)
+
+
+def fit(model: str, train_data: str, output: str | None = None, **options) -> Run:
+    """Fine-tune `model` on `train_data`, as Finetuner's `fit`: options are those of
+    `finetuner run` (eval_data, val_split, loss, epochs, batch_size, learning_rate, pooler,
+    pooler_p, pooler_eps, max_length, eval_k, seed)."""
+    return run_pipeline({"model": model, "train_data": train_data, "output_uri": output, **options})

