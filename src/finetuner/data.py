@@ -36,8 +36,11 @@ def read_pairs(uri: str, encoding: str = "utf-8") -> list[Pair]:
     if "\x00" in text:
         line = text[: text.index("\x00")].count("\n") + 1
         raise FinetunerError(f"{uri}, line {line}: NUL byte; is this a binary file, not CSV?")
-    csv.field_size_limit(MAX_FIELD_CHARS + 1)
-    reader = csv.reader(io.StringIO(text, newline=""))
+    text = text.removeprefix("\ufeff")  # the byte-order mark that spreadsheets write
+    # csv's own limit would hide which column is too long; _check_row reports it instead.
+    csv.field_size_limit(max(len(text), MAX_FIELD_CHARS) + 1)
+    # strict: an unclosed quote is an error, not a field that swallows the rest of the file.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     pairs: list[Pair] = []
     line = 1  # where the current record starts; a quoted field may span lines
     try:

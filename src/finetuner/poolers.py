@@ -37,9 +37,13 @@ def gem(tokens, mask, count, p, eps):
     """Generalised mean over tokens, signed so that it is defined for negative values.
 
     CNN features are non-negative after ReLU; transformer token embeddings are not, so the
-    power is taken of |x| and the sign kept. p = 1 is exactly mean pooling (up to eps),
-    and large p tends to max |x| pooling.
+    power is taken of |x| and the sign kept. p = 1 is mean pooling (up to eps), and large
+    p tends to max |x| pooling. Dividing by the largest |x| first keeps |x|^p finite in
+    float32 for large p.
     """
-    powered = tokens.sign() * tokens.abs().clamp(min=eps).pow(p)
+    x = tokens.masked_fill(mask == 0, 0)
+    scale = x.abs().amax(dim=1, keepdim=True).clamp(min=eps)
+    powered = x.sign() * (x.abs() / scale).clamp(min=eps).pow(p)
     mean = (powered * mask).sum(dim=1) / count
-    return mean.sign() * mean.abs().clamp(min=eps).pow(1.0 / p)
+    root = mean.abs().clamp(min=torch.finfo(mean.dtype).tiny).pow(1.0 / p)
+    return scale.squeeze(1) * mean.sign() * root

@@ -53,6 +53,7 @@ def default_output(model: str) -> str:
 
 def preflight(params: dict) -> dict:
     """Validate all parameters and the data and output locations; the completed params."""
+    from finetuner.data import read_pairs
     from finetuner.export import check_output_free
     from finetuner.steps import catalogue_lookup
     from finetuner.train import TrainConfig
@@ -85,6 +86,8 @@ def preflight(params: dict) -> dict:
             raise FinetunerError("parameter train_data: required (a CSV path or s3:// URI).")
         if uri and not storage.exists(uri):
             raise FinetunerError(f"parameter {name}: {uri} does not exist.")
+        if uri:
+            read_pairs(uri)  # a bad row fails now, with its line, not minutes into the run
     params["output_uri"] = params.get("output_uri") or default_output(params["model"])
     check_output_free(params["output_uri"])
     return params

@@ -1,13 +1,13 @@
-"""The training loop for text pairs: in-batch losses, AdamW with linear warm-up."""
+"""The training loop for text pairs: in-batch losses, AdamW with linear warm-up.
+
+torch is imported inside the functions, so validating a TrainConfig stays instant.
+"""
 
 from __future__ import annotations
 
 import math
 import random
 from dataclasses import asdict, dataclass
-
-import numpy as np
-import torch
 
 from finetuner.data import Pair
 from finetuner.errors import FinetunerError
@@ -42,15 +42,20 @@ class TrainConfig:
         return self
 
 
-def seed_everything(seed: int) -> torch.Generator:
+def seed_everything(seed: int):
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+def batches(n: int, batch_size: int, generator) -> list[list[int]]:
     """One epoch of shuffled index batches; a last batch of one pair is dropped."""
+    import torch
+
     order = torch.randperm(n, generator=generator).tolist()
     out = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     return [b for b in out if len(b) >= 2]
@@ -58,6 +63,7 @@ def batches(n: int, batch_size: int, generator: torch.Generator) -> list[list[in
 
 def train(model, pairs: list[Pair], config: TrainConfig, device: str | None = None) -> dict:
     """Fine-tune `model` (a TextModel) in place on pairs; returns training metrics."""
+    import torch
     from transformers import get_linear_schedule_with_warmup
 
     config.validate()

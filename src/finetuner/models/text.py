@@ -95,10 +95,12 @@ class TextModel:
         self.embedder.eval().to(device)
         # Sorting by length keeps padding, and so the work, small.
         order = np.argsort([-len(t) for t in texts], kind="stable")
-        out = np.zeros((len(texts), self.spec.output_dim), dtype=np.float32)
+        chunks = []
         for start in range(0, len(texts), batch_size):
-            idx = order[start : start + batch_size]
-            batch = self.tokenize([texts[i] for i in idx])
-            emb = self.embedder(**{k: v.to(device) for k, v in batch.items()})
-            out[idx] = emb.float().cpu().numpy()
+            batch = self.tokenize([texts[i] for i in order[start : start + batch_size]])
+            chunks.append(self.embedder(**{k: v.to(device) for k, v in batch.items()}).float())
+        if not chunks:
+            return np.zeros((0, self.spec.output_dim), dtype=np.float32)
+        out = np.empty((len(texts), chunks[0].shape[1]), dtype=np.float32)
+        out[order] = torch.cat(chunks).cpu().numpy()
         return out

@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from finetuner import data
+from finetuner.catalogue import lookup
+from finetuner.errors import FinetunerError
+from finetuner.evaluate import evaluate
+from finetuner.models import TextModel
+from finetuner.train import TrainConfig, batches, train
+
+
+@pytest.fixture
+def tiny_model(tiny_bert, tmp_path):
+    """The real text model code on a tiny random BERT: fast enough to train twice."""
+    folder = tiny_bert(tmp_path / "tiny")
+    spec = lookup("minilm-l6-en", max_length=24).model_copy(
+        update={"weights": str(folder), "output_dim": 32}
+    )
+    return lambda: TextModel.pretrained(spec)
+
+
+def test_batches_cover_every_pair_once_and_drop_a_lonely_last():
+    out = batches(65, 16, torch.Generator().manual_seed(0))
+    assert [len(b) for b in out] == [16, 16, 16, 16]  # the 65th pair alone is dropped
+    assert len({i for b in out for i in b}) == 64
+    assert batches(10, 4, torch.Generator().manual_seed(0))[-1].__len__() == 2
+
+
+@pytest.mark.parametrize("loss", ["MultipleNegativesRankingLoss", "TripletMarginLoss"])
+def test_each_loss_learns_the_training_pairs(tiny_model, pairs_csv, loss):
+    pairs = data.read_pairs(str(pairs_csv(32)))
+    eval_set = data.EvalSet.from_pairs(pairs)
+    model = tiny_model()
+    before = evaluate(model, eval_set)["ndcg@10"]
+    config = TrainConfig(loss=loss, epochs=4, batch_size=16, learning_rate=1e-3, log_every=100)
+    result = train(model, pairs, config)
+    after = evaluate(model, eval_set)["ndcg@10"]
+    assert result["steps"] == 8
+    assert result["history"][-1]["loss"] < result["history"][0]["loss"]
+    assert after > before + 0.05, (before, after)
+
+
+def test_real_minilm_improves_on_what_it_was_tuned_on(pairs_csv, minilm_spec):
+    pairs = data.read_pairs(str(pairs_csv(32)))
+    eval_set = data.EvalSet.from_pairs(pairs)
+    model = TextModel.pretrained(minilm_spec)
+    before = evaluate(model, eval_set)["ndcg@10"]
+    train(model, pairs, TrainConfig(epochs=2, batch_size=16, learning_rate=1e-4, log_every=100))
+    after = evaluate(model, eval_set)["ndcg@10"]
+    assert after > before + 0.02, (before, after)
+
+
+def test_same_seed_gives_identical_weights(tiny_model, pairs_csv):
+    pairs = data.read_pairs(str(pairs_csv(40)))
+    config = dict(epochs=1, batch_size=8, learning_rate=1e-3, seed=7, log_every=100)
+    runs = []
+    for seed in (7, 7, 8):
+        model = tiny_model()
+        train(model, pairs, TrainConfig(**{**config, "seed": seed}))
+        runs.append(model.embedder.state_dict())
+    same = all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    differs = any(not torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
+    assert same and differs
+
+
+def test_progress_lines_on_stderr(tiny_model, pairs_csv, capsys):
+    pairs = data.read_pairs(str(pairs_csv(40)))
+    train(tiny_model(), pairs, TrainConfig(epochs=2, batch_size=8, log_every=2))
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[train]")]
+    assert len(lines) == 5  # steps 2, 4, 6, 8 and 10 of 10
+    assert lines[-1].startswith("[train] step 10/10")
+    for field in ("loss ", "lr ", "samples/s", "ETA "):
+        assert field in lines[0]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"loss": "HingeLoss"}, "Valid losses: MultipleNegativesRankingLoss, TripletMarginLoss"),
+        ({"batch_size": 1}, "batch_size"),
+        ({"epochs": 0}, "epochs"),
+        ({"learning_rate": 0}, "learning_rate"),
+    ],
+)
+def test_bad_settings_are_refused(change, message):
+    with pytest.raises(FinetunerError, match=message):
+        TrainConfig(**change).validate()
