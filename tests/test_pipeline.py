@@ -12,6 +12,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from finetuner import inference, storage
 from finetuner.compile import compile_pipelines
+from finetuner.metrics import METRICS
 
 PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
 
@@ -60,8 +61,7 @@ def test_local_pipeline_run_end_to_end_on_s3(s3, pairs_csv, tmp_path):
     summary = json.loads(summary_path.read_text())
     for stage in ("before", "after"):
         metrics = summary["metrics"][stage]
-        assert set(metrics) == {f"{m}@10" for m in
-                                ("precision", "recall", "hit_rate", "mrr", "ndcg", "map")}  # fmt: skip
+        assert set(metrics) == {f"{name}@10" for name in METRICS}
         assert all(0 <= v <= 1 for v in metrics.values())
     assert summary["metrics"]["before"]["ndcg@10"] > 0.3  # real pretrained weights
     assert summary["artifacts"]["onnx"] == f"s3://{s3}/runs/e2e/onnx/model.onnx"
