@@ -45,9 +45,11 @@ sample-data:
 	test -d /usr/share/wordnet || (apt-get update && apt-get install -y wordnet-base)
 	$(PYTHON) examples/make_wordnet_pairs.py --out examples/wordnet_pairs.csv
 
+# The step images named in components/__init__.py.
 images:
 	@tool=$$(command -v docker || command -v podman) || { echo "neither docker nor podman is installed"; exit 1; }; \
-	$$tool build -f images/Dockerfile -t finetuner:0.1.0 .
+	$$tool build -f images/Dockerfile -t ghcr.io/finetuner-kfp/finetuner:0.1.0 . && \
+	$$tool build -f images/Dockerfile.gpu -t ghcr.io/finetuner-kfp/finetuner-gpu:0.1.0 .
 
 clean:
 	rm -rf $(VENV) .s3data .local-pipeline-root runs
