@@ -73,3 +73,34 @@ def test_local_pipeline_run_end_to_end_on_s3(s3, pairs_csv, tmp_path):
     np.testing.assert_allclose(onnx_model.encode(texts), torch_model.encode(texts), atol=1e-4)
     manifest = json.loads(storage.read_text(output + "manifest.json"))
     assert manifest["metrics"]["after"] == summary["metrics"]["after"]
+
+
+def test_fit_runs_the_pipeline_with_eval_data_gem_and_triplet_loss(pairs_csv, tmp_path):
+    import finetuner
+
+    train_csv, eval_csv = pairs_csv(60, "train.csv"), tmp_path / "eval.csv"
+    eval_csv.write_text(
+        "query,document\n"
+        "hotelier,an owner or manager of hotels\n"
+        "nonmember,a person who is not a member\n"
+        "microdot,photograph reduced to the size of a dot\n"
+    )
+    output = tmp_path / "model"
+    run = finetuner.fit(
+        model="minilm-l6-en",
+        train_data=str(train_csv),
+        eval_data=str(eval_csv),
+        output=str(output),
+        loss="TripletMarginLoss",
+        pooler="GeM",
+        pooler_p=2.0,
+        batch_size=16,
+        max_length=32,
+        eval_k=3,
+    )
+    assert run.status == "FINISHED" and run.artifact_uri == str(output)
+    assert set(run.metrics()["after"]) == {f"{name}@3" for name in METRICS}
+    model = finetuner.get_model(str(output))
+    assert (model.spec.pooler, model.spec.pooler_p) == ("GeM", 2.0)
+    emb = finetuner.encode(model, ["hotelier", "an owner or manager of hotels"])
+    assert emb.shape == (2, 384)
