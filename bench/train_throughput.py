@@ -18,7 +18,7 @@ Measured per run:
     evaluator for both sides.
 
 Usage:
-  python bench/train_throughput.py                # the 4 runs, a table, bench/results/*.json
+  python bench/train_throughput.py      # 4 runs, a table, bench/results/train_throughput.json
   python bench/train_throughput.py --steps 20 --order AB
   python bench/train_throughput.py --impl st --json-out run.json   # one run (what the parent calls)
 """
@@ -52,6 +52,9 @@ WEIGHT_DECAY = 0.01
 SEED = 42
 EVAL_SPLIT = 0.2
 K = 10
+# A run whose CPU time per wall second is below this share of its thread count shared the
+# cores with other work: its throughput says more about the machine than the code.
+CONTENDED = 0.9
 
 
 def peak_rss_mib() -> float:
@@ -103,11 +106,13 @@ def run_finetuner(args, train_pairs, eval_set) -> dict:
     from finetuner.progress import Progress
 
     step_ends: list[tuple[float, float]] = []
+    losses: list[float] = []
 
     class TimedProgress(Progress):
         # train() calls Progress.step right after each optimizer step: stamp it there.
         def step(self, step, samples, **values):
             step_ends.append(stamp())
+            losses.append(values["loss"])
             super().step(step, samples, **values)
 
     ft_train.Progress = TimedProgress  # timing hook only; the loop itself is untouched
@@ -137,7 +142,7 @@ def run_finetuner(args, train_pairs, eval_set) -> dict:
         **step_span(step_ends, args.batch_size),
         "own_samples_per_second": result["samples_per_second"],
         "train_call_seconds": train_call,
-        "final_loss": result["final_loss"],
+        "loss_last_10_steps": statistics.mean(losses[-10:]),
         "ndcg_before": before,
         "ndcg_after": ndcg(model, eval_set),
         "peak_rss_before_train_mib": rss_before,
@@ -222,7 +227,8 @@ def run_st(args, train_pairs, eval_set) -> dict:
         # HF's figure: max_steps * batch over the whole train() call, set-up included.
         "own_samples_per_second": output.metrics["train_samples_per_second"],
         "train_call_seconds": train_call,
-        "final_loss": losses[-1] if losses else None,  # mean over the last 10 steps
+        # the trainer logs the mean loss of every 10 steps; the last is steps 31-40 at 40 steps
+        "loss_last_10_steps": losses[-1] if losses else None,
         "optimizer": str(training_args.optim),
         "ndcg_before": before,
         "ndcg_after": ndcg(STEncoder(model), eval_set),
@@ -291,6 +297,12 @@ def parent(args) -> None:
             f"\nours/ST: throughput x{ratios['samples_per_second']:.2f}, "
             f"peak RSS x{ratios['peak_rss_mib']:.2f}"
         )
+    contended = [r["run"] for r in runs if r["cpu_per_wall"] < CONTENDED * r["threads"]]
+    if contended:
+        print(
+            f"warning: run(s) {contended} got less than {CONTENDED:.0%} of their threads' CPU "
+            "time: other work shared the cores, so their samples/s are low; run again."
+        )
 
     import sentence_transformers
     import torch
@@ -322,6 +334,7 @@ def parent(args) -> None:
         "runs": runs,
         "means": means,
         "ratio_ours_over_st": ratios,
+        "contended_runs": contended,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2))

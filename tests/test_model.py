@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from finetuner import storage, weights
 from finetuner.catalogue import get_entry, lookup
@@ -81,3 +82,12 @@ def test_hub_id_is_the_source_when_cached(monkeypatch):
     assert weights.resolve_source(get_entry("sbert-base-en")) == (
         "hf:sentence-transformers/msmarco-distilbert-base-v3"
     )
+
+
+def test_length_buckets_give_the_embeddings_of_one_padded_batch(minilm):
+    texts = ["a", "a much longer text about many things " * 3, "mid length text", "b c", "x"]
+    with torch.no_grad():
+        single = minilm.embed(texts, buckets=1)
+        bucketed = minilm.embed(texts, buckets=3)
+    torch.testing.assert_close(bucketed, single, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(bucketed.numpy(), minilm.encode(texts), atol=1e-5)

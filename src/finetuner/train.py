@@ -26,6 +26,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 42
     max_steps: int | None = None  # stop early, e.g. for benchmarks
+    # Forward passes per side of a batch, grouped by length to skip padding (exact).
+    length_buckets: int = 2
     log_every: int = 10
 
     def validate(self) -> TrainConfig:
@@ -61,6 +63,15 @@ def batches(n: int, batch_size: int, generator) -> list[list[int]]:
     return [b for b in out if len(b) >= 2]
 
 
+def parameter_groups(module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases and LayerNorm weights, as usual for transformers."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
 def train(model, pairs: list[Pair], config: TrainConfig, device: str | None = None) -> dict:
     """Fine-tune `model` (a TextModel) in place on pairs; returns training metrics."""
     import torch
@@ -78,8 +89,10 @@ def train(model, pairs: list[Pair], config: TrainConfig, device: str | None = No
     total = steps_per_epoch * config.epochs
     if config.max_steps:
         total = min(total, config.max_steps)
+    # The fused kernel updates all tensors at once: several times faster than the default
+    # per-tensor loop, which is most of a step's overhead on a CPU.
     optimizer = torch.optim.AdamW(
-        embedder.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        parameter_groups(embedder, config.weight_decay), lr=config.learning_rate, fused=True
     )
     scheduler = get_linear_schedule_with_warmup(
         optimizer, math.ceil(total * config.warmup_ratio), total
@@ -91,11 +104,9 @@ def train(model, pairs: list[Pair], config: TrainConfig, device: str | None = No
     for epoch in range(1, config.epochs + 1):
         epoch_loss, epoch_steps = 0.0, 0
         for batch in batches(len(pairs), config.batch_size, generator):
-            queries = model.tokenize([pairs[i][0] for i in batch])
-            docs = model.tokenize([pairs[i][1] for i in batch])
             with autocast:
-                q = embedder(**{k: v.to(device) for k, v in queries.items()})
-                d = embedder(**{k: v.to(device) for k, v in docs.items()})
+                q = model.embed([pairs[i][0] for i in batch], device, config.length_buckets)
+                d = model.embed([pairs[i][1] for i in batch], device, config.length_buckets)
                 loss = loss_fn(q.float(), d.float())
             loss.backward()
             torch.nn.utils.clip_grad_norm_(embedder.parameters(), config.max_grad_norm)

@@ -89,6 +89,27 @@ class TextModel:
         )
         return {name: batch[name] for name in self.input_names}
 
+    def embed(self, texts: list[str], device: str = "cpu", buckets: int = 1) -> torch.Tensor:
+        """Embeddings with gradients, for training.
+
+        Texts are padded only within `buckets` groups of similar length, each a forward
+        pass of its own: the result and its gradients are those of one padded batch, for
+        less work on padding.
+        """
+        encoded = self.tokenizer(
+            list(texts), truncation=True, max_length=self.spec.max_length, padding=False
+        )
+        order = np.argsort([len(ids) for ids in encoded["input_ids"]], kind="stable")
+        parts = []
+        for group in np.array_split(order, min(buckets, len(texts))):
+            features = self.tokenizer.pad(
+                {name: [encoded[name][i] for i in group] for name in self.input_names},
+                return_tensors="pt",
+            )
+            parts.append(self.embedder(**{k: v.to(device) for k, v in features.items()}))
+        inverse = torch.from_numpy(np.argsort(order)).to(device)
+        return torch.cat(parts)[inverse]
+
     @torch.inference_mode()
     def encode(self, texts: list[str], batch_size: int = 64, device: str = "cpu") -> np.ndarray:
         """Embeddings of texts, float32, shape (len(texts), output_dim)."""
