@@ -38,7 +38,7 @@ def main() -> int:
                 "model": "minilm-l6-en",
                 "train_data": train_data,
                 "val_split": 0.2,
-                "epochs": 1,
+                "epochs": 2,
                 "batch_size": 32,
                 "learning_rate": 5e-5,
                 "max_length": 64,
@@ -54,7 +54,7 @@ def main() -> int:
     console.print("[bold]Exported model[/bold]")
     for name, uri in run.summary["artifacts"].items():
         console.print(f"{name:>9}: {uri}")
-    console.print(f"The S3 data stays in {ROOT / '.s3data'}; `make s3` serves it again.")
+    console.print("The S3 data stays in .s3data; `make s3` serves it again.")
     return 0
 
 
