@@ -1,5 +1,6 @@
-from finetuner.components import IMAGE
 from kfp import dsl
+
+from finetuner.components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

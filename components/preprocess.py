@@ -1,6 +1,7 @@
-from finetuner.components import IMAGE
 from kfp import dsl
 from kfp.dsl import Dataset, Markdown, Output
+
+from finetuner.components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

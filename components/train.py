@@ -1,6 +1,7 @@
-from finetuner.components import GPU_IMAGE
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from finetuner.components import GPU_IMAGE
 
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)

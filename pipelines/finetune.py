@@ -1,11 +1,13 @@
 """The `finetune` pipeline: catalogue-lookup -> preprocess -> train -> evaluate -> export."""
 
+from kfp import dsl
+
 from finetuner.components.catalogue_lookup import catalogue_lookup
 from finetuner.components.evaluate import evaluate
 from finetuner.components.export import export
 from finetuner.components.preprocess import preprocess
 from finetuner.components.train import train
-from kfp import dsl
+from finetuner.defaults import PIPELINE_DEFAULTS as D
 
 
 @dsl.pipeline(
@@ -15,19 +17,19 @@ from kfp import dsl
 def finetune(
     train_data: str,
     output_uri: str,
-    model: str = "minilm-l6-en",
-    eval_data: str = "",
-    val_split: float = 0.2,
-    loss: str = "MultipleNegativesRankingLoss",
-    epochs: int = 1,
-    batch_size: int = 32,
-    learning_rate: float = 5e-5,
-    pooler: str = "mean",
-    pooler_p: float = 3.0,
-    pooler_eps: float = 1e-6,
-    max_length: int = 128,
-    eval_k: int = 10,
-    seed: int = 42,
+    model: str = D["model"],
+    eval_data: str = D["eval_data"],
+    val_split: float = D["val_split"],
+    loss: str = D["loss"],
+    epochs: int = D["epochs"],
+    batch_size: int = D["batch_size"],
+    learning_rate: float = D["learning_rate"],
+    pooler: str = D["pooler"],
+    pooler_p: float = D["pooler_p"],
+    pooler_eps: float = D["pooler_eps"],
+    max_length: int = D["max_length"],
+    eval_k: int = D["eval_k"],
+    seed: int = D["seed"],
 ):
     """Fine-tune an embedding model from the catalogue on (query, document) pairs.
 

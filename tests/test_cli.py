@@ -108,3 +108,10 @@ def test_help_lists_the_contract_options():
         "--seed", "--output", "--summary-json",
     ):  # fmt: skip
         assert option in result.stdout
+
+
+def test_no_evaluation_data_is_refused(pairs_csv, output):
+    result = finetuner(
+        "run", "--train-data", str(pairs_csv()), "--val-split", "0", "--output", str(output)
+    )
+    assert_refused(result, output, "no evaluation data")

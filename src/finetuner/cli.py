@@ -90,7 +90,7 @@ def s3_server_command(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from finetuner.run import DEFAULTS
+    from finetuner.defaults import PIPELINE_DEFAULTS
 
     parser = argparse.ArgumentParser(
         prog="finetuner",
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="only the models of this task, e.g. text-to-text")
     p.set_defaults(func=describe_models_command)
 
-    d = DEFAULTS
+    d = PIPELINE_DEFAULTS
     p = sub.add_parser(
         "run",
         help="run the finetune pipeline on this machine (kfp.local)",

@@ -79,10 +79,19 @@ def deduplicate(pairs: list[Pair]) -> list[Pair]:
     return list(dict.fromkeys(pairs))
 
 
+def check_val_split(val_split: float, has_eval_data: bool = True) -> None:
+    """val_split must be a fraction, and above 0 when there is no separate eval data."""
+    if not 0 <= val_split < 1:  # also false for NaN
+        raise FinetunerError(f"parameter val_split: must be in [0, 1), got {val_split}.")
+    if not has_eval_data and val_split == 0:
+        raise FinetunerError(
+            "no evaluation data: give eval_data, or a val_split > 0 to hold out pairs."
+        )
+
+
 def split_by_query(pairs: list[Pair], val_split: float, seed: int) -> tuple[list[Pair], list[Pair]]:
     """Hold out a fraction of the queries, with all their pairs, so none leaks into training."""
-    if not 0 <= val_split < 1:
-        raise FinetunerError(f"parameter val_split: must be in [0, 1), got {val_split}.")
+    check_val_split(val_split)
     queries = sorted({q for q, _ in pairs})
     random.Random(seed).shuffle(queries)
     n_held = round(len(queries) * val_split)

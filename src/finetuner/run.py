@@ -15,23 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from finetuner import storage
+from finetuner.defaults import PIPELINE_DEFAULTS as DEFAULTS
 from finetuner.errors import FinetunerError
-
-DEFAULTS = {
-    "model": "minilm-l6-en",
-    "eval_data": "",
-    "val_split": 0.2,
-    "loss": "MultipleNegativesRankingLoss",
-    "epochs": 1,
-    "batch_size": 32,
-    "learning_rate": 5e-5,
-    "pooler": "mean",
-    "pooler_p": 3.0,
-    "pooler_eps": 1e-6,
-    "max_length": 128,
-    "eval_k": 10,
-    "seed": 42,
-}
 
 
 @dataclass
@@ -53,7 +38,7 @@ def default_output(model: str) -> str:
 
 def preflight(params: dict) -> dict:
     """Validate all parameters and the data and output locations; the completed params."""
-    from finetuner.data import read_pairs
+    from finetuner.data import check_val_split, read_pairs
     from finetuner.export import check_output_free
     from finetuner.steps import catalogue_lookup
     from finetuner.train import TrainConfig
@@ -76,8 +61,7 @@ def preflight(params: dict) -> dict:
         batch_size=params["batch_size"],
         learning_rate=params["learning_rate"],
     ).validate()
-    if not 0 <= params["val_split"] < 1:
-        raise FinetunerError(f"parameter val_split: must be in [0, 1), got {params['val_split']}.")
+    check_val_split(params["val_split"], has_eval_data=bool(params["eval_data"]))
     if params["eval_k"] < 1:
         raise FinetunerError(f"parameter eval_k: must be >= 1, got {params['eval_k']}.")
     for name in ("train_data", "eval_data"):

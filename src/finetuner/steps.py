@@ -10,7 +10,6 @@ from pathlib import Path
 
 from finetuner import data
 from finetuner.catalogue import ModelSpec, lookup
-from finetuner.errors import FinetunerError
 from finetuner.losses import check_loss
 
 
@@ -32,16 +31,13 @@ def preprocess(
     report_out: str,
 ) -> dict:
     """Read and validate the CSVs, deduplicate, split; write Parquet and a Markdown report."""
+    data.check_val_split(val_split, has_eval_data=bool(eval_data))
     raw = data.read_pairs(train_data)
     pairs = data.deduplicate(raw)
     if eval_data:
         train_pairs = pairs
         eval_pairs = data.deduplicate(data.read_pairs(eval_data))
     else:
-        if val_split <= 0:
-            raise FinetunerError(
-                "no evaluation data: give eval_data, or a val_split > 0 to hold out pairs."
-            )
         train_pairs, eval_pairs = data.split_by_query(pairs, val_split, seed)
     data.write_pairs(train_pairs, train_out)
     data.write_pairs(eval_pairs, eval_out)
