@@ -10,7 +10,10 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test lint compile s3 bench images sample-data clean
+# Real data and meshes that the tests use, from Debian's archive.
+DEB_PACKAGES := assimp-testmodels dataset-fashion-mnist wordnet-base
+
+.PHONY: run test lint compile s3 bench images sample-data clean system-packages
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,8 +25,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python examples/demo.py
 
-test: $(STAMP) lint
+test: $(STAMP) lint system-packages
 	$(BIN)/python -m pytest -q
+
+system-packages:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check src components pipelines tests bench examples
@@ -41,8 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py
 
 # Regenerates examples/wordnet_pairs.csv from Debian's WordNet.
-sample-data:
-	test -d /usr/share/wordnet || (apt-get update && apt-get install -y wordnet-base)
+sample-data: system-packages
 	$(PYTHON) examples/make_wordnet_pairs.py --out examples/wordnet_pairs.csv
 
 # The step images named in components/__init__.py.

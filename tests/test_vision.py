@@ -1,0 +1,114 @@
+"""CNN and MLP embedders: real ImageNet weights where a package ships them, else the real
+architectures with random weights."""
+
+import numpy as np
+import pytest
+import torch
+
+from finetuner.errors import FinetunerError
+from finetuner.models import vision
+from finetuner.models.mlp import MLP
+
+TABBY, TIGER_CAT, PERSIAN, SIAMESE, EGYPTIAN_CAT = 281, 282, 283, 284, 285
+
+
+@pytest.fixture(scope="module")
+def chelsea():
+    import skimage.data
+    from PIL import Image
+
+    return Image.fromarray(skimage.data.chelsea())
+
+
+def test_lite0_package_weights_classify_chelsea_as_a_cat(chelsea):
+    model = vision.build_classifier("efficientnet-lite0", weights="package").eval()
+    image = vision.image_transform("efficientnet-lite0")(chelsea)[None]
+    with torch.no_grad():
+        top = model(image).softmax(-1)[0].topk(3)
+    assert top.indices[0].item() in {TABBY, TIGER_CAT, PERSIAN, SIAMESE, EGYPTIAN_CAT}
+    assert top.values.sum() > 0.5
+
+
+def test_lite0_embedder_drops_the_head_and_keeps_the_pretrained_trunk(chelsea):
+    embedder = vision.build_cnn("efficientnet-lite0", weights="package").eval()
+    image = vision.image_transform("efficientnet-lite0")(chelsea)[None]
+    flipped = torch.flip(image, dims=[3])
+    with torch.no_grad():
+        emb, emb_flipped = embedder(image), embedder(flipped)
+        noise = embedder(torch.randn_like(image))
+    assert emb.shape == (1, 1280)
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(1))
+    # A pretrained trunk sees a mirrored cat as the same thing, unlike noise.
+    assert (emb @ emb_flipped.T).item() > 0.9 > (emb @ noise.T).item()
+
+
+@pytest.mark.parametrize(
+    "name, dim",
+    [
+        ("resnet-base", 2048),
+        ("resnet-large", 2048),
+        ("efficientnet_b0", 1280),
+        ("efficientnet-base", 1792),
+        ("efficientnet-large", 2560),
+        ("efficientnet-lite0", 1280),
+    ],
+)
+def test_full_size_cnns_build_with_random_weights_at_their_catalogue_dim(name, dim):
+    embedder = vision.build_cnn(name).eval()
+    with torch.no_grad():
+        out = embedder(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, dim) == (2, vision.CNN_ARCHS[name].channels)
+
+
+def test_gem_replaces_average_pooling_with_a_learnable_p():
+    embedder = vision.build_cnn("efficientnet_b0", pooler="GeM", pooler_p=2.5)
+    assert isinstance(embedder.pool, vision.GeM2d)
+    assert embedder.pool.p.requires_grad and embedder.pool.p.item() == pytest.approx(2.5)
+    features = torch.rand(2, 8, 4, 4)
+    torch.testing.assert_close(vision.GeM2d(p=1.0)(features), features.mean(dim=(2, 3)))
+    with pytest.raises(FinetunerError, match="CNNs support mean and GeM"):
+        vision.build_cnn("efficientnet_b0", pooler="cls")
+
+
+def test_torchvision_transforms_come_with_the_weights():
+    transform = vision.image_transform("resnet-base")
+    assert transform.crop_size == [224] and transform.resize_size == [232]
+
+
+def test_mlp_follows_finetuners_options():
+    mlp = MLP(input_size=10, hidden_sizes=(32, 16), bias=False, activation="gelu", l2=True)
+    assert mlp.output_dim == 16
+    assert [type(m).__name__ for m in mlp.layers] == ["Linear", "GELU", "Linear"]
+    assert all(layer.bias is None for layer in mlp.layers if isinstance(layer, torch.nn.Linear))
+    out = mlp(torch.randn(4, 10))
+    np.testing.assert_allclose(out.norm(dim=-1).detach().numpy(), 1.0, atol=1e-6)
+    with pytest.raises(FinetunerError, match="unknown activation 'swish'"):
+        MLP(input_size=10, activation="swish")
+    with pytest.raises(FinetunerError, match="positive integers"):
+        MLP(input_size=0)
+
+
+def test_cnn_embedder_exports_to_onnx_with_a_dynamic_batch(tmp_path):
+    import onnxruntime as ort
+    from torch.export import Dim
+
+    embedder = vision.build_cnn("efficientnet-lite0", weights="package", pooler="GeM").eval()
+    path = tmp_path / "cnn.onnx"
+    torch.onnx.export(
+        embedder,
+        (torch.randn(2, 3, 96, 96),),
+        str(path),
+        input_names=["images"],
+        output_names=["embedding"],
+        dynamic_shapes={"images": {0: Dim("batch")}},
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
+    session = ort.InferenceSession(str(path))
+    for batch in (1, 3):
+        images = torch.randn(batch, 3, 96, 96)
+        with torch.no_grad():
+            expected = embedder(images).numpy()
+        got = session.run(None, {"images": images.numpy()})[0]
+        np.testing.assert_allclose(got, expected, atol=1e-4)
