@@ -17,13 +17,41 @@ def test_first_entries_carry_finetuner_fields():
     assert by_name["minilm-l6-en"].upstream == "sentence-transformers/all-MiniLM-L6-v2"
     assert by_name["minilm-l6-en"].output_dim == 384
     for entry in by_name.values():
-        assert entry.task == "text-to-text" and entry.architecture and entry.description
+        assert entry.task in catalogue.TASKS and entry.architecture and entry.description
+    for name in ("bert-base-en", "sbert-base-en", "minilm-l6-en"):
+        assert by_name[name].task == "text-to-text"
 
 
 def test_describe_models_filters_by_task():
     assert len(catalogue.describe_models("text-to-text")) == 3
-    with pytest.raises(FinetunerError, match="Valid tasks: text-to-text"):
+    images = {e.name for e in catalogue.describe_models("image-to-image")}
+    assert images == {
+        "resnet-base", "resnet-large", "efficientnet_b0", "efficientnet-base",
+        "efficientnet-large", "efficientnet-lite0",
+    }  # fmt: skip
+    assert {e.name for e in catalogue.describe_models("text-to-image")} == {
+        "clip-base-en", "clip-large-en", "clip-base-multi",
+    }  # fmt: skip
+    assert len(catalogue.describe_models()) == 15
+    with pytest.raises(FinetunerError, match="Valid tasks: text-to-text, image-to-image"):
         catalogue.describe_models("image-to-image-typo")
+
+
+def test_finetuners_older_names_are_aliases():
+    for alias, name in [
+        ("resnet50", "resnet-base"), ("resnet152", "resnet-large"),
+        ("efficientnet_b4", "efficientnet-base"), ("openai/clip-vit-base-patch32", "clip-base-en"),
+        ("bert-base-cased", "bert-base-en"),
+        ("sentence-transformers/msmarco-distilbert-base-v3", "sbert-base-en"),
+    ]:  # fmt: skip
+        assert catalogue.get_entry(alias).name == name
+
+
+def test_models_the_pipeline_cannot_train_yet_are_refused_clearly():
+    with pytest.raises(FinetunerError) as err:
+        catalogue.lookup("resnet-base")
+    assert "resnet-base (image-to-image)" in str(err.value)
+    assert "minilm-l6-en" in str(err.value)
 
 
 def test_unknown_model_lists_valid_names_and_suggests():
@@ -77,4 +105,7 @@ def test_describe_models_cli_is_fast_and_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert time.perf_counter() - start < 5
     for name in ("bert-base-en", "sbert-base-en", "minilm-l6-en", "768", "384", "output_dim"):
+        assert name in out.stdout
+    assert "resnet-base" not in out.stdout  # only the task asked for
+    for name in ("bert-base-en",):
         assert name in out.stdout

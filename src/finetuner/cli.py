@@ -14,16 +14,22 @@ def describe_models_command(args) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from finetuner.catalogue import describe_models
+    from finetuner.catalogue import TASKS, describe_models
 
-    table = Table(title="Finetuner backbones")
-    for column in ("name", "task", "output_dim", "architecture", "description"):
-        table.add_column(column, overflow="fold")
-    for entry in describe_models(args.task):
-        table.add_row(
-            entry.name, entry.task, str(entry.output_dim), entry.architecture, entry.description
-        )
-    Console().print(table)
+    entries = describe_models(args.task)
+    console = Console()
+    # One table per task, as Finetuner's catalogue was laid out.
+    for task in TASKS:
+        rows = [entry for entry in entries if entry.task == task]
+        if not rows:
+            continue
+        table = Table(title=f"{task} models", title_justify="left")
+        for column in ("name", "task", "output_dim", "architecture", "description"):
+            table.add_column(column, overflow="fold")
+        for entry in rows:
+            dim = str(entry.output_dim) if entry.output_dim else "set by options"
+            table.add_row(entry.name, entry.task, dim, entry.architecture, entry.description)
+        console.print(table)
 
 
 def metrics_table(metrics: dict):

@@ -11,11 +11,11 @@ PIPELINES = {"finetune": "finetuner.pipelines.finetune:finetune"}
 
 def choices() -> dict[str, list[str]]:
     """Parameters that the KFP UI shows as dropdowns, and their valid values."""
-    from finetuner.catalogue import CATALOGUE, POOLERS
+    from finetuner.catalogue import CATALOGUE, PIPELINE_TASKS, POOLERS
     from finetuner.losses import LOSSES
 
     return {
-        "model": [entry.name for entry in CATALOGUE],
+        "model": [entry.name for entry in CATALOGUE if entry.task in PIPELINE_TASKS],
         "pooler": list(POOLERS),
         "loss": list(LOSSES),
     }
