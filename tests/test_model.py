@@ -51,16 +51,20 @@ def test_save_and_load_round_trip(minilm, tmp_path):
     np.testing.assert_allclose(loaded.encode(TEXTS), minilm.encode(TEXTS), atol=1e-6)
 
 
-def test_weights_load_from_an_s3_mirror(s3, tmp_path, monkeypatch, tiny_bert):
-    """bert-base-en has no weights offline; its real loading code reads an S3 mirror."""
+@pytest.mark.parametrize("where", ["s3", "local"])
+def test_weights_load_from_a_mirror(where, request, tmp_path, monkeypatch, tiny_bert):
+    """bert-base-en has no weights offline; its real loading code reads a model mirror."""
     folder = tiny_bert(tmp_path / "bert")
-    mirror = f"s3://{s3}/mirror"
-    storage.upload_dir(folder, storage.join(mirror, "bert-base-cased"))
+    if where == "s3":
+        mirror = f"s3://{request.getfixturevalue('s3')}/mirror"
+    else:
+        mirror = str(tmp_path / "mirror")
+    storage.upload_dir(folder, storage.join(mirror, "bert-base-en"))
     monkeypatch.setenv(weights.MIRROR_ENV, mirror)
     monkeypatch.setenv("FINETUNER_CACHE", str(tmp_path / "cache"))
 
     spec = lookup("bert-base-en", max_length=16)
-    assert spec.weights == f"s3://{s3}/mirror/bert-base-cased/"
+    assert spec.weights == f"{mirror}/bert-base-en/"
     model = TextModel.pretrained(spec)
     emb = model.encode(TEXTS)
     assert emb.shape == (3, 32)  # the mirrored (tiny) weights, not a 768-d download

