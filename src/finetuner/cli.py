@@ -32,6 +32,22 @@ def describe_models_command(args) -> None:
         console.print(table)
 
 
+def list_model_options_command(args) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from finetuner.catalogue import get_entry
+    from finetuner.options import list_model_options
+
+    rows = list_model_options(args.model)
+    table = Table(title=f"Options of {get_entry(args.model).name}", title_justify="left")
+    for column in ("option", "type", "default", "description"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(row[c] for c in ("option", "type", "default", "description")))
+    Console().print(table if rows else f"{args.model} has no options.")
+
+
 def metrics_table(metrics: dict):
     from rich.table import Table
 
@@ -107,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("describe-models", help="list the backbones of the catalogue")
     p.add_argument("--task", help="only the models of this task, e.g. text-to-text")
     p.set_defaults(func=describe_models_command)
+
+    p = sub.add_parser("list-model-options", help="list a model's options and their defaults")
+    p.add_argument("model", help="a catalogue name, e.g. minilm-l6-en")
+    p.set_defaults(func=list_model_options_command)
 
     d = PIPELINE_DEFAULTS
     p = sub.add_parser(
