@@ -6,6 +6,7 @@ from finetuner.components import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def preprocess(
+    model_spec: dict,
     train_data: str,
     eval_data: str,
     val_split: float,
@@ -18,6 +19,7 @@ def preprocess(
     from finetuner import steps
 
     return steps.preprocess(
+        model_spec,
         train_data,
         eval_data,
         val_split,

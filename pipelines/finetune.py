@@ -58,8 +58,13 @@ def finetune(
         max_length=max_length,
         loss=loss,
     )
-    data = preprocess(train_data=train_data, eval_data=eval_data, val_split=val_split, seed=seed)
-    data.after(lookup)
+    data = preprocess(
+        model_spec=lookup.output,
+        train_data=train_data,
+        eval_data=eval_data,
+        val_split=val_split,
+        seed=seed,
+    )
     trained = train(
         model_spec=lookup.output,
         train_dataset=data.outputs["train_dataset"],

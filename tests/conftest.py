@@ -95,3 +95,50 @@ def tiny_bert():
         return path
 
     return make
+
+
+FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+FASHION_CLASSES = (
+    "T-shirt", "trouser", "pullover", "dress", "coat",
+    "sandal", "shirt", "sneaker", "bag", "ankle boot",
+)  # fmt: skip
+
+
+def fashion_mnist(n: int):
+    """The first n test images (28x28 uint8) and labels of Fashion-MNIST, from Debian's
+    dataset-fashion-mnist package (read directly: torchvision's checksums reject it)."""
+    import gzip
+
+    import numpy as np
+
+    with gzip.open(f"{FASHION_MNIST}/t10k-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[:n]
+    with gzip.open(f"{FASHION_MNIST}/t10k-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)[:n]
+    return images, labels
+
+
+@pytest.fixture
+def fashion_pairs(tmp_path):
+    """A folder of Fashion-MNIST PNGs and a CSV of (image, image) pairs of the same class,
+    with paths relative to the CSV."""
+
+    def make(n_pairs: int = 20):
+        from PIL import Image
+
+        images, labels = fashion_mnist(8 * n_pairs)
+        (tmp_path / "images").mkdir(exist_ok=True)
+        by_class: dict[int, list[str]] = {}
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+            name = f"images/{i:05d}.png"
+            Image.fromarray(image).save(tmp_path / name)
+            by_class.setdefault(int(label), []).append(name)
+        rows = []
+        while len(rows) < n_pairs:  # round-robin over classes, two unused images a pair
+            for names in by_class.values():
+                if len(names) >= 2 and len(rows) < n_pairs:
+                    rows.append(f"{names.pop()},{names.pop()}")
+        (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+        return tmp_path / "pairs.csv"
+
+    return make

@@ -11,6 +11,7 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from finetuner import inference, storage
+from finetuner.catalogue import CATALOGUE, PIPELINE_TASKS
 from finetuner.compile import compile_pipelines
 from finetuner.metrics import METRICS
 
@@ -29,7 +30,10 @@ def test_compiled_yaml_parses_strictly_with_dropdowns_and_descriptions():
     )
     parameters = spec.root.input_definitions.parameters
     literals = {name: [v.string_value for v in parameters[name].literals] for name in parameters}
-    assert literals["model"] == ["bert-base-en", "sbert-base-en", "minilm-l6-en"]
+    trainable = [e.name for e in CATALOGUE if e.task in PIPELINE_TASKS]
+    assert literals["model"] == trainable
+    assert {"minilm-l6-en", "efficientnet-lite0"} <= set(trainable)
+    assert "pointnet-base" not in trainable  # not trainable by the pipeline yet
     assert literals["pooler"] == ["mean", "cls", "max", "GeM"]
     assert literals["loss"] == ["MultipleNegativesRankingLoss", "TripletMarginLoss"]
     for name in ("model", "train_data", "eval_data", "val_split", "loss", "epochs",
@@ -104,3 +108,25 @@ def test_fit_runs_the_pipeline_with_eval_data_gem_and_triplet_loss(pairs_csv, tm
     assert (model.spec.pooler, model.spec.pooler_p) == ("GeM", 2.0)
     emb = finetuner.encode(model, ["hotelier", "an owner or manager of hotels"])
     assert emb.shape == (2, 384)
+
+
+def test_image_to_image_through_finetuner_run(fashion_pairs, tmp_path):
+    csv = fashion_pairs(16)
+    output, summary_path = tmp_path / "model", tmp_path / "summary.json"
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "finetuner", "run", "--model", "efficientnet-lite0",
+            "--train-data", str(csv), "--val-split", "0.25", "--epochs", "1",
+            "--batch-size", "6", "--learning-rate", "1e-4", "--pooler", "GeM",
+            "--output", str(output), "--summary-json", str(summary_path),
+        ],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads(summary_path.read_text())
+    assert set(summary["metrics"]["after"]) == {f"{name}@10" for name in METRICS}
+    model = inference.get_model(str(output))
+    assert model.spec.name == "efficientnet-lite0" and model.spec.pooler == "GeM"
+    images = [str(p) for p in sorted((csv.parent / "images").glob("*.png"))[:3]]
+    onnx_model = inference.get_model(str(output), is_onnx=True)
+    np.testing.assert_allclose(onnx_model.encode(images), model.encode(images), atol=1e-4)

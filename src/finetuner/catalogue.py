@@ -16,7 +16,7 @@ from finetuner.errors import FinetunerError
 # Tasks in the order `describe-models` groups them.
 TASKS = ("text-to-text", "image-to-image", "text-to-image", "mesh-to-mesh", "any", "synthesis")
 # Tasks that the finetune pipeline trains end to end today.
-PIPELINE_TASKS = ("text-to-text",)
+PIPELINE_TASKS = ("text-to-text", "image-to-image")
 POOLERS = ("mean", "cls", "max", "GeM")
 
 
@@ -164,13 +164,15 @@ class ModelSpec(BaseModel):
     name: str
     upstream: str
     task: str
+    family: str = "text"
     architecture: str
     output_dim: int
-    pooler: str
-    pooler_p: float
-    pooler_eps: float
-    max_length: int
-    # Where the weights come from: "package:<module>", "hf:<hub id>" or an s3:// URI.
+    pooler: str = "mean"
+    pooler_p: float = 3.0
+    pooler_eps: float = 1e-6
+    max_length: int = 0  # text models only
+    # Where the weights come from: "package:<module>", "hf:<hub id>", "torchvision:<enum>",
+    # or a mirror folder (s3:// or local).
     weights: str
 
 
@@ -190,11 +192,17 @@ def lookup(
             f"{entry.name} ({entry.task}) is in the catalogue, but the finetune pipeline "
             f"trains only {', '.join(PIPELINE_TASKS)} models so far: {', '.join(trainable)}."
         )
-    from finetuner.options import validate_options
+    from finetuner.defaults import PIPELINE_DEFAULTS
+    from finetuner.options import schema, validate_options
 
+    # The pipeline passes every parameter; one the model lacks is an error only when the
+    # user changed it from its default.
+    given = dict(pooler=pooler, pooler_p=pooler_p, pooler_eps=pooler_eps, max_length=max_length)
+    fields = schema(entry).model_fields
     options = validate_options(
-        entry, pooler=pooler, pooler_p=pooler_p, pooler_eps=pooler_eps, max_length=max_length
-    )
+        entry,
+        **{k: v for k, v in given.items() if k in fields or v != PIPELINE_DEFAULTS.get(k)},
+    ).model_dump()
     weights = ""
     if resolve_weights:
         from finetuner.weights import resolve_source
@@ -204,11 +212,9 @@ def lookup(
         name=entry.name,
         upstream=entry.upstream,
         task=entry.task,
+        family=entry.family,
         architecture=entry.architecture,
         output_dim=entry.output_dim,
-        pooler=options.pooler,
-        pooler_p=options.pooler_p,
-        pooler_eps=options.pooler_eps,
-        max_length=options.max_length,
         weights=weights,
+        **options,
     )

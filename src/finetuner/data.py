@@ -9,6 +9,7 @@ import csv
 import io
 import random
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 from finetuner import storage
 from finetuner.errors import FinetunerError
@@ -21,8 +22,12 @@ MAX_FIELD_CHARS = 100_000
 Pair = tuple[str, str]
 
 
-def read_pairs(uri: str, encoding: str = "utf-8") -> list[Pair]:
-    """All (query, document) pairs of a CSV file at a local path or s3:// URI."""
+def read_pairs(uri: str, encoding: str = "utf-8", media: bool = False) -> list[Pair]:
+    """All (query, document) pairs of a CSV file at a local path or s3:// URI.
+
+    With `media`, fields are images (or other files): paths relative to the CSV's folder,
+    or s3:// URIs. They come back as URIs, each checked to exist.
+    """
     raw = storage.read_bytes(uri)
     if not raw.strip():
         raise FinetunerError(f"{uri} is empty: expected CSV rows of query,document.")
@@ -50,7 +55,10 @@ def read_pairs(uri: str, encoding: str = "utf-8") -> list[Pair]:
                 continue
             if not pairs and start == 1 and {f.strip().lower() for f in row} <= HEADER_NAMES:
                 continue
-            pairs.append(_check_row(uri, start, row))
+            pair = _check_row(uri, start, row)
+            if media:
+                pair = tuple(resolve_media(uri, start, col, ref) for col, ref in enumerate(pair, 1))
+            pairs.append(pair)
     except csv.Error as exc:
         raise FinetunerError(f"{uri}, line {line}: malformed CSV ({exc}).") from None
     if not pairs:
@@ -73,6 +81,24 @@ def _check_row(uri: str, line: int, row: list[str]) -> Pair:
                 f"more than the limit of {MAX_FIELD_CHARS}."
             )
     return row[0].strip(), row[1].strip()
+
+
+def resolve_media(data_uri: str, line: int, column: int, ref: str) -> str:
+    """The URI of a file named in a data file; it must exist and stay inside the data's
+    folder (or be an s3:// URI)."""
+    where = f"{data_uri}, line {line}, column {column}"
+    if storage.is_s3(ref):
+        target = ref
+    else:
+        if PurePosixPath(ref).is_absolute() or ".." in PurePosixPath(ref).parts:
+            raise FinetunerError(
+                f"{where}: '{ref}' must be a path inside the data file's folder "
+                "(no '..', not absolute) or an s3:// URI."
+            )
+        target = storage.join(storage.parent(data_uri), ref)
+    if not storage.exists(target):
+        raise FinetunerError(f"{where}: {target} does not exist.")
+    return target
 
 
 def deduplicate(pairs: list[Pair]) -> list[Pair]:

@@ -19,12 +19,6 @@ from finetuner.errors import FinetunerError
 MANIFEST = "manifest.json"
 ONNX_FILE = "onnx/model.onnx"
 ONNX_TOLERANCE = 1e-4
-# Texts of varied length and batch sizes that the ONNX check runs through both runtimes.
-CHECK_BATCHES = (
-    ["a"],
-    ["a short query", "a considerably longer document that needs many more tokens to encode"],
-    ["x y z"] * 3 + ["one more sentence of middling length"],
-)
 
 
 def check_output_free(output_uri: str) -> None:
@@ -54,9 +48,10 @@ def write_sentence_transformers(model, folder: Path) -> None:
     SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu").save(str(folder))
 
 
-def export_onnx(model, path: Path) -> float:
-    """Export to ONNX with dynamic batch and sequence axes; returns the max abs difference
-    from PyTorch on CHECK_BATCHES, failing above ONNX_TOLERANCE."""
+def export_onnx(model, path: Path) -> dict:
+    """Export to ONNX with the model's dynamic axes and check it against PyTorch on the
+    model's check inputs, failing above ONNX_TOLERANCE. Returns the graph's input and
+    output names and the max abs difference."""
     import onnxruntime as ort
     import torch
     from torch.export import Dim
@@ -66,53 +61,59 @@ def export_onnx(model, path: Path) -> float:
     for name in ("onnxscript", "onnx_ir"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
-    names = model.input_names
-    example = model.tokenize(CHECK_BATCHES[1])
-    batch, sequence = Dim("batch"), Dim("sequence")
-    embedder = model.embedder.eval().cpu()
+    spec = model.onnx_spec()
+    module, names = spec["module"].eval().cpu(), list(spec["example"])
+    dims = {}  # one Dim object per axis name, shared by the inputs that have it
+    dynamic = {
+        n: {axis: dims.setdefault(label, Dim(label)) for axis, label in spec["dynamic"][n].items()}
+        for n in names
+    }
     torch.onnx.export(
-        embedder,
-        tuple(example[n] for n in names),
+        module,
+        tuple(spec["example"][n] for n in names),
         str(path),
         input_names=names,
-        output_names=["sentence_embedding"],
-        dynamic_shapes={n: {0: batch, 1: sequence} for n in names},
+        output_names=[spec["output"]],
+        dynamic_shapes=dynamic,
         dynamo=True,
         external_data=False,
         verbose=False,
     )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = 0.0
-    for texts in CHECK_BATCHES:
-        inputs = model.tokenize(texts)
+    for inputs in spec["checks"]:
         with torch.inference_mode():
-            expected = embedder(**inputs).numpy()
+            expected = module(*(inputs[n] for n in names)).numpy()
         got = session.run(None, {n: inputs[n].numpy() for n in names})[0]
         worst = max(worst, float(np.abs(got - expected).max()))
     if worst > ONNX_TOLERANCE:
         raise FinetunerError(
             f"the ONNX export differs from PyTorch by {worst:.2e} (limit {ONNX_TOLERANCE:g})."
         )
-    return worst
+    return {"inputs": names, "output": spec["output"], "max_abs_diff": worst}
 
 
-def model_card(spec, metrics: dict, onnx_diff: float) -> str:
+def model_card(spec, metrics: dict, onnx: dict) -> str:
     before, after = metrics.get("before", {}), metrics.get("after", {})
-    gem_note = (
-        "\n  GeM pooling is a finetuner module: load with `trust_remote_code=True` where"
-        " finetuner is installed."
-        if spec.pooler == "GeM"
-        else ""
-    )
     rows = "\n".join(
         f"| {name} | {before.get(name, float('nan')):.4f} | {value:.4f} |"
         for name, value in after.items()
     )
+    if spec.family == "text":
+        details = f", pooler `{spec.pooler}`, max length {spec.max_length}"
+        folder = (
+            'a sentence-transformers folder (`SentenceTransformer("model")`) with the weights '
+            "as safetensors"
+        )
+        if spec.pooler == "GeM":
+            folder += "; GeM is a finetuner module: load with `trust_remote_code=True`"
+    else:
+        details, folder = f", pooler `{spec.pooler}`", "the weights as safetensors"
+    inputs = ", ".join(f"`{name}`" for name in onnx["inputs"])
     return f"""# {spec.name}, fine-tuned
 
 An embedding model fine-tuned with finetuner from `{spec.upstream}` ({spec.architecture},
-{spec.output_dim}-d, pooler `{spec.pooler}`, max length {spec.max_length}). Embeddings are
-L2-normalised: rank by dot product.
+{spec.output_dim}-d{details}). Embeddings are L2-normalised: rank by dot product.
 
 ## Retrieval on the evaluation data
 | metric | pretrained | fine-tuned |
@@ -120,11 +121,9 @@ L2-normalised: rank by dot product.
 {rows}
 
 ## Files
-- `model/`: a sentence-transformers folder (`SentenceTransformer("model")`) with the
-  weights as safetensors; `finetuner.get_model(uri)` loads it too.{gem_note}
-- `{ONNX_FILE}`: inputs {", ".join("`" + n + "`" for n in ("input_ids", "attention_mask"))} (and
-  `token_type_ids` where the tokenizer makes them), output `sentence_embedding`; it matches
-  PyTorch to {onnx_diff:.1e}.
+- `model/`: {folder}; `finetuner.get_model(uri)` loads it.
+- `{ONNX_FILE}`: inputs {inputs}, output `{onnx["output"]}`; it matches PyTorch to
+  {onnx["max_abs_diff"]:.1e}.
 - `metrics.json`, and `{MANIFEST}`, written last: an export without it is incomplete.
 """
 
@@ -142,16 +141,19 @@ def export(model, metrics: dict, output_uri: str) -> dict:
     check_output_free(output_uri)
     with tempfile.TemporaryDirectory(prefix="finetuner-export-") as tmp:
         stage = Path(tmp)
-        write_sentence_transformers(model, stage / "model")
-        onnx_diff = export_onnx(model, stage / ONNX_FILE)
+        if model.spec.family == "text":
+            write_sentence_transformers(model, stage / "model")
+        else:
+            model.save(stage / "model")
+        onnx = export_onnx(model, stage / ONNX_FILE)
         (stage / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (stage / "README.md").write_text(model_card(model.spec, metrics, onnx_diff))
+        (stage / "README.md").write_text(model_card(model.spec, metrics, onnx))
         files = sorted(p for p in stage.rglob("*") if p.is_file())
         manifest = {
             "format": 1,
             "model": model.spec.name,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "onnx_max_abs_diff": onnx_diff,
+            "onnx_max_abs_diff": onnx["max_abs_diff"],
             "metrics": metrics,
             "files": [
                 {"path": str(p.relative_to(stage)), "bytes": p.stat().st_size, "sha256": _sha256(p)}

@@ -12,34 +12,48 @@ from finetuner.errors import FinetunerError
 from finetuner.export import MANIFEST, ONNX_FILE
 
 
-class OnnxTextModel:
-    """An exported ONNX model with the tokenizer of its export, on onnxruntime."""
+class OnnxModel:
+    """An exported ONNX model on onnxruntime, with the preprocessing of its export."""
 
     def __init__(self, onnx_path: Path, model_folder: Path):
         import onnxruntime as ort
-        from transformers import AutoTokenizer
 
         from finetuner.catalogue import ModelSpec
         from finetuner.models.text import CONFIG_FILE
 
         config = json.loads((model_folder / CONFIG_FILE).read_text())
         self.spec = ModelSpec(**config["spec"])
-        self.tokenizer = AutoTokenizer.from_pretrained(model_folder)
+        if self.spec.family == "text":
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(model_folder)
+        else:
+            from finetuner.models.vision import image_transform
+
+            self.transform = image_transform(self.spec.name)
         self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
 
-    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        out = []
-        for start in range(0, len(texts), batch_size):
+    def _feeds(self, items: list) -> dict:
+        if self.spec.family == "text":
             batch = self.tokenizer(
-                list(texts[start : start + batch_size]),
+                list(items),
                 padding=True,
                 truncation=True,
                 max_length=self.spec.max_length,
                 return_tensors="np",
             )
-            feeds = {n: batch[n].astype(np.int64) for n in self.input_names}
-            out.append(self.session.run(None, feeds)[0])
+            return {n: batch[n].astype(np.int64) for n in self.input_names}
+        from finetuner.models.image import load_image
+
+        pixels = np.stack([self.transform(load_image(uri)).numpy() for uri in items])
+        return {"images": pixels}
+
+    def encode(self, items: list, batch_size: int = 64) -> np.ndarray:
+        out = [
+            self.session.run(None, self._feeds(items[start : start + batch_size]))[0]
+            for start in range(0, len(items), batch_size)
+        ]
         return np.concatenate(out) if out else np.zeros((0, self.spec.output_dim), np.float32)
 
 
@@ -55,14 +69,14 @@ def get_model(artifact: str, is_onnx: bool = False):
         )
     root = storage.local_copy(artifact.rstrip("/") + "/")
     if is_onnx:
-        return OnnxTextModel(root / ONNX_FILE, root / "model")
-    from finetuner.models import TextModel
+        return OnnxModel(root / ONNX_FILE, root / "model")
+    from finetuner import models
 
-    return TextModel.load(root / "model")
+    return models.load(root / "model")
 
 
 def encode(model, data: list[str], batch_size: int = 64) -> np.ndarray:
-    """Unit-length embeddings of `data`, one row per item."""
+    """Unit-length embeddings of `data` (texts, or image paths and URIs), one row per item."""
     if isinstance(data, str):
-        raise FinetunerError("encode expects a list of texts, not a single string.")
+        raise FinetunerError("encode expects a list of items, not a single string.")
     return model.encode(list(data), batch_size=batch_size)

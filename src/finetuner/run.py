@@ -47,7 +47,7 @@ def preflight(params: dict) -> dict:
     if unknown:
         raise FinetunerError(f"unknown parameter(s): {', '.join(sorted(unknown))}.")
     params = {**DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
-    catalogue_lookup(
+    spec = catalogue_lookup(
         params["model"],
         params["pooler"],
         params["pooler_p"],
@@ -71,7 +71,8 @@ def preflight(params: dict) -> dict:
         if uri and not storage.exists(uri):
             raise FinetunerError(f"parameter {name}: {uri} does not exist.")
         if uri:
-            read_pairs(uri)  # a bad row fails now, with its line, not minutes into the run
+            # A bad row fails now, with its line, not minutes into the run.
+            read_pairs(uri, media=spec["family"] != "text")
     params["output_uri"] = params.get("output_uri") or default_output(params["model"])
     check_output_free(params["output_uri"])
     return params

@@ -22,6 +22,7 @@ def catalogue_lookup(
 
 
 def preprocess(
+    model_spec: dict,
     train_data: str,
     eval_data: str,
     val_split: float,
@@ -30,13 +31,16 @@ def preprocess(
     eval_out: str,
     report_out: str,
 ) -> dict:
-    """Read and validate the CSVs, deduplicate, split; write Parquet and a Markdown report."""
+    """Read and validate the CSVs, deduplicate, split; write Parquet and a Markdown report.
+
+    For models of images, the fields are image files, resolved to URIs here."""
     data.check_val_split(val_split, has_eval_data=bool(eval_data))
-    raw = data.read_pairs(train_data)
+    media = ModelSpec(**model_spec).family != "text"
+    raw = data.read_pairs(train_data, media=media)
     pairs = data.deduplicate(raw)
     if eval_data:
         train_pairs = pairs
-        eval_pairs = data.deduplicate(data.read_pairs(eval_data))
+        eval_pairs = data.deduplicate(data.read_pairs(eval_data, media=media))
     else:
         train_pairs, eval_pairs = data.split_by_query(pairs, val_split, seed)
     data.write_pairs(train_pairs, train_out)
@@ -90,11 +94,11 @@ def train(
     seed: int,
 ) -> dict:
     """Fine-tune the pretrained backbone on the train pairs; save it to model_out."""
-    from finetuner.models import TextModel
+    from finetuner import models
     from finetuner.train import TrainConfig
     from finetuner.train import train as run_training
 
-    model = TextModel.pretrained(ModelSpec(**model_spec))
+    model = models.pretrained(ModelSpec(**model_spec))
     config = TrainConfig(
         loss=loss, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed
     )
@@ -105,12 +109,12 @@ def train(
 
 def evaluate(model_spec: dict, model_dir: str, eval_path: str, k: int) -> dict:
     """Metrics@k of the pretrained and the fine-tuned model: {"before": ..., "after": ...}."""
+    from finetuner import models
     from finetuner.evaluate import evaluate as run_eval
-    from finetuner.models import TextModel
 
     eval_set = data.EvalSet.from_pairs(data.load_pairs(eval_path))
-    before = run_eval(TextModel.pretrained(ModelSpec(**model_spec)), eval_set, k)
-    after = run_eval(TextModel.load(model_dir), eval_set, k)
+    before = run_eval(models.pretrained(ModelSpec(**model_spec)), eval_set, k)
+    after = run_eval(models.load(model_dir), eval_set, k)
     return {"k": k, "queries": len(eval_set.queries), "before": before, "after": after}
 
 
@@ -130,7 +134,7 @@ def evaluation_html(metrics: dict) -> str:
 
 def export(model_dir: str, metrics: dict, output_uri: str) -> dict:
     """Publish the fine-tuned model and its metrics to output_uri; the URIs written."""
+    from finetuner import models
     from finetuner.export import export as run_export
-    from finetuner.models import TextModel
 
-    return run_export(TextModel.load(model_dir), metrics, output_uri)
+    return run_export(models.load(model_dir), metrics, output_uri)

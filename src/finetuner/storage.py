@@ -73,6 +73,14 @@ def join(uri: str | os.PathLike, *parts: str) -> str:
     return result
 
 
+def parent(uri: str | os.PathLike) -> str:
+    """The folder a file URI is in: `s3://b/data/x.csv` -> `s3://b/data`."""
+    text = str(uri).rstrip("/")
+    if is_s3(text):
+        return text.rsplit("/", 1)[0]
+    return str(_local(text).parent)
+
+
 def _local(uri: str | os.PathLike) -> Path:
     text = str(uri)
     if text.startswith("file://"):

@@ -73,7 +73,7 @@ def parameter_groups(module, weight_decay: float) -> list[dict]:
 
 
 def train(model, pairs: list[Pair], config: TrainConfig, device: str | None = None) -> dict:
-    """Fine-tune `model` (a TextModel) in place on pairs; returns training metrics."""
+    """Fine-tune `model` (from finetuner.models) in place on pairs; returns training metrics."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 

@@ -36,25 +36,41 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
+# The file that marks a mirror folder as holding a family's weights.
+MIRROR_MARKER = {"text": "config.json", "cnn": "model.safetensors"}
+
+
+def _upstream(entry) -> tuple[str, bool]:
+    """The upstream source of an entry, and whether it is usable without a download."""
+    if entry.family == "cnn":
+        from finetuner.models.vision import cnn_arch, torchvision_weights_cached
+
+        arch = cnn_arch(entry.name)
+        return f"torchvision:{arch.weights}", torchvision_weights_cached(arch)
+    return f"hf:{entry.upstream}", _hub_cached(entry.upstream)
+
+
 def resolve_source(entry) -> str:
     """Pick the weights source of a catalogue entry, failing early if none is usable."""
     mirror = mirror_uri(entry.name)
-    if mirror and storage.exists(storage.join(mirror, "config.json")):
+    marker = MIRROR_MARKER.get(entry.family, "config.json")
+    if mirror and storage.exists(storage.join(mirror, marker)):
         return mirror
     if entry.package and importlib.util.find_spec(entry.package) is not None:
         return f"package:{entry.package}"
-    if not _offline() or _hub_cached(entry.upstream):
-        return f"hf:{entry.upstream}"
-    tried = [f"the hub cache for '{entry.upstream}' (HF_HUB_OFFLINE=1)"]
+    upstream, cached = _upstream(entry)
+    if not _offline() or cached:
+        return upstream
+    tried = [f"the local cache of {upstream} (HF_HUB_OFFLINE=1: no downloads)"]
     if mirror:
-        tried.insert(0, f"{mirror}config.json")
+        tried.insert(0, storage.join(mirror, marker))
     if entry.package:
         tried.append(f"the Python package '{entry.package}'")
     raise FinetunerError(
         f"no pretrained weights for {entry.name} are reachable; tried "
         + ", ".join(tried)
         + f". Save the model folder of '{entry.upstream}' as ${MIRROR_ENV}/{entry.name}/ "
-        "(an s3:// prefix or a folder), or allow hub downloads."
+        "(an s3:// prefix or a folder), or allow downloads."
     )
 
 

@@ -15,6 +15,12 @@ from finetuner.poolers import Pooler
 
 CONFIG_FILE = "finetuner.json"
 FORMAT_VERSION = 1
+# Texts of varied length and batch sizes that the ONNX check runs through both runtimes.
+ONNX_CHECK_TEXTS = (
+    ["a"],
+    ["a short query", "a considerably longer document that needs many more tokens to encode"],
+    ["x y z"] * 3 + ["one more sentence of middling length"],
+)
 
 
 class TextEmbedder(nn.Module):
@@ -109,6 +115,16 @@ class TextModel:
             parts.append(self.embedder(**{k: v.to(device) for k, v in features.items()}))
         inverse = torch.from_numpy(np.argsort(order)).to(device)
         return torch.cat(parts)[inverse]
+
+    def onnx_spec(self) -> dict:
+        """What export needs to write and check this model as ONNX."""
+        return {
+            "module": self.embedder,
+            "output": "sentence_embedding",
+            "example": self.tokenize(ONNX_CHECK_TEXTS[1]),
+            "dynamic": {name: {0: "batch", 1: "sequence"} for name in self.input_names},
+            "checks": [self.tokenize(texts) for texts in ONNX_CHECK_TEXTS],
+        }
 
     @torch.inference_mode()
     def encode(self, texts: list[str], batch_size: int = 64, device: str = "cpu") -> np.ndarray:

@@ -63,10 +63,29 @@ class CNNEmbedder(nn.Module):
         self.trunk = trunk
         self.pool = pool  # None: global average pooling
 
+    def train(self, mode: bool = True):
+        # Fine-tuning batches are small and unlike ImageNet's; BatchNorm keeps the pretrained
+        # statistics rather than re-estimating them from a few images.
+        super().train(mode)
+        for module in self.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        return self
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.trunk(images)
         pooled = features.mean(dim=(2, 3)) if self.pool is None else self.pool(features)
         return F.normalize(pooled, dim=-1)
+
+
+def torchvision_weights_cached(arch: CNNArch) -> bool:
+    """Whether torchvision's download of these weights is already in the local cache."""
+    import os
+
+    import torchvision.models as tvm
+
+    url = tvm.get_weight(arch.weights).url
+    return os.path.exists(os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url)))
 
 
 def _torchvision_model(arch: CNNArch, pretrained: bool):

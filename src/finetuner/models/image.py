@@ -1,0 +1,111 @@
+"""Image embedding models: a catalogue CNN with its preprocessing, fed by image URIs."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from finetuner import storage
+from finetuner.catalogue import ModelSpec
+from finetuner.errors import FinetunerError
+from finetuner.models import vision
+from finetuner.models.text import CONFIG_FILE, FORMAT_VERSION
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+def load_image(uri: str):
+    """An RGB PIL image from a local path or s3:// URI; a bad file names itself."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(storage.read_bytes(uri))) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise FinetunerError(f"{uri}: not a readable image ({exc}).") from None
+
+
+class ImageModel:
+    """A CNNEmbedder with the eval transform of its weights: what the steps pass around."""
+
+    def __init__(self, embedder: vision.CNNEmbedder, spec: ModelSpec):
+        self.embedder = embedder
+        self.spec = spec
+        self.transform = vision.image_transform(spec.name)
+
+    @classmethod
+    def _build(cls, spec: ModelSpec, weights: str | None) -> ImageModel:
+        embedder = vision.build_cnn(spec.name, weights, spec.pooler, spec.pooler_p, spec.pooler_eps)
+        return cls(embedder.eval(), spec)
+
+    @classmethod
+    def pretrained(cls, spec: ModelSpec) -> ImageModel:
+        if spec.weights.startswith("package:"):
+            return cls._build(spec, "package")
+        if spec.weights.startswith("torchvision:"):
+            return cls._build(spec, "upstream")
+        from finetuner.weights import local_path
+
+        return cls._from_state(spec, local_path(spec.weights) / WEIGHTS_FILE)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ImageModel:
+        config = json.loads((Path(folder) / CONFIG_FILE).read_text())
+        return cls._from_state(ModelSpec(**config["spec"]), Path(folder) / WEIGHTS_FILE)
+
+    @classmethod
+    def _from_state(cls, spec: ModelSpec, path: Path) -> ImageModel:
+        from safetensors.torch import load_file
+
+        model = cls._build(spec, None)
+        state = load_file(str(path))
+        if spec.pooler != "GeM":
+            state.pop("pool.p", None)  # a mirror may hold GeM's p; plain pooling has none
+        model.embedder.load_state_dict(state, strict=True)
+        return model
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        vision.save_state(self.embedder, folder / WEIGHTS_FILE)
+        config = {"format": FORMAT_VERSION, "spec": self.spec.model_dump()}
+        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        return folder
+
+    def pixels(self, uris: list[str]) -> torch.Tensor:
+        return torch.stack([self.transform(load_image(uri)) for uri in uris])
+
+    def embed(self, uris: list[str], device: str = "cpu", buckets: int = 1) -> torch.Tensor:
+        """Embeddings with gradients, for training (images need no length buckets)."""
+        return self.embedder(self.pixels(uris).to(device))
+
+    @torch.inference_mode()
+    def encode(self, uris: list[str], batch_size: int = 64, device: str = "cpu") -> np.ndarray:
+        self.embedder.eval().to(device)
+        out = [
+            self.embedder(self.pixels(uris[i : i + batch_size]).to(device)).float().cpu()
+            for i in range(0, len(uris), batch_size)
+        ]
+        return torch.cat(out).numpy() if out else np.zeros((0, self.spec.output_dim), np.float32)
+
+    def onnx_spec(self) -> dict:
+        """What export needs to write and check this model as ONNX. The transform fixes
+        the image size, so only the batch axis is dynamic."""
+        shape = tuple(self.transform(_blank()).shape)
+        return {
+            "module": self.embedder,
+            "output": "image_embedding",
+            "example": {"images": torch.randn(2, *shape)},
+            "dynamic": {"images": {0: "batch"}},
+            "checks": [{"images": torch.randn(n, *shape)} for n in (1, 3)],
+        }
+
+
+def _blank():
+    from PIL import Image
+
+    return Image.new("RGB", (256, 256))

@@ -1,0 +1,59 @@
+"""Image models through the steps' model interface: build, train, save, load, export."""
+
+import numpy as np
+import pytest
+
+from finetuner import data, models
+from finetuner.catalogue import lookup
+from finetuner.errors import FinetunerError
+from finetuner.evaluate import evaluate
+from finetuner.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def lite0_spec():
+    return lookup("efficientnet-lite0")
+
+
+def test_pairs_resolve_image_paths_against_the_csv(fashion_pairs):
+    csv = fashion_pairs(6)
+    pairs = data.read_pairs(str(csv), media=True)
+    assert len(pairs) == 6
+    assert all(p.startswith(str(csv.parent / "images")) for pair in pairs for p in pair)
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("images/missing.png,images/00000.png", "images/missing.png does not exist"),
+        ("../secret.png,images/00000.png", "must be a path inside the data file's folder"),
+        ("/etc/passwd,images/00000.png", "must be a path inside the data file's folder"),
+    ],
+)
+def test_bad_image_references_name_file_line_and_column(fashion_pairs, row, message):
+    csv = fashion_pairs(2)
+    csv.write_text(csv.read_text() + row + "\n")
+    with pytest.raises(FinetunerError) as err:
+        data.read_pairs(str(csv), media=True)
+    assert f"{csv}, line 3, column 1" in str(err.value) and message in str(err.value)
+
+
+def test_lite0_learns_fashion_mnist_pairs(fashion_pairs, lite0_spec):
+    """(Export and ONNX of image models: tests/test_pipeline.py, through `finetuner run`.)"""
+    pairs = data.read_pairs(str(fashion_pairs(12)), media=True)
+    eval_set = data.EvalSet.from_pairs(pairs)
+    model = models.pretrained(lite0_spec)
+    assert model.encode(eval_set.queries[:2]).shape == (2, 1280)
+    before = evaluate(model, eval_set)["ndcg@10"]
+    train(model, pairs, TrainConfig(epochs=2, batch_size=6, learning_rate=1e-4, log_every=100))
+    after = evaluate(model, eval_set)["ndcg@10"]
+    assert after > before, (before, after)
+
+
+def test_image_model_saves_and_loads(lite0_spec, fashion_pairs, tmp_path):
+    images = [p for pair in data.read_pairs(str(fashion_pairs(2)), media=True) for p in pair]
+    model = models.pretrained(lite0_spec)
+    model.save(tmp_path / "m")
+    np.testing.assert_allclose(
+        models.load(tmp_path / "m").encode(images), model.encode(images), atol=1e-6
+    )
