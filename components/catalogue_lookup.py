@@ -5,9 +5,17 @@ from finetuner.components import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def catalogue_lookup(
-    model: str, pooler: str, pooler_p: float, pooler_eps: float, max_length: int, loss: str
+    model: str,
+    pooler: str,
+    pooler_p: float,
+    pooler_eps: float,
+    max_length: int,
+    loss: str,
+    model_options: dict,
 ) -> dict:
     """Validate the backbone and its options against the catalogue; output the ModelSpec."""
     from finetuner import steps
 
-    return steps.catalogue_lookup(model, pooler, pooler_p, pooler_eps, max_length, loss)
+    return steps.catalogue_lookup(
+        model, pooler, pooler_p, pooler_eps, max_length, loss, model_options
+    )

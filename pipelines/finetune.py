@@ -28,6 +28,7 @@ def finetune(
     pooler_p: float = D["pooler_p"],
     pooler_eps: float = D["pooler_eps"],
     max_length: int = D["max_length"],
+    model_options: dict = D["model_options"],
     eval_k: int = D["eval_k"],
     seed: int = D["seed"],
 ):
@@ -47,6 +48,8 @@ def finetune(
         pooler_p: GeM's exponent p (1 is mean pooling); used when pooler is GeM.
         pooler_eps: GeM's eps, the floor of |x| before the power.
         max_length: Tokens kept of each text.
+        model_options: The model's own options, e.g. {"input_size": 128} for mlp (see
+            `finetuner list-model-options MODEL`).
         eval_k: The cut-off k of the retrieval metrics (ndcg@k, mrr@k, ...).
         seed: Seed of the split, shuffling and initialisation.
     """
@@ -57,6 +60,7 @@ def finetune(
         pooler_eps=pooler_eps,
         max_length=max_length,
         loss=loss,
+        model_options=model_options,
     )
     data = preprocess(
         model_spec=lookup.output,

@@ -16,7 +16,7 @@ from finetuner.errors import FinetunerError
 # Tasks in the order `describe-models` groups them.
 TASKS = ("text-to-text", "image-to-image", "text-to-image", "mesh-to-mesh", "any", "synthesis")
 # Tasks that the finetune pipeline trains end to end today.
-PIPELINE_TASKS = ("text-to-text", "image-to-image")
+PIPELINE_TASKS = ("text-to-text", "image-to-image", "any")
 POOLERS = ("mean", "cls", "max", "GeM")
 
 
@@ -171,6 +171,7 @@ class ModelSpec(BaseModel):
     pooler_p: float = 3.0
     pooler_eps: float = 1e-6
     max_length: int = 0  # text models only
+    options: dict = {}  # the family's own options, e.g. the MLP's layer sizes
     # Where the weights come from: "package:<module>", "hf:<hub id>", "torchvision:<enum>",
     # or a mirror folder (s3:// or local).
     weights: str
@@ -182,9 +183,12 @@ def lookup(
     pooler_p: float = 3.0,
     pooler_eps: float = 1e-6,
     max_length: int | None = None,
+    model_options: dict | None = None,
     resolve_weights: bool = True,
 ) -> ModelSpec:
-    """Validate a backbone choice against the catalogue and resolve its weights source."""
+    """Validate a backbone choice against the catalogue and resolve its weights source.
+
+    model_options holds a family's own options (`finetuner list-model-options MODEL`)."""
     entry = get_entry(model)
     if entry.task not in PIPELINE_TASKS:
         trainable = [e.name for e in CATALOGUE if e.task in PIPELINE_TASKS]
@@ -199,10 +203,11 @@ def lookup(
     # user changed it from its default.
     given = dict(pooler=pooler, pooler_p=pooler_p, pooler_eps=pooler_eps, max_length=max_length)
     fields = schema(entry).model_fields
-    options = validate_options(
-        entry,
-        **{k: v for k, v in given.items() if k in fields or v != PIPELINE_DEFAULTS.get(k)},
-    ).model_dump()
+    given = {k: v for k, v in given.items() if k in fields or v != PIPELINE_DEFAULTS.get(k)}
+    options = validate_options(entry, **given, **(model_options or {})).model_dump()
+    common = {k: options.pop(k) for k in list(options) if k in ModelSpec.model_fields}
+    # The MLP's output is its last layer; every other entry has a measured dimension.
+    output_dim = entry.output_dim or options["hidden_sizes"][-1]
     weights = ""
     if resolve_weights:
         from finetuner.weights import resolve_source
@@ -214,7 +219,8 @@ def lookup(
         task=entry.task,
         family=entry.family,
         architecture=entry.architecture,
-        output_dim=entry.output_dim,
+        output_dim=output_dim,
         weights=weights,
-        **options,
+        options=options,
+        **common,
     )

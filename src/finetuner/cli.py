@@ -81,6 +81,7 @@ def run_command(args) -> None:
         "pooler_p": args.pooler_p,
         "pooler_eps": args.pooler_eps,
         "max_length": args.max_length,
+        "model_options": args.model_options,
         "eval_k": args.eval_k,
         "seed": args.seed,
         "output_uri": args.output,
@@ -109,6 +110,16 @@ def s3_server_command(args) -> None:
     code = s3server.main(args.rest)
     if code:
         raise SystemExit(code)
+
+
+def json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object, like '{\"input_size\": 64}'")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooler-p", type=float, default=d["pooler_p"], help="GeM's p")
     p.add_argument("--pooler-eps", type=float, default=d["pooler_eps"], help="GeM's eps")
     p.add_argument("--max-length", type=int, default=d["max_length"], help="tokens per text")
+    p.add_argument(
+        "--model-options",
+        type=json_object,
+        default={},
+        help="the model's own options as JSON, e.g. '{\"input_size\": 64}' for mlp",
+    )
     p.add_argument("--eval-k", type=int, default=d["eval_k"], help="cut-off of the metrics")
     p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--output", help="export location (default: runs/<model>-<time>)")

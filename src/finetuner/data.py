@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import random
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -22,11 +23,11 @@ MAX_FIELD_CHARS = 100_000
 Pair = tuple[str, str]
 
 
-def read_pairs(uri: str, encoding: str = "utf-8", media: bool = False) -> list[Pair]:
+def read_pairs(uri: str, encoding: str = "utf-8", field=None) -> list[Pair]:
     """All (query, document) pairs of a CSV file at a local path or s3:// URI.
 
-    With `media`, fields are images (or other files): paths relative to the CSV's folder,
-    or s3:// URIs. They come back as URIs, each checked to exist.
+    `field(uri, line, column, value) -> value` checks and converts each field when the
+    items are not plain text (see `field_checker`).
     """
     raw = storage.read_bytes(uri)
     if not raw.strip():
@@ -56,8 +57,8 @@ def read_pairs(uri: str, encoding: str = "utf-8", media: bool = False) -> list[P
             if not pairs and start == 1 and {f.strip().lower() for f in row} <= HEADER_NAMES:
                 continue
             pair = _check_row(uri, start, row)
-            if media:
-                pair = tuple(resolve_media(uri, start, col, ref) for col, ref in enumerate(pair, 1))
+            if field:
+                pair = tuple(field(uri, start, col, value) for col, value in enumerate(pair, 1))
             pairs.append(pair)
     except csv.Error as exc:
         raise FinetunerError(f"{uri}, line {line}: malformed CSV ({exc}).") from None
@@ -99,6 +100,33 @@ def resolve_media(data_uri: str, line: int, column: int, ref: str) -> str:
     if not storage.exists(target):
         raise FinetunerError(f"{where}: {target} does not exist.")
     return target
+
+
+def vector_checker(size: int):
+    """Checks a vector field: `size` numbers separated by spaces."""
+
+    def check(data_uri: str, line: int, column: int, value: str) -> str:
+        try:
+            numbers = [float(x) for x in value.split()]
+        except ValueError:
+            numbers = None
+        if numbers is None or len(numbers) != size or not all(map(math.isfinite, numbers)):
+            raise FinetunerError(
+                f"{data_uri}, line {line}, column {column}: expected a vector of {size} finite "
+                f"numbers separated by spaces (input_size), got {value[:60]!r}."
+            )
+        return value
+
+    return check
+
+
+def field_checker(spec):
+    """How the fields of a model's data are checked: None for text."""
+    if spec.family == "cnn":
+        return resolve_media
+    if spec.family == "mlp":
+        return vector_checker(int(spec.options["input_size"]))
+    return None
 
 
 def deduplicate(pairs: list[Pair]) -> list[Pair]:

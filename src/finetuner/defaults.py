@@ -13,6 +13,7 @@ PIPELINE_DEFAULTS = {
     "pooler_p": 3.0,
     "pooler_eps": 1e-6,
     "max_length": 128,
+    "model_options": {},
     "eval_k": 10,
     "seed": 42,
 }

@@ -74,7 +74,7 @@ def export_onnx(model, path: Path) -> dict:
         str(path),
         input_names=names,
         output_names=[spec["output"]],
-        dynamic_shapes=dynamic,
+        dynamic_shapes=tuple(dynamic[n] for n in names),  # positional, as the inputs
         dynamo=True,
         external_data=False,
         verbose=False,
@@ -108,7 +108,8 @@ def model_card(spec, metrics: dict, onnx: dict) -> str:
         if spec.pooler == "GeM":
             folder += "; GeM is a finetuner module: load with `trust_remote_code=True`"
     else:
-        details, folder = f", pooler `{spec.pooler}`", "the weights as safetensors"
+        details = f", pooler `{spec.pooler}`" if spec.family == "cnn" else ""
+        folder = "the weights as safetensors"
     inputs = ", ".join(f"`{name}`" for name in onnx["inputs"])
     return f"""# {spec.name}, fine-tuned
 

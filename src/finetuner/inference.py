@@ -27,7 +27,7 @@ class OnnxModel:
             from transformers import AutoTokenizer
 
             self.tokenizer = AutoTokenizer.from_pretrained(model_folder)
-        else:
+        elif self.spec.family == "cnn":
             from finetuner.models.vision import image_transform
 
             self.transform = image_transform(self.spec.name)
@@ -44,6 +44,10 @@ class OnnxModel:
                 return_tensors="np",
             )
             return {n: batch[n].astype(np.int64) for n in self.input_names}
+        if self.spec.family == "mlp":
+            from finetuner.models.vector import parse_vectors
+
+            return {"vectors": parse_vectors(items).numpy()}
         from finetuner.models.image import load_image
 
         pixels = np.stack([self.transform(load_image(uri)).numpy() for uri in items])

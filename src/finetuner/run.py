@@ -38,7 +38,8 @@ def default_output(model: str) -> str:
 
 def preflight(params: dict) -> dict:
     """Validate all parameters and the data and output locations; the completed params."""
-    from finetuner.data import check_val_split, read_pairs
+    from finetuner.catalogue import ModelSpec
+    from finetuner.data import check_val_split, field_checker, read_pairs
     from finetuner.export import check_output_free
     from finetuner.steps import catalogue_lookup
     from finetuner.train import TrainConfig
@@ -54,6 +55,7 @@ def preflight(params: dict) -> dict:
         params["pooler_eps"],
         params["max_length"],
         params["loss"],
+        params["model_options"],
     )
     TrainConfig(
         loss=params["loss"],
@@ -72,7 +74,7 @@ def preflight(params: dict) -> dict:
             raise FinetunerError(f"parameter {name}: {uri} does not exist.")
         if uri:
             # A bad row fails now, with its line, not minutes into the run.
-            read_pairs(uri, media=spec["family"] != "text")
+            read_pairs(uri, field=field_checker(ModelSpec(**spec)))
     params["output_uri"] = params.get("output_uri") or default_output(params["model"])
     check_output_free(params["output_uri"])
     return params
@@ -116,5 +118,5 @@ def run_pipeline(params: dict, pipeline_root: str | None = None) -> Run:
 def fit(model: str, train_data: str, output: str | None = None, **options) -> Run:
     """Fine-tune `model` on `train_data`, as Finetuner's `fit`: options are those of
     `finetuner run` (eval_data, val_split, loss, epochs, batch_size, learning_rate, pooler,
-    pooler_p, pooler_eps, max_length, eval_k, seed)."""
+    pooler_p, pooler_eps, max_length, model_options, eval_k, seed)."""
     return run_pipeline({"model": model, "train_data": train_data, "output_uri": output, **options})

@@ -14,11 +14,17 @@ from finetuner.losses import check_loss
 
 
 def catalogue_lookup(
-    model: str, pooler: str, pooler_p: float, pooler_eps: float, max_length: int, loss: str
+    model: str,
+    pooler: str,
+    pooler_p: float,
+    pooler_eps: float,
+    max_length: int,
+    loss: str,
+    model_options: dict | None = None,
 ) -> dict:
     """Validate every choice before any data is read or GPU used; the ModelSpec as a dict."""
     check_loss(loss)
-    return lookup(model, pooler, pooler_p, pooler_eps, max_length).model_dump()
+    return lookup(model, pooler, pooler_p, pooler_eps, max_length, model_options).model_dump()
 
 
 def preprocess(
@@ -33,14 +39,14 @@ def preprocess(
 ) -> dict:
     """Read and validate the CSVs, deduplicate, split; write Parquet and a Markdown report.
 
-    For models of images, the fields are image files, resolved to URIs here."""
+    Fields that are not text (image files, vectors) are checked and resolved here."""
     data.check_val_split(val_split, has_eval_data=bool(eval_data))
-    media = ModelSpec(**model_spec).family != "text"
-    raw = data.read_pairs(train_data, media=media)
+    field = data.field_checker(ModelSpec(**model_spec))
+    raw = data.read_pairs(train_data, field=field)
     pairs = data.deduplicate(raw)
     if eval_data:
         train_pairs = pairs
-        eval_pairs = data.deduplicate(data.read_pairs(eval_data, media=media))
+        eval_pairs = data.deduplicate(data.read_pairs(eval_data, field=field))
     else:
         train_pairs, eval_pairs = data.split_by_query(pairs, val_split, seed)
     data.write_pairs(train_pairs, train_out)

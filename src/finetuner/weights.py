@@ -52,6 +52,8 @@ def _upstream(entry) -> tuple[str, bool]:
 
 def resolve_source(entry) -> str:
     """Pick the weights source of a catalogue entry, failing early if none is usable."""
+    if entry.family == "mlp":
+        return "scratch"  # trained from random initialisation
     mirror = mirror_uri(entry.name)
     marker = MIRROR_MARKER.get(entry.family, "config.json")
     if mirror and storage.exists(storage.join(mirror, marker)):

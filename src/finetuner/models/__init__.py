@@ -23,6 +23,10 @@ def family_class(family: str):
         from finetuner.models.image import ImageModel
 
         return ImageModel
+    if family == "mlp":
+        from finetuner.models.vector import VectorModel
+
+        return VectorModel
     raise FinetunerError(f"model family '{family}' cannot be trained by the pipeline yet.")
 
 
