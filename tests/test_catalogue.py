@@ -49,8 +49,8 @@ def test_finetuners_older_names_are_aliases():
 
 def test_models_the_pipeline_cannot_train_yet_are_refused_clearly():
     with pytest.raises(FinetunerError) as err:
-        catalogue.lookup("pointnet-base")
-    assert "pointnet-base (mesh-to-mesh)" in str(err.value)
+        catalogue.lookup("clip-base-en")
+    assert "clip-base-en (text-to-image)" in str(err.value)
     assert "minilm-l6-en" in str(err.value)
 
 

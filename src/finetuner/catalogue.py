@@ -16,7 +16,7 @@ from finetuner.errors import FinetunerError
 # Tasks in the order `describe-models` groups them.
 TASKS = ("text-to-text", "image-to-image", "text-to-image", "mesh-to-mesh", "any", "synthesis")
 # Tasks that the finetune pipeline trains end to end today.
-PIPELINE_TASKS = ("text-to-text", "image-to-image", "any")
+PIPELINE_TASKS = ("text-to-text", "image-to-image", "mesh-to-mesh", "any")
 POOLERS = ("mean", "cls", "max", "GeM")
 
 

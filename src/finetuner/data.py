@@ -122,7 +122,7 @@ def vector_checker(size: int):
 
 def field_checker(spec):
     """How the fields of a model's data are checked: None for text."""
-    if spec.family == "cnn":
+    if spec.family in ("cnn", "pointnet"):
         return resolve_media
     if spec.family == "mlp":
         return vector_checker(int(spec.options["input_size"]))

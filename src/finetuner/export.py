@@ -110,7 +110,14 @@ def model_card(spec, metrics: dict, onnx: dict) -> str:
     else:
         details = f", pooler `{spec.pooler}`" if spec.family == "cnn" else ""
         folder = "the weights as safetensors"
-    inputs = ", ".join(f"`{name}`" for name in onnx["inputs"])
+    if onnx:
+        inputs = ", ".join(f"`{name}`" for name in onnx["inputs"])
+        onnx_line = (
+            f"- `{ONNX_FILE}`: inputs {inputs}, output `{onnx['output']}`; it matches PyTorch "
+            f"to {onnx['max_abs_diff']:.1e}."
+        )
+    else:
+        onnx_line = f"- No ONNX export: {spec.architecture} models are served with PyTorch."
     return f"""# {spec.name}, fine-tuned
 
 An embedding model fine-tuned with finetuner from `{spec.upstream}` ({spec.architecture},
@@ -123,8 +130,7 @@ An embedding model fine-tuned with finetuner from `{spec.upstream}` ({spec.archi
 
 ## Files
 - `model/`: {folder}; `finetuner.get_model(uri)` loads it.
-- `{ONNX_FILE}`: inputs {inputs}, output `{onnx["output"]}`; it matches PyTorch to
-  {onnx["max_abs_diff"]:.1e}.
+{onnx_line}
 - `metrics.json`, and `{MANIFEST}`, written last: an export without it is incomplete.
 """
 
@@ -146,7 +152,8 @@ def export(model, metrics: dict, output_uri: str) -> dict:
             write_sentence_transformers(model, stage / "model")
         else:
             model.save(stage / "model")
-        onnx = export_onnx(model, stage / ONNX_FILE)
+        # None where a family cannot be exported to ONNX (PointNet++ at full size).
+        onnx = export_onnx(model, stage / ONNX_FILE) if model.onnx_spec() else None
         (stage / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (stage / "README.md").write_text(model_card(model.spec, metrics, onnx))
         files = sorted(p for p in stage.rglob("*") if p.is_file())
@@ -154,7 +161,8 @@ def export(model, metrics: dict, output_uri: str) -> dict:
             "format": 1,
             "model": model.spec.name,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "onnx_max_abs_diff": onnx["max_abs_diff"],
+            "onnx": ONNX_FILE if onnx else None,
+            "onnx_max_abs_diff": onnx["max_abs_diff"] if onnx else None,
             "metrics": metrics,
             "files": [
                 {"path": str(p.relative_to(stage)), "bytes": p.stat().st_size, "sha256": _sha256(p)}
@@ -166,6 +174,6 @@ def export(model, metrics: dict, output_uri: str) -> dict:
         storage.write_text(storage.join(output_uri, MANIFEST), json.dumps(manifest, indent=2))
     return {
         "model": storage.join(output_uri, "model") + "/",
-        "onnx": storage.join(output_uri, ONNX_FILE),
+        "onnx": storage.join(output_uri, ONNX_FILE) if onnx else None,
         "manifest": storage.join(output_uri, MANIFEST),
     }

@@ -73,6 +73,8 @@ def get_model(artifact: str, is_onnx: bool = False):
         )
     root = storage.local_copy(artifact.rstrip("/") + "/")
     if is_onnx:
+        if not (root / ONNX_FILE).exists():
+            raise FinetunerError(f"{artifact} has no ONNX model; load it with is_onnx=False.")
         return OnnxModel(root / ONNX_FILE, root / "model")
     from finetuner import models
 

@@ -107,7 +107,7 @@ def run_pipeline(params: dict, pipeline_root: str | None = None) -> Run:
         "metrics": {k: manifest["metrics"][k] for k in ("before", "after")},
         "artifacts": {
             "model": storage.join(output, "model") + "/",
-            "onnx": storage.join(output, "onnx", "model.onnx"),
+            "onnx": storage.join(output, manifest["onnx"]) if manifest["onnx"] else None,
             "manifest": storage.join(output, "manifest.json"),
         },
         "params": params,

@@ -37,7 +37,7 @@ def _offline() -> bool:
 
 
 # The file that marks a mirror folder as holding a family's weights.
-MIRROR_MARKER = {"text": "config.json", "cnn": "model.safetensors"}
+MIRROR_MARKER = {"text": "config.json", "cnn": "model.safetensors", "pointnet": "model.safetensors"}
 
 
 def _upstream(entry) -> tuple[str, bool]:
@@ -52,12 +52,12 @@ def _upstream(entry) -> tuple[str, bool]:
 
 def resolve_source(entry) -> str:
     """Pick the weights source of a catalogue entry, failing early if none is usable."""
-    if entry.family == "mlp":
-        return "scratch"  # trained from random initialisation
     mirror = mirror_uri(entry.name)
     marker = MIRROR_MARKER.get(entry.family, "config.json")
     if mirror and storage.exists(storage.join(mirror, marker)):
         return mirror
+    if entry.family in ("mlp", "pointnet"):
+        return "scratch"  # no upstream weights: trained from a random initialisation
     if entry.package and importlib.util.find_spec(entry.package) is not None:
         return f"package:{entry.package}"
     upstream, cached = _upstream(entry)

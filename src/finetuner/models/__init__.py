@@ -27,6 +27,10 @@ def family_class(family: str):
         from finetuner.models.vector import VectorModel
 
         return VectorModel
+    if family == "pointnet":
+        from finetuner.models.points import PointCloudModel
+
+        return PointCloudModel
     raise FinetunerError(f"model family '{family}' cannot be trained by the pipeline yet.")
 
 

@@ -1,0 +1,94 @@
+"""Mesh embedding models: PointNet++ on points sampled from each mesh's surface."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+
+from finetuner import storage
+from finetuner.catalogue import ModelSpec
+from finetuner.mesh import load_points
+from finetuner.models.pointnet import PointNet2Embedder
+from finetuner.models.text import CONFIG_FILE, FORMAT_VERSION
+from finetuner.options import PointNetOptions
+
+WEIGHTS_FILE = "model.safetensors"
+INIT_SEED = 0  # no upstream weights exist: a fixed random start, shared by train and evaluate
+ENCODE_SEED = 0  # the surface sample used for inference, so encodings are repeatable
+
+
+class PointCloudModel:
+    def __init__(self, embedder: PointNet2Embedder, spec: ModelSpec):
+        self.embedder = embedder
+        self.spec = spec
+        # KFP hands dict parameters over as JSON numbers: re-validate for the types.
+        self.options = PointNetOptions(**spec.options)
+
+    @classmethod
+    def pretrained(cls, spec: ModelSpec) -> PointCloudModel:
+        with torch.random.fork_rng():
+            torch.manual_seed(INIT_SEED)
+            model = cls(PointNet2Embedder(output_dim=spec.output_dim).eval(), spec)
+        if spec.weights != "scratch":  # a mirror folder
+            from finetuner.weights import local_path
+
+            model._load_state(local_path(spec.weights) / WEIGHTS_FILE)
+        return model
+
+    @classmethod
+    def load(cls, folder: str | Path) -> PointCloudModel:
+        config = json.loads((Path(folder) / CONFIG_FILE).read_text())
+        spec = ModelSpec(**{**config["spec"], "weights": "scratch"})
+        model = cls.pretrained(spec)
+        model._load_state(Path(folder) / WEIGHTS_FILE)
+        return model
+
+    def _load_state(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        self.embedder.load_state_dict(load_file(str(path)), strict=True)
+
+    def save(self, folder: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(self.embedder.state_dict(), str(folder / WEIGHTS_FILE))
+        config = {"format": FORMAT_VERSION, "spec": self.spec.model_dump()}
+        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        return folder
+
+    def points(self, uris: list[str], seeds: list[int], augment: bool) -> torch.Tensor:
+        clouds = [
+            load_points(
+                storage.read_bytes(uri),
+                file_type=PurePosixPath(uri).suffix.lstrip("."),
+                n_points=self.options.num_points,
+                augment=augment,
+                seed=seed,
+            )
+            for uri, seed in zip(uris, seeds, strict=True)
+        ]
+        return torch.from_numpy(np.stack(clouds))
+
+    def embed(self, uris: list[str], device: str = "cpu", buckets: int = 1) -> torch.Tensor:
+        """Training: a fresh surface sample (and augmentation, if asked) at every step, drawn
+        from torch's seeded generator so that runs repeat."""
+        seeds = torch.randint(0, 2**31 - 1, (len(uris),)).tolist()
+        return self.embedder(self.points(uris, seeds, self.options.augment).to(device))
+
+    @torch.inference_mode()
+    def encode(self, uris: list[str], batch_size: int = 32, device: str = "cpu") -> np.ndarray:
+        self.embedder.eval().to(device)
+        out = [
+            self.embedder(self.points(chunk, [ENCODE_SEED] * len(chunk), False).to(device))
+            for chunk in (uris[i : i + batch_size] for i in range(0, len(uris), batch_size))
+        ]
+        return torch.cat(out).cpu().numpy() if out else np.zeros((0, self.spec.output_dim))
+
+    def onnx_spec(self) -> None:
+        """No ONNX: the full-size network's sampling loop does not export in reasonable time."""
+        return None
