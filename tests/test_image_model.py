@@ -17,7 +17,7 @@ def lite0_spec():
 
 def test_pairs_resolve_image_paths_against_the_csv(fashion_pairs):
     csv = fashion_pairs(6)
-    pairs = data.read_pairs(str(csv), media=True)
+    pairs = data.read_pairs(str(csv), field=data.resolve_media)
     assert len(pairs) == 6
     assert all(p.startswith(str(csv.parent / "images")) for pair in pairs for p in pair)
 
@@ -34,13 +34,13 @@ def test_bad_image_references_name_file_line_and_column(fashion_pairs, row, mess
     csv = fashion_pairs(2)
     csv.write_text(csv.read_text() + row + "\n")
     with pytest.raises(FinetunerError) as err:
-        data.read_pairs(str(csv), media=True)
+        data.read_pairs(str(csv), field=data.resolve_media)
     assert f"{csv}, line 3, column 1" in str(err.value) and message in str(err.value)
 
 
 def test_lite0_learns_fashion_mnist_pairs(fashion_pairs, lite0_spec):
     """(Export and ONNX of image models: tests/test_pipeline.py, through `finetuner run`.)"""
-    pairs = data.read_pairs(str(fashion_pairs(12)), media=True)
+    pairs = data.read_pairs(str(fashion_pairs(12)), field=data.resolve_media)
     eval_set = data.EvalSet.from_pairs(pairs)
     model = models.pretrained(lite0_spec)
     assert model.encode(eval_set.queries[:2]).shape == (2, 1280)
@@ -51,9 +51,35 @@ def test_lite0_learns_fashion_mnist_pairs(fashion_pairs, lite0_spec):
 
 
 def test_image_model_saves_and_loads(lite0_spec, fashion_pairs, tmp_path):
-    images = [p for pair in data.read_pairs(str(fashion_pairs(2)), media=True) for p in pair]
+    images = [
+        p for pair in data.read_pairs(str(fashion_pairs(2)), field=data.resolve_media) for p in pair
+    ]
     model = models.pretrained(lite0_spec)
     model.save(tmp_path / "m")
     np.testing.assert_allclose(
         models.load(tmp_path / "m").encode(images), model.encode(images), atol=1e-6
     )
+
+
+def test_cnn_weights_load_from_a_model_mirror(tmp_path, monkeypatch, fashion_pairs):
+    """efficientnet_b0 has no offline weights; a mirror folder supplies them."""
+    import torch
+
+    from finetuner import weights
+    from finetuner.models import vision
+
+    torch.manual_seed(1)
+    saved = vision.build_cnn("efficientnet_b0").eval()
+    (tmp_path / "mirror" / "efficientnet_b0").mkdir(parents=True)
+    vision.save_state(saved, tmp_path / "mirror" / "efficientnet_b0" / "model.safetensors")
+    monkeypatch.setenv(weights.MIRROR_ENV, str(tmp_path / "mirror"))
+
+    spec = lookup("efficientnet_b0")
+    assert spec.weights == f"{tmp_path / 'mirror'}/efficientnet_b0/"
+    model = models.pretrained(spec)
+    images = [
+        p for pair in data.read_pairs(str(fashion_pairs(1)), field=data.resolve_media) for p in pair
+    ]
+    with torch.no_grad():
+        expected = saved(model.pixels(images)).numpy()
+    np.testing.assert_allclose(model.encode(images), expected, atol=1e-6)
