@@ -67,11 +67,12 @@ def test_cnn_weights_load_from_a_model_mirror(tmp_path, monkeypatch, fashion_pai
 
     from finetuner import weights
     from finetuner.models import vision
+    from finetuner.models.folder import save_weights
 
     torch.manual_seed(1)
     saved = vision.build_cnn("efficientnet_b0").eval()
     (tmp_path / "mirror" / "efficientnet_b0").mkdir(parents=True)
-    vision.save_state(saved, tmp_path / "mirror" / "efficientnet_b0" / "model.safetensors")
+    save_weights(saved, tmp_path / "mirror" / "efficientnet_b0" / "model.safetensors")
     monkeypatch.setenv(weights.MIRROR_ENV, str(tmp_path / "mirror"))
 
     spec = lookup("efficientnet_b0")

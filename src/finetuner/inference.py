@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +17,9 @@ class OnnxModel:
     def __init__(self, onnx_path: Path, model_folder: Path):
         import onnxruntime as ort
 
-        from finetuner.catalogue import ModelSpec
-        from finetuner.models.text import CONFIG_FILE
+        from finetuner.models.folder import read_spec
 
-        config = json.loads((model_folder / CONFIG_FILE).read_text())
-        self.spec = ModelSpec(**config["spec"])
+        self.spec = read_spec(model_folder)
         if self.spec.family == "text":
             from transformers import AutoTokenizer
 

@@ -7,11 +7,11 @@ A model object has `spec`, `embedder` (the nn.Module that is trained and exporte
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from finetuner.errors import FinetunerError
-from finetuner.models.text import CONFIG_FILE, TextModel
+from finetuner.models.folder import read_spec
+from finetuner.models.text import TextModel
 
 __all__ = ["TextModel", "family_class", "load", "pretrained"]
 
@@ -41,5 +41,4 @@ def pretrained(spec):
 
 def load(folder: str | Path):
     """A model saved by `save` (a train step's output or an export's model/ folder)."""
-    config = json.loads((Path(folder) / CONFIG_FILE).read_text())
-    return family_class(config["spec"].get("family", "text")).load(folder)
+    return family_class(read_spec(folder).family).load(folder)

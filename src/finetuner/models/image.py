@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +12,7 @@ from finetuner import storage
 from finetuner.catalogue import ModelSpec
 from finetuner.errors import FinetunerError
 from finetuner.models import vision
-from finetuner.models.text import CONFIG_FILE, FORMAT_VERSION
-
-WEIGHTS_FILE = "model.safetensors"
+from finetuner.models.folder import WEIGHTS_FILE, load_weights, read_spec, save
 
 
 def load_image(uri: str):
@@ -54,27 +51,17 @@ class ImageModel:
 
     @classmethod
     def load(cls, folder: str | Path) -> ImageModel:
-        config = json.loads((Path(folder) / CONFIG_FILE).read_text())
-        return cls._from_state(ModelSpec(**config["spec"]), Path(folder) / WEIGHTS_FILE)
+        return cls._from_state(read_spec(folder), Path(folder) / WEIGHTS_FILE)
 
     @classmethod
     def _from_state(cls, spec: ModelSpec, path: Path) -> ImageModel:
-        from safetensors.torch import load_file
-
         model = cls._build(spec, None)
-        state = load_file(str(path))
-        if spec.pooler != "GeM":
-            state.pop("pool.p", None)  # a mirror may hold GeM's p; plain pooling has none
-        model.embedder.load_state_dict(state, strict=True)
+        # A mirror may hold GeM's p; plain pooling has none.
+        load_weights(model.embedder, path, drop=() if spec.pooler == "GeM" else ("pool.p",))
         return model
 
     def save(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        vision.save_state(self.embedder, folder / WEIGHTS_FILE)
-        config = {"format": FORMAT_VERSION, "spec": self.spec.model_dump()}
-        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        return folder
+        return save(self, folder)
 
     def pixels(self, uris: list[str]) -> torch.Tensor:
         return torch.stack([self.transform(load_image(uri)) for uri in uris])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -11,11 +10,10 @@ import torch
 from finetuner import storage
 from finetuner.catalogue import ModelSpec
 from finetuner.mesh import load_points
+from finetuner.models.folder import WEIGHTS_FILE, load_weights, read_spec, save
 from finetuner.models.pointnet import PointNet2Embedder
-from finetuner.models.text import CONFIG_FILE, FORMAT_VERSION
 from finetuner.options import PointNetOptions
 
-WEIGHTS_FILE = "model.safetensors"
 INIT_SEED = 0  # no upstream weights exist: a fixed random start, shared by train and evaluate
 ENCODE_SEED = 0  # the surface sample used for inference, so encodings are repeatable
 
@@ -35,31 +33,17 @@ class PointCloudModel:
         if spec.weights != "scratch":  # a mirror folder
             from finetuner.weights import local_path
 
-            model._load_state(local_path(spec.weights) / WEIGHTS_FILE)
+            load_weights(model.embedder, local_path(spec.weights) / WEIGHTS_FILE)
         return model
 
     @classmethod
     def load(cls, folder: str | Path) -> PointCloudModel:
-        config = json.loads((Path(folder) / CONFIG_FILE).read_text())
-        spec = ModelSpec(**{**config["spec"], "weights": "scratch"})
-        model = cls.pretrained(spec)
-        model._load_state(Path(folder) / WEIGHTS_FILE)
+        model = cls.pretrained(read_spec(folder).model_copy(update={"weights": "scratch"}))
+        load_weights(model.embedder, Path(folder) / WEIGHTS_FILE)
         return model
 
-    def _load_state(self, path: Path) -> None:
-        from safetensors.torch import load_file
-
-        self.embedder.load_state_dict(load_file(str(path)), strict=True)
-
     def save(self, folder: str | Path) -> Path:
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file(self.embedder.state_dict(), str(folder / WEIGHTS_FILE))
-        config = {"format": FORMAT_VERSION, "spec": self.spec.model_dump()}
-        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        return folder
+        return save(self, folder)
 
     def points(self, uris: list[str], seeds: list[int], augment: bool) -> torch.Tensor:
         clouds = [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from finetuner.catalogue import ModelSpec
+from finetuner.models.folder import read_spec, write_spec
 from finetuner.poolers import Pooler
 
-CONFIG_FILE = "finetuner.json"
-FORMAT_VERSION = 1
 # Texts of varied length and batch sizes that the ONNX check runs through both runtimes.
 ONNX_CHECK_TEXTS = (
     ["a"],
@@ -62,8 +60,7 @@ class TextModel:
     @classmethod
     def load(cls, folder: str | Path) -> TextModel:
         """Load a folder written by `save` (a train output or an export's model/)."""
-        config = json.loads((Path(folder) / CONFIG_FILE).read_text())
-        return cls._from_folder(Path(folder), ModelSpec(**config["spec"]))
+        return cls._from_folder(Path(folder), read_spec(folder))
 
     @classmethod
     def _from_folder(cls, folder: Path, spec: ModelSpec) -> TextModel:
@@ -77,12 +74,9 @@ class TextModel:
         return cls(TextEmbedder(backbone, pooler).eval(), tokenizer, spec)
 
     def save(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = write_spec(folder, self.spec)
         self.embedder.backbone.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
-        config = {"format": FORMAT_VERSION, "spec": self.spec.model_dump()}
-        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
         return folder
 
     def tokenize(self, texts: list[str], return_tensors: str = "pt") -> dict:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from finetuner.catalogue import ModelSpec
+from finetuner.models.folder import WEIGHTS_FILE, load_weights, read_spec, save
 from finetuner.models.mlp import MLP
-from finetuner.models.text import CONFIG_FILE, FORMAT_VERSION
 from finetuner.options import MLPOptions
 
-WEIGHTS_FILE = "model.safetensors"
 # The "pretrained" MLP is a fixed random initialisation, so that the train step starts
 # from, and the evaluate step scores, the same weights.
 INIT_SEED = 0
@@ -39,22 +37,12 @@ class VectorModel:
 
     @classmethod
     def load(cls, folder: str | Path) -> VectorModel:
-        from safetensors.torch import load_file
-
-        config = json.loads((Path(folder) / CONFIG_FILE).read_text())
-        model = cls.pretrained(ModelSpec(**config["spec"]))
-        model.embedder.load_state_dict(load_file(str(Path(folder) / WEIGHTS_FILE)), strict=True)
+        model = cls.pretrained(read_spec(folder))
+        load_weights(model.embedder, Path(folder) / WEIGHTS_FILE)
         return model
 
     def save(self, folder: str | Path) -> Path:
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file(self.embedder.state_dict(), str(folder / WEIGHTS_FILE))
-        config = {"format": FORMAT_VERSION, "spec": self.spec.model_dump()}
-        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        return folder
+        return save(self, folder)
 
     def embed(self, items: list[str], device: str = "cpu", buckets: int = 1) -> torch.Tensor:
         return self.embedder(parse_vectors(items).to(device))

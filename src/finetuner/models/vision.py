@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -183,9 +182,3 @@ def image_transform(name: str) -> Callable:
     import torchvision.models as tvm
 
     return tvm.get_weight(arch.weights).transforms()
-
-
-def save_state(embedder: nn.Module, path: str | Path) -> None:
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous() for k, v in embedder.state_dict().items()}, str(path))

@@ -1,0 +1,46 @@
+"""The folder a model is saved to: `finetuner.json` (its ModelSpec) and, for the families
+that are not Hugging Face models, the embedder's weights as safetensors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from finetuner.catalogue import ModelSpec
+
+CONFIG_FILE = "finetuner.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+def read_spec(folder: str | Path) -> ModelSpec:
+    return ModelSpec(**json.loads((Path(folder) / CONFIG_FILE).read_text())["spec"])
+
+
+def write_spec(folder: str | Path, spec: ModelSpec) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"format": FORMAT_VERSION, "spec": spec.model_dump()}
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def save_weights(module, path: str | Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
+
+
+def load_weights(module, path: str | Path, drop: tuple[str, ...] = ()) -> None:
+    """Load safetensors weights strictly, leaving out the named keys."""
+    from safetensors.torch import load_file
+
+    state = {k: v for k, v in load_file(str(path)).items() if k not in drop}
+    module.load_state_dict(state, strict=True)
+
+
+def save(model, folder: str | Path) -> Path:
+    """Save a model object whose embedder is a plain nn.Module."""
+    folder = write_spec(folder, model.spec)
+    save_weights(model.embedder, folder / WEIGHTS_FILE)
+    return folder
