@@ -95,3 +95,30 @@ def test_length_buckets_give_the_embeddings_of_one_padded_batch(minilm):
         bucketed = minilm.embed(texts, buckets=3)
     torch.testing.assert_close(bucketed, single, atol=1e-5, rtol=0)
     np.testing.assert_allclose(bucketed.numpy(), minilm.encode(texts), atol=1e-5)
+
+
+def test_mirror_models_copies_package_weights_that_then_load_from_the_mirror(
+    s3, tmp_path, monkeypatch
+):
+    import subprocess
+    import sys
+
+    mirror = f"s3://{s3}/mirror"
+    result = subprocess.run(
+        [sys.executable, "-m", "finetuner", "mirror-models", "minilm-l6-en",
+         "efficientnet-lite0", "--to", mirror],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert storage.exists(f"{mirror}/minilm-l6-en/config.json")
+    assert storage.exists(f"{mirror}/efficientnet-lite0/model.safetensors")
+    monkeypatch.setenv(weights.MIRROR_ENV, mirror)
+    monkeypatch.setenv("FINETUNER_CACHE", str(tmp_path / "cache"))
+    spec = lookup("minilm-l6-en", max_length=32)
+    assert spec.weights == f"{mirror}/minilm-l6-en/"
+    from_mirror = TextModel.pretrained(spec).encode(TEXTS)
+    monkeypatch.delenv(weights.MIRROR_ENV)
+    from_package = TextModel.pretrained(lookup("minilm-l6-en", max_length=32)).encode(TEXTS)
+    np.testing.assert_allclose(from_mirror, from_package, atol=1e-6)
+    with pytest.raises(FinetunerError, match="mlp .mlp. cannot be mirrored: it has no pretrained"):
+        weights.mirror_model("mlp", mirror)

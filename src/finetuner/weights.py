@@ -50,9 +50,9 @@ def _upstream(entry) -> tuple[str, bool]:
     return f"hf:{entry.upstream}", _hub_cached(entry.upstream)
 
 
-def resolve_source(entry) -> str:
+def resolve_source(entry, use_mirror: bool = True) -> str:
     """Pick the weights source of a catalogue entry, failing early if none is usable."""
-    mirror = mirror_uri(entry.name)
+    mirror = mirror_uri(entry.name) if use_mirror else None
     marker = MIRROR_MARKER.get(entry.family, "config.json")
     if mirror and storage.exists(storage.join(mirror, marker)):
         return mirror
@@ -71,8 +71,8 @@ def resolve_source(entry) -> str:
     raise FinetunerError(
         f"no pretrained weights for {entry.name} are reachable; tried "
         + ", ".join(tried)
-        + f". Save the model folder of '{entry.upstream}' as ${MIRROR_ENV}/{entry.name}/ "
-        "(an s3:// prefix or a folder), or allow downloads."
+        + f". On a machine that can reach it, run `finetuner mirror-models {entry.name} --to URI`"
+        f" and set {MIRROR_ENV}=URI (an s3:// prefix or a folder), or allow downloads."
     )
 
 
@@ -92,3 +92,36 @@ def local_path(source: str) -> Path:
     if storage.is_s3(source) or Path(source).is_dir():
         return storage.local_copy(source.rstrip("/") + "/")
     raise FinetunerError(f"unknown weights source '{source}'")
+
+
+def mirror_model(name: str, to: str) -> str:
+    """Copy a catalogue model's pretrained weights from its own source (a package or the
+    upstream hub) into a model mirror at `to`, in the layout `resolve_source` reads."""
+    from finetuner.catalogue import get_entry
+
+    entry = get_entry(name)
+    target = storage.join(to, entry.name) + "/"
+    if entry.family == "text":
+        source = resolve_source(entry, use_mirror=False)
+        storage.upload_dir(local_path(source), target)
+    elif entry.family == "cnn":
+        import tempfile
+
+        from finetuner.models.folder import WEIGHTS_FILE, save_weights
+        from finetuner.models.vision import build_cnn
+
+        source = resolve_source(entry, use_mirror=False)
+        weights = "package" if source.startswith("package:") else "upstream"
+        with tempfile.TemporaryDirectory() as tmp:
+            save_weights(build_cnn(entry.name, weights), f"{tmp}/{WEIGHTS_FILE}")
+            storage.upload_file(f"{tmp}/{WEIGHTS_FILE}", target + WEIGHTS_FILE)
+    else:
+        raise FinetunerError(
+            f"{entry.name} ({entry.family}) cannot be mirrored: "
+            + (
+                "it has no pretrained weights; it trains from scratch."
+                if entry.family in ("mlp", "pointnet")
+                else "mirroring this family is not supported yet."
+            )
+        )
+    return target
