@@ -17,7 +17,6 @@ from finetuner.errors import FinetunerError
 TASKS = ("text-to-text", "image-to-image", "text-to-image", "mesh-to-mesh", "any", "synthesis")
 # Tasks that the finetune pipeline trains end to end today.
 PIPELINE_TASKS = ("text-to-text", "image-to-image", "mesh-to-mesh", "any")
-POOLERS = ("mean", "cls", "max", "GeM")
 
 
 @dataclass(frozen=True)

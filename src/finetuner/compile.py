@@ -11,12 +11,15 @@ PIPELINES = {"finetune": "finetuner.pipelines.finetune:finetune"}
 
 def choices() -> dict[str, list[str]]:
     """Parameters that the KFP UI shows as dropdowns, and their valid values."""
-    from finetuner.catalogue import CATALOGUE, PIPELINE_TASKS, POOLERS
+    from typing import get_args
+
+    from finetuner.catalogue import CATALOGUE, PIPELINE_TASKS
     from finetuner.losses import LOSSES
+    from finetuner.options import TextOptions
 
     return {
         "model": [entry.name for entry in CATALOGUE if entry.task in PIPELINE_TASKS],
-        "pooler": list(POOLERS),
+        "pooler": list(get_args(TextOptions.model_fields["pooler"].annotation)),
         "loss": list(LOSSES),
     }
 

@@ -48,9 +48,9 @@ def write_sentence_transformers(model, folder: Path) -> None:
     SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu").save(str(folder))
 
 
-def export_onnx(model, path: Path) -> dict:
-    """Export to ONNX with the model's dynamic axes and check it against PyTorch on the
-    model's check inputs, failing above ONNX_TOLERANCE. Returns the graph's input and
+def export_onnx(spec: dict, path: Path) -> dict:
+    """Export to ONNX with a model's dynamic axes (its `onnx_spec()`) and check it against
+    PyTorch on its check inputs, failing above ONNX_TOLERANCE. Returns the graph's input and
     output names and the max abs difference."""
     import onnxruntime as ort
     import torch
@@ -61,7 +61,6 @@ def export_onnx(model, path: Path) -> dict:
     for name in ("onnxscript", "onnx_ir"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
-    spec = model.onnx_spec()
     module, names = spec["module"].eval().cpu(), list(spec["example"])
     dims = {}  # one Dim object per axis name, shared by the inputs that have it
     dynamic = {
@@ -153,7 +152,8 @@ def export(model, metrics: dict, output_uri: str) -> dict:
         else:
             model.save(stage / "model")
         # None where a family cannot be exported to ONNX (PointNet++ at full size).
-        onnx = export_onnx(model, stage / ONNX_FILE) if model.onnx_spec() else None
+        onnx_spec = model.onnx_spec()
+        onnx = export_onnx(onnx_spec, stage / ONNX_FILE) if onnx_spec else None
         (stage / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (stage / "README.md").write_text(model_card(model.spec, metrics, onnx))
         files = sorted(p for p in stage.rglob("*") if p.is_file())

@@ -19,22 +19,21 @@ class CNNArch:
     source: str  # "torchvision" or "timm"
     builder: str  # the library's model name
     weights: str | None  # torchvision weights enum member, e.g. "ResNet50_Weights.IMAGENET1K_V2"
-    channels: int  # channels of the last feature map: the embedding size
 
 
 CNN_ARCHS = {
-    "resnet-base": CNNArch("torchvision", "resnet50", "ResNet50_Weights.IMAGENET1K_V2", 2048),
-    "resnet-large": CNNArch("torchvision", "resnet152", "ResNet152_Weights.IMAGENET1K_V2", 2048),
+    "resnet-base": CNNArch("torchvision", "resnet50", "ResNet50_Weights.IMAGENET1K_V2"),
+    "resnet-large": CNNArch("torchvision", "resnet152", "ResNet152_Weights.IMAGENET1K_V2"),
     "efficientnet_b0": CNNArch(
-        "torchvision", "efficientnet_b0", "EfficientNet_B0_Weights.IMAGENET1K_V1", 1280
+        "torchvision", "efficientnet_b0", "EfficientNet_B0_Weights.IMAGENET1K_V1"
     ),
     "efficientnet-base": CNNArch(
-        "torchvision", "efficientnet_b4", "EfficientNet_B4_Weights.IMAGENET1K_V1", 1792
+        "torchvision", "efficientnet_b4", "EfficientNet_B4_Weights.IMAGENET1K_V1"
     ),
     "efficientnet-large": CNNArch(
-        "torchvision", "efficientnet_b7", "EfficientNet_B7_Weights.IMAGENET1K_V1", 2560
+        "torchvision", "efficientnet_b7", "EfficientNet_B7_Weights.IMAGENET1K_V1"
     ),
-    "efficientnet-lite0": CNNArch("timm", "efficientnet_lite0", None, 1280),
+    "efficientnet-lite0": CNNArch("timm", "efficientnet_lite0", None),
 }
 
 
@@ -177,8 +176,8 @@ def image_transform(name: str) -> Callable:
         import timm
         from timm.data import create_transform, resolve_data_config
 
-        model = timm.create_model(arch.builder, pretrained=False)
-        return create_transform(**resolve_data_config({}, model=model))
+        cfg = timm.models.get_pretrained_cfg(arch.builder).to_dict()
+        return create_transform(**resolve_data_config(pretrained_cfg=cfg))
     import torchvision.models as tvm
 
     return tvm.get_weight(arch.weights).transforms()
