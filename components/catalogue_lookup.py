@@ -12,10 +12,11 @@ def catalogue_lookup(
     max_length: int,
     loss: str,
     model_options: dict,
+    weights: str,
 ) -> dict:
     """Validate the backbone and its options against the catalogue; output the ModelSpec."""
     from finetuner import steps
 
     return steps.catalogue_lookup(
-        model, pooler, pooler_p, pooler_eps, max_length, loss, model_options
+        model, pooler, pooler_p, pooler_eps, max_length, loss, model_options, weights
     )

@@ -29,18 +29,20 @@ def finetune(
     pooler_eps: float = D["pooler_eps"],
     max_length: int = D["max_length"],
     model_options: dict = D["model_options"],
+    weights: str = D["weights"],
     eval_k: int = D["eval_k"],
     seed: int = D["seed"],
 ):
     """Fine-tune an embedding model from the catalogue on (query, document) pairs.
 
     Args:
-        train_data: CSV of query,document pairs: an s3:// URI or a path.
+        train_data: CSV of query,document pairs (text,image for CLIP): an s3:// URI or a path.
         output_uri: Where the model is exported (s3://bucket/prefix/ or a folder).
         model: Catalogue name of the backbone (see `finetuner describe-models`).
         eval_data: CSV of held-out pairs; empty to hold out val_split of train_data.
         val_split: Fraction of the queries held out for evaluation when eval_data is empty.
-        loss: Training loss: MultipleNegativesRankingLoss or TripletMarginLoss.
+        loss: Training loss: MultipleNegativesRankingLoss or TripletMarginLoss; CLIP models
+            train with CLIPLoss.
         epochs: Passes over the training pairs.
         batch_size: Pairs per step; the other pairs of a batch are the negatives.
         learning_rate: Peak AdamW learning rate, reached after a linear warm-up.
@@ -50,6 +52,8 @@ def finetune(
         max_length: Tokens kept of each text.
         model_options: The model's own options, e.g. {"input_size": 128} for mlp (see
             `finetuner list-model-options MODEL`).
+        weights: Pretrained weights to start from: a model folder (s3:// or a path) in the
+            model mirror's layout; empty for the mirror, a package or upstream.
         eval_k: The cut-off k of the retrieval metrics (ndcg@k, mrr@k, ...).
         seed: Seed of the split, shuffling and initialisation.
     """
@@ -61,6 +65,7 @@ def finetune(
         max_length=max_length,
         loss=loss,
         model_options=model_options,
+        weights=weights,
     )
     data = preprocess(
         model_spec=lookup.output,

@@ -47,11 +47,11 @@ def test_finetuners_older_names_are_aliases():
         assert catalogue.get_entry(alias).name == name
 
 
-def test_models_the_pipeline_cannot_train_yet_are_refused_clearly():
+def test_models_the_pipeline_does_not_train_are_refused_clearly():
     with pytest.raises(FinetunerError) as err:
-        catalogue.lookup("clip-base-en")
-    assert "clip-base-en (text-to-image)" in str(err.value)
-    assert "minilm-l6-en" in str(err.value)
+        catalogue.lookup("crossencoder-base-en")
+    assert "crossencoder-base-en (synthesis)" in str(err.value)
+    assert "minilm-l6-en" in str(err.value) and "clip-base-en" in str(err.value)
 
 
 def test_unknown_model_lists_valid_names_and_suggests():

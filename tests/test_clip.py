@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from finetuner.errors import FinetunerError
+from finetuner.export import export_onnx
 from finetuner.models.clip import (
     CLIP_MODELS,
     ClipTextTower,
@@ -17,7 +18,6 @@ from finetuner.models.clip import (
     build_clip,
     check_options,
     clip_loss,
-    export_tower_onnx,
     load_clip,
     load_tower,
     save_clip,
@@ -208,7 +208,17 @@ def test_onnx_export_of_both_tiny_towers_matches_pytorch(name, tmp_path):
         (clip.vision_tower, "pixel_values", _images(clip, 3)),
     ]
     for tower, input_name, batch in cases:
-        path = export_tower_onnx(tower, tmp_path / f"{input_name}.onnx")
+        path = tmp_path / f"{input_name}.onnx"
+        export_onnx(
+            {
+                "module": tower,
+                "output": f"{input_name}_embedding",
+                "example": {input_name: batch},
+                "dynamic": {input_name: {0: "batch"}},
+                "checks": [{input_name: batch}],
+            },
+            path,
+        )
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         assert [i.name for i in session.get_inputs()] == [input_name]
         for rows in (batch, batch[:1]):  # the batch axis is dynamic

@@ -32,13 +32,13 @@ def test_compiled_yaml_parses_strictly_with_dropdowns_and_descriptions():
     literals = {name: [v.string_value for v in parameters[name].literals] for name in parameters}
     trainable = [e.name for e in CATALOGUE if e.task in PIPELINE_TASKS]
     assert literals["model"] == trainable
-    assert {"minilm-l6-en", "efficientnet-lite0"} <= set(trainable)
-    assert "clip-base-en" not in trainable  # not trainable by the pipeline yet
+    assert {"minilm-l6-en", "efficientnet-lite0", "clip-base-en", "mlp"} <= set(trainable)
+    assert "crossencoder-base-en" not in trainable  # data synthesis only
     assert literals["pooler"] == ["mean", "cls", "max", "GeM"]
-    assert literals["loss"] == ["MultipleNegativesRankingLoss", "TripletMarginLoss"]
+    assert literals["loss"] == ["MultipleNegativesRankingLoss", "TripletMarginLoss", "CLIPLoss"]
     for name in ("model", "train_data", "eval_data", "val_split", "loss", "epochs",
                  "batch_size", "learning_rate", "pooler", "pooler_p", "pooler_eps",
-                 "output_uri", "seed"):  # fmt: skip
+                 "weights", "output_uri", "seed"):  # fmt: skip
         assert parameters[name].description, name
     tasks = spec.root.dag.tasks
     assert set(tasks) == {"catalogue-lookup", "preprocess", "train", "evaluate", "export"}

@@ -16,7 +16,7 @@ from finetuner.errors import FinetunerError
 # Tasks in the order `describe-models` groups them.
 TASKS = ("text-to-text", "image-to-image", "text-to-image", "mesh-to-mesh", "any", "synthesis")
 # Tasks that the finetune pipeline trains end to end today.
-PIPELINE_TASKS = ("text-to-text", "image-to-image", "mesh-to-mesh", "any")
+PIPELINE_TASKS = ("text-to-text", "image-to-image", "text-to-image", "mesh-to-mesh", "any")
 
 
 @dataclass(frozen=True)
@@ -184,10 +184,12 @@ def lookup(
     max_length: int | None = None,
     model_options: dict | None = None,
     resolve_weights: bool = True,
+    weights: str = "",
 ) -> ModelSpec:
     """Validate a backbone choice against the catalogue and resolve its weights source.
 
-    model_options holds a family's own options (`finetuner list-model-options MODEL`)."""
+    model_options holds a family's own options (`finetuner list-model-options MODEL`);
+    weights, a model folder to start from instead of the usual sources."""
     entry = get_entry(model)
     if entry.task not in PIPELINE_TASKS:
         trainable = [e.name for e in CATALOGUE if e.task in PIPELINE_TASKS]
@@ -207,11 +209,11 @@ def lookup(
     common = {k: options.pop(k) for k in list(options) if k in ModelSpec.model_fields}
     # The MLP's output is its last layer; every other entry has a measured dimension.
     output_dim = entry.output_dim or options["hidden_sizes"][-1]
-    weights = ""
+    source = ""
     if resolve_weights:
         from finetuner.weights import resolve_source
 
-        weights = resolve_source(entry)
+        source = resolve_source(entry, weights=weights)
     return ModelSpec(
         name=entry.name,
         upstream=entry.upstream,
@@ -219,7 +221,7 @@ def lookup(
         family=entry.family,
         architecture=entry.architecture,
         output_dim=output_dim,
-        weights=weights,
+        weights=source,
         options=options,
         **common,
     )

@@ -82,6 +82,7 @@ def run_command(args) -> None:
         "pooler_eps": args.pooler_eps,
         "max_length": args.max_length,
         "model_options": args.model_options,
+        "weights": args.weights,
         "eval_k": args.eval_k,
         "seed": args.seed,
         "output_uri": args.output,
@@ -94,7 +95,9 @@ def run_command(args) -> None:
     console = Console(stderr=False)
     console.print(metrics_table(run.metrics()))
     for name, uri in run.summary["artifacts"].items():
-        console.print(f"{name:>9}: {uri}")
+        # A two-tower (CLIP) export has an ONNX file per tower.
+        for label, value in uri.items() if isinstance(uri, dict) else [(name, uri)]:
+            console.print(f"{label:>11}: {value}")
 
 
 def mirror_models_command(args) -> None:
@@ -156,11 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", default=d["model"], help="catalogue name of the backbone")
-    p.add_argument("--train-data", required=True, help="CSV of query,document pairs")
+    p.add_argument(
+        "--train-data", required=True, help="CSV of query,document pairs (text,image for CLIP)"
+    )
     p.add_argument("--eval-data", default="", help="CSV of held-out pairs (default: split)")
     p.add_argument("--val-split", type=float, default=d["val_split"], help="held-out fraction")
     p.add_argument(
-        "--loss", default=d["loss"], help="MultipleNegativesRankingLoss or TripletMarginLoss"
+        "--loss",
+        default=d["loss"],
+        help="MultipleNegativesRankingLoss or TripletMarginLoss; CLIPLoss for CLIP models",
     )
     p.add_argument("--epochs", type=int, default=d["epochs"])
     p.add_argument("--batch-size", type=int, default=d["batch_size"])
@@ -174,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=json_object,
         default={},
         help="the model's own options as JSON, e.g. '{\"input_size\": 64}' for mlp",
+    )
+    p.add_argument(
+        "--weights",
+        default=d["weights"],
+        help="pretrained weights to start from: a model folder in the mirror layout "
+        "(s3:// or local; see README). Default: the mirror, a package, or upstream",
     )
     p.add_argument("--eval-k", type=int, default=d["eval_k"], help="cut-off of the metrics")
     p.add_argument("--seed", type=int, default=d["seed"])

@@ -17,17 +17,22 @@ from finetuner.errors import FinetunerError
 
 COLUMNS = ("query", "document")
 # A first row made of these names is a header, not a pair.
-HEADER_NAMES = {"query", "document", "text1", "text2", "anchor", "positive", "question", "answer"}
+HEADER_NAMES = {
+    "query", "document", "text1", "text2", "anchor", "positive", "question", "answer",
+    "text", "image", "caption",
+}  # fmt: skip
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MAX_FIELD_CHARS = 100_000
 
 Pair = tuple[str, str]
 
 
-def read_pairs(uri: str, encoding: str = "utf-8", field=None) -> list[Pair]:
+def read_pairs(uri: str, encoding: str = "utf-8", field=None, check_row=None) -> list[Pair]:
     """All (query, document) pairs of a CSV file at a local path or s3:// URI.
 
     `field(uri, line, column, value) -> value` checks and converts each field when the
-    items are not plain text (see `field_checker`).
+    items are not plain text (see `field_checker`); `check_row(uri, line, pair) -> pair` checks
+    and reorders a whole row.
     """
     raw = storage.read_bytes(uri)
     if not raw.strip():
@@ -59,6 +64,8 @@ def read_pairs(uri: str, encoding: str = "utf-8", field=None) -> list[Pair]:
             pair = _check_row(uri, start, row)
             if field:
                 pair = tuple(field(uri, start, col, value) for col, value in enumerate(pair, 1))
+            if check_row:
+                pair = check_row(uri, start, pair)
             pairs.append(pair)
     except csv.Error as exc:
         raise FinetunerError(f"{uri}, line {line}: malformed CSV ({exc}).") from None
@@ -120,6 +127,40 @@ def vector_checker(size: int):
     return check
 
 
+def looks_like_image(value: str) -> bool:
+    return value.lower().endswith(IMAGE_SUFFIXES) and "\n" not in value
+
+
+class TextImageRows:
+    """Checks text-image rows, in either column order, and returns them as (text, image).
+
+    The first row decides which column holds the images (paths or s3:// URIs with an image
+    suffix), as Finetuner did; every later row must follow it."""
+
+    def __init__(self):
+        self.image_column: int | None = None
+
+    def __call__(self, uri: str, line: int, pair: Pair) -> Pair:
+        images = [looks_like_image(value) for value in pair]
+        if self.image_column is None:
+            if images.count(True) != 1:
+                found = "both columns" if all(images) else "neither column"
+                raise FinetunerError(
+                    f"{uri}, line {line}: text-to-image data needs one text column and one "
+                    f"image column (a path or s3:// URI ending in {', '.join(IMAGE_SUFFIXES)}); "
+                    f"{found} holds an image here."
+                )
+            self.image_column = images.index(True)
+        column = self.image_column + 1
+        if not images[self.image_column]:
+            raise FinetunerError(
+                f"{uri}, line {line}, column {column}: expected an image path (as on the first "
+                f"row), got {pair[self.image_column][:60]!r}."
+            )
+        image = resolve_media(uri, line, column, pair[self.image_column])
+        return pair[1 - self.image_column], image
+
+
 def field_checker(spec):
     """How the fields of a model's data are checked: None for text."""
     if spec.family in ("cnn", "pointnet"):
@@ -127,6 +168,13 @@ def field_checker(spec):
     if spec.family == "mlp":
         return vector_checker(int(spec.options["input_size"]))
     return None
+
+
+def read_model_pairs(uri: str, spec) -> list[Pair]:
+    """The pairs of a CSV, checked for the model of `spec`: text-to-image rows come back as
+    (text, image URI), image and mesh references resolved, vectors checked."""
+    rows = TextImageRows() if spec.family == "clip" else None
+    return read_pairs(uri, field=field_checker(spec), check_row=rows)
 
 
 def deduplicate(pairs: list[Pair]) -> list[Pair]:

@@ -14,6 +14,7 @@ PIPELINE_DEFAULTS = {
     "pooler_eps": 1e-6,
     "max_length": 128,
     "model_options": {},
+    "weights": "",
     "eval_k": 10,
     "seed": 42,
 }

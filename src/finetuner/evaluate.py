@@ -26,8 +26,11 @@ def top_k(queries: np.ndarray, corpus: np.ndarray, k: int, chunk: int = 1024) ->
 
 
 def evaluate(model, eval_set: EvalSet, k: int = 10, batch_size: int = 64) -> dict[str, float]:
-    """Metrics@k of a model (anything with `encode(texts)`) on an eval set."""
-    query_emb = model.encode(eval_set.queries, batch_size=batch_size)
-    corpus_emb = model.encode(eval_set.corpus, batch_size=batch_size)
+    """Metrics@k of a model (from finetuner.models) on an eval set."""
+    from finetuner.models import sides
+
+    query_side, document_side = sides(model)
+    query_emb = query_side.encode(eval_set.queries, batch_size=batch_size)
+    corpus_emb = document_side.encode(eval_set.corpus, batch_size=batch_size)
     rankings = top_k(query_emb, corpus_emb, k)
     return retrieval_metrics(rankings.tolist(), eval_set.relevant, k)

@@ -92,12 +92,24 @@ def export_onnx(spec: dict, path: Path) -> dict:
     return {"inputs": names, "output": spec["output"], "max_abs_diff": worst}
 
 
-def model_card(spec, metrics: dict, onnx: dict) -> str:
+def _onnx_line(info: dict | None, architecture: str) -> str:
+    if not info:
+        return f"- No ONNX export: {architecture} models are served with PyTorch."
+    inputs = ", ".join(f"`{n}`" for n in info["inputs"])
+    return (
+        f"- `{info['file']}`: inputs {inputs}, output `{info['output']}`; it matches PyTorch "
+        f"to {info['max_abs_diff']:.1e}."
+    )
+
+
+def model_card(spec, metrics: dict, onnx: dict[str, dict]) -> str:
+    """The README of an export. `onnx` maps each exported part to its ONNX check."""
     before, after = metrics.get("before", {}), metrics.get("after", {})
     rows = "\n".join(
         f"| {name} | {before.get(name, float('nan')):.4f} | {value:.4f} |"
         for name, value in after.items()
     )
+    details = ""
     if spec.family == "text":
         details = f", pooler `{spec.pooler}`, max length {spec.max_length}"
         folder = (
@@ -106,17 +118,23 @@ def model_card(spec, metrics: dict, onnx: dict) -> str:
         )
         if spec.pooler == "GeM":
             folder += "; GeM is a finetuner module: load with `trust_remote_code=True`"
+    elif spec.family == "clip":
+        folder = "both towers and the temperature, to train on from"
     else:
         details = f", pooler `{spec.pooler}`" if spec.family == "cnn" else ""
         folder = "the weights as safetensors"
-    if onnx:
-        inputs = ", ".join(f"`{name}`" for name in onnx["inputs"])
-        onnx_line = (
-            f"- `{ONNX_FILE}`: inputs {inputs}, output `{onnx['output']}`; it matches PyTorch "
-            f"to {onnx['max_abs_diff']:.1e}."
-        )
+    files = [f"- `model/`: {folder}; `finetuner.get_model(uri)` loads it."]
+    if spec.family == "clip":
+        files = [f"- `model/`: {folder}."]
+        for tower in ("clip-text", "clip-vision"):
+            files.append(
+                f"- `{tower}/`: the {tower.removeprefix('clip-')} tower alone; "
+                f'`finetuner.get_model(uri, select_model="{tower}")` loads it.'
+            )
+            files.append(_onnx_line(onnx.get(tower), spec.architecture))
     else:
-        onnx_line = f"- No ONNX export: {spec.architecture} models are served with PyTorch."
+        files.append(_onnx_line(onnx.get("model"), spec.architecture))
+    listing = "\n".join(files)
     return f"""# {spec.name}, fine-tuned
 
 An embedding model fine-tuned with finetuner from `{spec.upstream}` ({spec.architecture},
@@ -128,8 +146,7 @@ An embedding model fine-tuned with finetuner from `{spec.upstream}` ({spec.archi
 {rows}
 
 ## Files
-- `model/`: {folder}; `finetuner.get_model(uri)` loads it.
-{onnx_line}
+{listing}
 - `metrics.json`, and `{MANIFEST}`, written last: an export without it is incomplete.
 """
 
@@ -151,9 +168,16 @@ def export(model, metrics: dict, output_uri: str) -> dict:
             write_sentence_transformers(model, stage / "model")
         else:
             model.save(stage / "model")
-        # None where a family cannot be exported to ONNX (PointNet++ at full size).
-        onnx_spec = model.onnx_spec()
-        onnx = export_onnx(onnx_spec, stage / ONNX_FILE) if onnx_spec else None
+        # A two-tower model (CLIP) also exports each tower on its own, for inference.
+        towers = model.towers() if hasattr(model, "towers") else {}
+        for name, tower in towers.items():
+            tower.save(stage / name)
+        onnx = {}
+        for name, part in ({"model": model} | towers).items():
+            # None where a part cannot be exported to ONNX (PointNet++ at full size).
+            if (spec := part.onnx_spec()) is not None:
+                file = f"onnx/{name}.onnx"
+                onnx[name] = {"file": file, **export_onnx(spec, stage / file)}
         (stage / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (stage / "README.md").write_text(model_card(model.spec, metrics, onnx))
         files = sorted(p for p in stage.rglob("*") if p.is_file())
@@ -161,8 +185,9 @@ def export(model, metrics: dict, output_uri: str) -> dict:
             "format": 1,
             "model": model.spec.name,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "onnx": ONNX_FILE if onnx else None,
-            "onnx_max_abs_diff": onnx["max_abs_diff"] if onnx else None,
+            # The ONNX file, or for a two-tower model each tower's; None when there is none.
+            "onnx": onnx_files(onnx, towers),
+            "onnx_max_abs_diff": max((i["max_abs_diff"] for i in onnx.values()), default=None),
             "metrics": metrics,
             "files": [
                 {"path": str(p.relative_to(stage)), "bytes": p.stat().st_size, "sha256": _sha256(p)}
@@ -172,8 +197,24 @@ def export(model, metrics: dict, output_uri: str) -> dict:
         storage.upload_dir(stage, output_uri)
         # Last: its presence is what marks the export as whole.
         storage.write_text(storage.join(output_uri, MANIFEST), json.dumps(manifest, indent=2))
+    return artifact_uris(output_uri, manifest)
+
+
+def onnx_files(onnx: dict[str, dict], towers: dict) -> str | dict[str, str] | None:
+    if towers:
+        return {name: info["file"] for name, info in onnx.items()}
+    return onnx["model"]["file"] if onnx else None
+
+
+def artifact_uris(output_uri: str, manifest: dict) -> dict:
+    """The URIs of an export's model folder, ONNX file(s) and manifest."""
+    onnx = manifest["onnx"]
+    if isinstance(onnx, dict):
+        onnx = {name: storage.join(output_uri, file) for name, file in onnx.items()}
+    elif onnx:
+        onnx = storage.join(output_uri, onnx)
     return {
         "model": storage.join(output_uri, "model") + "/",
-        "onnx": storage.join(output_uri, ONNX_FILE) if onnx else None,
+        "onnx": onnx,
         "manifest": storage.join(output_uri, MANIFEST),
     }

@@ -10,6 +10,8 @@ from finetuner import storage
 from finetuner.errors import FinetunerError
 from finetuner.export import MANIFEST, ONNX_FILE
 
+TOWERS = ("clip-text", "clip-vision")
+
 
 class OnnxModel:
     """An exported ONNX model on onnxruntime, with the preprocessing of its export."""
@@ -20,6 +22,7 @@ class OnnxModel:
         from finetuner.models.folder import read_spec
 
         self.spec = read_spec(model_folder)
+        self.output_dim = self.spec.output_dim
         if self.spec.family == "text":
             from transformers import AutoTokenizer
 
@@ -55,12 +58,52 @@ class OnnxModel:
             self.session.run(None, self._feeds(items[start : start + batch_size]))[0]
             for start in range(0, len(items), batch_size)
         ]
-        return np.concatenate(out) if out else np.zeros((0, self.spec.output_dim), np.float32)
+        return np.concatenate(out) if out else np.zeros((0, self.output_dim), np.float32)
 
 
-def get_model(artifact: str, is_onnx: bool = False):
+class OnnxTower(OnnxModel):
+    """One exported CLIP tower on onnxruntime, with its tokenizer or image transform."""
+
+    def __init__(self, onnx_path: Path, tower_folder: Path):
+        import onnxruntime as ort
+
+        from finetuner.models import clip
+
+        config = clip.tower_config(tower_folder)
+        self.output_dim = config["embed_dim"]
+        if config["tower"] == "text":
+            self.input_name, self.inputs = "token_ids", clip.tower_tokenizer(tower_folder)
+        else:
+            import torch
+
+            from finetuner.models.image import load_image
+
+            transform = clip.tower_transform(tower_folder)
+            self.input_name = "pixel_values"
+            self.inputs = lambda uris: torch.stack([transform(load_image(u)) for u in uris])
+        self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+
+    def _feeds(self, items: list) -> dict:
+        return {self.input_name: self.inputs(items).numpy()}
+
+
+def _get_tower(root: Path, artifact: str, select_model: str | None, is_onnx: bool):
+    if select_model not in TOWERS:
+        raise FinetunerError(
+            f"{artifact} is a CLIP model with two towers: choose one with "
+            f"select_model={' or '.join(repr(t) for t in TOWERS)}."
+        )
+    if is_onnx:
+        return OnnxTower(root / "onnx" / f"{select_model}.onnx", root / select_model)
+    from finetuner.models.text_image import load_tower
+
+    return load_tower(root / select_model)
+
+
+def get_model(artifact: str, is_onnx: bool = False, select_model: str | None = None):
     """Load an export from a local folder or s3:// prefix, as PyTorch or ONNX.
 
+    A CLIP export holds two towers: `select_model` picks "clip-text" or "clip-vision".
     Only a whole export loads: one without its manifest (an interrupted publish) is refused.
     """
     if not storage.exists(storage.join(artifact, MANIFEST)):
@@ -69,6 +112,15 @@ def get_model(artifact: str, is_onnx: bool = False):
             "Point at the output of a completed run."
         )
     root = storage.local_copy(artifact.rstrip("/") + "/")
+    from finetuner.models.folder import read_spec
+
+    if read_spec(root / "model").family == "clip":
+        return _get_tower(root, artifact, select_model, is_onnx)
+    if select_model is not None:
+        raise FinetunerError(
+            f"select_model is for CLIP exports, whose towers load apart; {artifact} holds one "
+            "model: leave select_model out."
+        )
     if is_onnx:
         if not (root / ONNX_FILE).exists():
             raise FinetunerError(f"{artifact} has no ONNX model; load it with is_onnx=False.")

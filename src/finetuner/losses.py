@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from finetuner.errors import FinetunerError
 
-LOSSES = ("MultipleNegativesRankingLoss", "TripletMarginLoss")
+LOSSES = ("MultipleNegativesRankingLoss", "TripletMarginLoss", "CLIPLoss")
 DEFAULT_LOSS = "MultipleNegativesRankingLoss"
+# CLIP's symmetric loss needs the model's learnable temperature: it trains CLIP models only,
+# and is theirs whatever the loss parameter says while it is left at its default.
+CLIP_LOSS = "CLIPLoss"
 
 
 def check_loss(name: str) -> str:
@@ -17,12 +20,42 @@ def check_loss(name: str) -> str:
     )
 
 
-def build_loss(name: str):
-    """A callable (query_emb, doc_emb) -> scalar loss. Embeddings are unit length."""
+def loss_for(family: str, name: str) -> str:
+    """The loss a model family trains with, given the loss parameter."""
+    name = check_loss(name)
+    if family == "clip":
+        if name not in (CLIP_LOSS, DEFAULT_LOSS):
+            raise FinetunerError(
+                f"parameter loss: CLIP models train with {CLIP_LOSS} (its learnable "
+                f"temperature is part of the model), not {name}."
+            )
+        return CLIP_LOSS
+    if name == CLIP_LOSS:
+        raise FinetunerError(
+            f"parameter loss: {CLIP_LOSS} trains CLIP models (text-to-image) only. "
+            f"Valid losses here: {', '.join(n for n in LOSSES if n != CLIP_LOSS)}."
+        )
+    return name
+
+
+def build_loss(name: str, model=None):
+    """A callable (query_emb, doc_emb) -> scalar loss. Embeddings are unit length.
+
+    CLIPLoss reads the temperature from `model.scale()` at every call, so it is learnt."""
     import torch
     import torch.nn.functional as F
 
     name = check_loss(name)
+    if name == CLIP_LOSS:
+        from finetuner.models.clip import clip_loss
+
+        clip_symmetric = clip_loss()
+
+        def symmetric(q, d):
+            # Text-to-image and image-to-text cross-entropy, averaged.
+            return clip_symmetric(d, q, model.scale())
+
+        return symmetric
     if name == "MultipleNegativesRankingLoss":
         scale = 20.0  # inverse temperature on cosine similarities, as in sentence-transformers
 

@@ -39,7 +39,7 @@ def default_output(model: str) -> str:
 def preflight(params: dict) -> dict:
     """Validate all parameters and the data and output locations; the completed params."""
     from finetuner.catalogue import ModelSpec
-    from finetuner.data import check_val_split, field_checker, read_pairs
+    from finetuner.data import check_val_split, read_model_pairs
     from finetuner.export import check_output_free
     from finetuner.steps import catalogue_lookup
     from finetuner.train import TrainConfig
@@ -56,6 +56,7 @@ def preflight(params: dict) -> dict:
         params["max_length"],
         params["loss"],
         params["model_options"],
+        params["weights"],
     )
     TrainConfig(
         loss=params["loss"],
@@ -74,7 +75,7 @@ def preflight(params: dict) -> dict:
             raise FinetunerError(f"parameter {name}: {uri} does not exist.")
         if uri:
             # A bad row fails now, with its line, not minutes into the run.
-            read_pairs(uri, field=field_checker(ModelSpec(**spec)))
+            read_model_pairs(uri, ModelSpec(**spec))
     params["output_uri"] = params.get("output_uri") or default_output(params["model"])
     check_output_free(params["output_uri"])
     return params
@@ -85,6 +86,7 @@ def run_pipeline(params: dict, pipeline_root: str | None = None) -> Run:
     params = preflight(params)
     from kfp import local
 
+    from finetuner.export import artifact_uris
     from finetuner.pipelines.finetune import finetune
 
     root = pipeline_root or tempfile.mkdtemp(prefix="finetuner-kfp-")
@@ -105,11 +107,7 @@ def run_pipeline(params: dict, pipeline_root: str | None = None) -> Run:
         shutil.rmtree(root, ignore_errors=True)
     summary = {
         "metrics": {k: manifest["metrics"][k] for k in ("before", "after")},
-        "artifacts": {
-            "model": storage.join(output, "model") + "/",
-            "onnx": storage.join(output, manifest["onnx"]) if manifest["onnx"] else None,
-            "manifest": storage.join(output, "manifest.json"),
-        },
+        "artifacts": artifact_uris(output, manifest),
         "params": params,
     }
     return Run(status="FINISHED", artifact_uri=output, summary=summary)
@@ -118,5 +116,5 @@ def run_pipeline(params: dict, pipeline_root: str | None = None) -> Run:
 def fit(model: str, train_data: str, output: str | None = None, **options) -> Run:
     """Fine-tune `model` on `train_data`, as Finetuner's `fit`: options are those of
     `finetuner run` (eval_data, val_split, loss, epochs, batch_size, learning_rate, pooler,
-    pooler_p, pooler_eps, max_length, model_options, eval_k, seed)."""
+    pooler_p, pooler_eps, max_length, model_options, weights, eval_k, seed)."""
     return run_pipeline({"model": model, "train_data": train_data, "output_uri": output, **options})

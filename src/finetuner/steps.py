@@ -10,7 +10,7 @@ from pathlib import Path
 
 from finetuner import data
 from finetuner.catalogue import ModelSpec, lookup
-from finetuner.losses import check_loss
+from finetuner.losses import loss_for
 
 
 def catalogue_lookup(
@@ -21,10 +21,12 @@ def catalogue_lookup(
     max_length: int,
     loss: str,
     model_options: dict | None = None,
+    weights: str = "",
 ) -> dict:
     """Validate every choice before any data is read or GPU used; the ModelSpec as a dict."""
-    check_loss(loss)
-    return lookup(model, pooler, pooler_p, pooler_eps, max_length, model_options).model_dump()
+    spec = lookup(model, pooler, pooler_p, pooler_eps, max_length, model_options, weights=weights)
+    loss_for(spec.family, loss)
+    return spec.model_dump()
 
 
 def preprocess(
@@ -41,12 +43,12 @@ def preprocess(
 
     Fields that are not text (image files, vectors) are checked and resolved here."""
     data.check_val_split(val_split, has_eval_data=bool(eval_data))
-    field = data.field_checker(ModelSpec(**model_spec))
-    raw = data.read_pairs(train_data, field=field)
+    spec = ModelSpec(**model_spec)
+    raw = data.read_model_pairs(train_data, spec)
     pairs = data.deduplicate(raw)
     if eval_data:
         train_pairs = pairs
-        eval_pairs = data.deduplicate(data.read_pairs(eval_data, field=field))
+        eval_pairs = data.deduplicate(data.read_model_pairs(eval_data, spec))
     else:
         train_pairs, eval_pairs = data.split_by_query(pairs, val_split, seed)
     data.write_pairs(train_pairs, train_out)
@@ -104,9 +106,14 @@ def train(
     from finetuner.train import TrainConfig
     from finetuner.train import train as run_training
 
-    model = models.pretrained(ModelSpec(**model_spec))
+    spec = ModelSpec(**model_spec)
+    model = models.pretrained(spec)
     config = TrainConfig(
-        loss=loss, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed
+        loss=loss_for(spec.family, loss),
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
     )
     result = run_training(model, data.load_pairs(train_path), config)
     model.save(model_out)

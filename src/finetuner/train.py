@@ -1,4 +1,4 @@
-"""The training loop for text pairs: in-batch losses, AdamW with linear warm-up.
+"""The training loop for pairs: in-batch losses, AdamW with linear warm-up.
 
 torch is imported inside the functions, so validating a TrainConfig stays instant.
 """
@@ -77,13 +77,16 @@ def train(model, pairs: list[Pair], config: TrainConfig, device: str | None = No
     import torch
     from transformers import get_linear_schedule_with_warmup
 
+    from finetuner.models import sides
+
     config.validate()
     if len(pairs) < 2:
         raise FinetunerError(f"training needs at least 2 pairs, got {len(pairs)}.")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     generator = seed_everything(config.seed)
     embedder = model.embedder.to(device).train()
-    loss_fn = build_loss(config.loss)
+    loss_fn = build_loss(config.loss, model)
+    query_side, document_side = sides(model)
 
     steps_per_epoch = len(batches(len(pairs), config.batch_size, torch.Generator()))
     total = steps_per_epoch * config.epochs
@@ -91,6 +94,7 @@ def train(model, pairs: list[Pair], config: TrainConfig, device: str | None = No
         total = min(total, config.max_steps)
     # The fused kernel updates all tensors at once: several times faster than the default
     # per-tensor loop, which is most of a step's overhead on a CPU.
+    trainable = [p for p in embedder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         parameter_groups(embedder, config.weight_decay), lr=config.learning_rate, fused=True
     )
@@ -105,11 +109,11 @@ def train(model, pairs: list[Pair], config: TrainConfig, device: str | None = No
         epoch_loss, epoch_steps = 0.0, 0
         for batch in batches(len(pairs), config.batch_size, generator):
             with autocast:
-                q = model.embed([pairs[i][0] for i in batch], device, config.length_buckets)
-                d = model.embed([pairs[i][1] for i in batch], device, config.length_buckets)
+                q = query_side.embed([pairs[i][0] for i in batch], device, config.length_buckets)
+                d = document_side.embed([pairs[i][1] for i in batch], device, config.length_buckets)
                 loss = loss_fn(q.float(), d.float())
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(embedder.parameters(), config.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

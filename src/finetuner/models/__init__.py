@@ -3,6 +3,9 @@
 A model object has `spec`, `embedder` (the nn.Module that is trained and exported),
 `embed(items, device, buckets)` for training, `encode(items, batch_size)` for inference,
 `save(folder)`, and `onnx_spec()` for export; `pretrained(spec)` and `load(folder)` make one.
+
+A two-tower model (CLIP) embeds queries and documents with different modules: its
+`sides()` gives the two, each with `embed` and `encode`, and `towers()` what is exported.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from finetuner.errors import FinetunerError
 from finetuner.models.folder import read_spec
 from finetuner.models.text import TextModel
 
-__all__ = ["TextModel", "family_class", "load", "pretrained"]
+__all__ = ["TextModel", "family_class", "load", "pretrained", "sides"]
 
 
 def family_class(family: str):
@@ -27,6 +30,10 @@ def family_class(family: str):
         from finetuner.models.vector import VectorModel
 
         return VectorModel
+    if family == "clip":
+        from finetuner.models.text_image import TextImageModel
+
+        return TextImageModel
     if family == "pointnet":
         from finetuner.models.points import PointCloudModel
 
@@ -42,3 +49,9 @@ def pretrained(spec):
 def load(folder: str | Path):
     """A model saved by `save` (a train step's output or an export's model/ folder)."""
     return family_class(read_spec(folder).family).load(folder)
+
+
+def sides(model) -> tuple:
+    """What embeds the queries and what embeds the documents: the model itself, twice,
+    unless it has two towers."""
+    return model.sides() if hasattr(model, "sides") else (model, model)

@@ -81,6 +81,16 @@ def check_name(name: str) -> tuple[str, str]:
     return CLIP_MODELS[name]
 
 
+def upstream_cached(name: str) -> bool:
+    """Whether open_clip's download of the entry's checkpoint is in the local hub cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    arch, tag = check_name(name)
+    repo = open_clip.get_pretrained_cfg(arch, tag)["hf_hub"].strip("/")
+    files = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+    return any(isinstance(try_to_load_from_cache(repo, file), str) for file in files)
+
+
 def check_options(name: str, pooler: str | None = None) -> None:
     """CLIP towers pool as their pretraining did; other poolers (GeM, mean, ...) are refused."""
     check_name(name)
@@ -177,13 +187,16 @@ class ClipTextTower(nn.Module):
         return F.normalize(self.text(token_ids), dim=-1)
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
-        if self.tokenizer is None:
-            raise FinetunerError(
-                f"no tokenizer for {self.config['name']}: its XLM-RoBERTa tokenizer ships with "
-                "no package; load the model from a weights folder that holds tokenizer.json "
-                "(or sentencepiece.bpe.model)"
-            )
-        return self.tokenizer(list(texts))
+        return _tokenize(self.tokenizer, self.config["name"], texts)
+
+
+def _tokenize(tokenizer, name: str, texts: list[str]) -> torch.Tensor:
+    if tokenizer is None:
+        raise FinetunerError(
+            f"no tokenizer for {name}: its XLM-RoBERTa tokenizer ships with no package; load "
+            "the model from a weights folder that holds tokenizer.json (or sentencepiece.bpe.model)"
+        )
+    return tokenizer(list(texts))
 
 
 class ClipVisionTower(nn.Module):
@@ -259,11 +272,6 @@ class ClipModel:
 def _dummy_text(tower: ClipTextTower, batch: int = 1) -> torch.Tensor:
     length = tower.config["text_cfg"].get("context_length", 77)
     return torch.full((batch, length), 5, dtype=torch.long)
-
-
-def _dummy_image(tower: ClipVisionTower, batch: int = 1) -> torch.Tensor:
-    size = tower.config["vision_cfg"]["image_size"]
-    return torch.zeros(batch, 3, size, size)
 
 
 @torch.inference_mode()
@@ -364,11 +372,7 @@ def save_tower(tower: ClipTextTower | ClipVisionTower, folder: str | Path) -> Pa
 def load_tower(folder: str | Path) -> ClipTextTower | ClipVisionTower:
     """Load a tower written by save_tower, on its own, in eval mode."""
     folder = Path(folder)
-    config_file = folder / TOWER_CONFIG_FILE
-    if not config_file.is_file():
-        raise FinetunerError(f"{folder} holds no CLIP tower: {TOWER_CONFIG_FILE} is missing")
-    config = json.loads(config_file.read_text())
-    config.pop("format", None)
+    config = tower_config(folder)
     state = load_file(folder / TOWER_WEIGHTS_FILE)
     if config["tower"] == "text":
         module = _build_text(config)
@@ -384,31 +388,28 @@ def load_tower(folder: str | Path) -> ClipTextTower | ClipVisionTower:
     return tower.eval()
 
 
+def tower_config(folder: str | Path) -> dict:
+    config_file = Path(folder) / TOWER_CONFIG_FILE
+    if not config_file.is_file():
+        raise FinetunerError(f"{folder} holds no CLIP tower: {TOWER_CONFIG_FILE} is missing")
+    config = json.loads(config_file.read_text())
+    config.pop("format", None)
+    return config
+
+
+def tower_tokenizer(folder: str | Path):
+    """The tokenizer of a saved text tower, without loading its weights."""
+    config = tower_config(folder)
+    tokenizer = _tokenizer(config, CLIP_MODELS[config["name"]][0], Path(folder))
+    return lambda texts: _tokenize(tokenizer, config["name"], texts)
+
+
+def tower_transform(folder: str | Path):
+    """The image transform of a saved vision tower, without loading its weights."""
+    config = tower_config(folder)
+    return _preprocess(config, config["preprocess"])
+
+
 def clip_loss() -> nn.Module:
     """open_clip's symmetric InfoNCE: loss(image_emb, text_emb, clip.scale())."""
     return open_clip.ClipLoss()
-
-
-def export_tower_onnx(tower: ClipTextTower | ClipVisionTower, path: str | Path) -> Path:
-    """Export one tower to ONNX with a dynamic batch axis (text: fixed context length)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tower = tower.eval()
-    if isinstance(tower, ClipTextTower):
-        example, input_name = _dummy_text(tower, 2), "token_ids"
-    else:
-        example, input_name = _dummy_image(tower, 2), "pixel_values"
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    with torch.no_grad():
-        program = torch.onnx.export(
-            tower,
-            (example,),
-            dynamo=True,
-            input_names=[input_name],
-            output_names=["embeddings"],
-            dynamic_shapes={
-                "token_ids" if isinstance(tower, ClipTextTower) else "pixel_values": {0: batch}
-            },
-        )
-    program.save(str(path))
-    return path

@@ -33,11 +33,16 @@ class VectorModel:
         options = MLPOptions(**spec.options).model_dump()
         with torch.random.fork_rng():
             torch.manual_seed(INIT_SEED)
-            return cls(MLP(**options).eval(), spec)
+            model = cls(MLP(**options).eval(), spec)
+        if spec.weights not in ("", "scratch"):  # a model folder to start from (--weights)
+            from finetuner.weights import local_path
+
+            load_weights(model.embedder, local_path(spec.weights) / WEIGHTS_FILE)
+        return model
 
     @classmethod
     def load(cls, folder: str | Path) -> VectorModel:
-        model = cls.pretrained(read_spec(folder))
+        model = cls.pretrained(read_spec(folder).model_copy(update={"weights": "scratch"}))
         load_weights(model.embedder, Path(folder) / WEIGHTS_FILE)
         return model
 
