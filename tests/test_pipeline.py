@@ -118,6 +118,8 @@ def test_image_to_image_through_finetuner_run(fashion_pairs, tmp_path):
             sys.executable, "-m", "finetuner", "run", "--model", "efficientnet-lite0",
             "--train-data", str(csv), "--val-split", "0.25", "--epochs", "1",
             "--batch-size", "6", "--learning-rate", "1e-4", "--pooler", "GeM",
+            "--model-options",
+            '{"output_dim": 32, "freeze": true, "preprocess_options": {"image_size": 96}}',
             "--output", str(output), "--summary-json", str(summary_path),
         ],
         capture_output=True, text=True, timeout=600,
@@ -127,6 +129,8 @@ def test_image_to_image_through_finetuner_run(fashion_pairs, tmp_path):
     assert set(summary["metrics"]["after"]) == {f"{name}@10" for name in METRICS}
     model = inference.get_model(str(output))
     assert model.spec.name == "efficientnet-lite0" and model.spec.pooler == "GeM"
+    assert model.spec.options == {"image_size": 96, "output_dim": 32, "freeze": True}
     images = [str(p) for p in sorted((csv.parent / "images").glob("*.png"))[:3]]
+    assert model.encode(images).shape == (3, 32)
     onnx_model = inference.get_model(str(output), is_onnx=True)
     np.testing.assert_allclose(onnx_model.encode(images), model.encode(images), atol=1e-4)

@@ -153,6 +153,10 @@ def describe_models(task: str | None = None) -> list[ModelEntry]:
     return [entry for entry in CATALOGUE if task is None or entry.task == task]
 
 
+# Options that ModelSpec holds as fields of its own, not in `options`.
+COMMON_OPTIONS = ("pooler", "pooler_p", "pooler_eps", "max_length")
+
+
 class ModelSpec(BaseModel):
     """A validated choice of backbone and options: the output of catalogue-lookup.
 
@@ -170,10 +174,29 @@ class ModelSpec(BaseModel):
     pooler_p: float = 3.0
     pooler_eps: float = 1e-6
     max_length: int = 0  # text models only
-    options: dict = {}  # the family's own options, e.g. the MLP's layer sizes
+    # The family's own options where not at their defaults, e.g. the MLP's layer sizes, or a
+    # projection head's output_dim (then also the output_dim above) and freeze.
+    options: dict = {}
     # Where the weights come from: "package:<module>", "hf:<hub id>", "torchvision:<enum>",
     # or a mirror folder (s3:// or local).
     weights: str
+
+
+def _choices(parameters: dict, model_options: dict) -> dict:
+    """The pipeline's flat parameters with model_options; they must agree where both give one.
+
+    The pipeline passes every parameter: one left at its default counts as not given, so it
+    is no error for a model that lacks it, and a group in model_options may set it."""
+    from finetuner.defaults import PIPELINE_DEFAULTS
+
+    given = {k: v for k, v in parameters.items() if v is not None and v != PIPELINE_DEFAULTS.get(k)}
+    for key in given.keys() & model_options.keys():
+        if given[key] != model_options[key]:
+            raise FinetunerError(
+                f"parameter {key}: {given[key]!r} disagrees with model_options' "
+                f"{key}={model_options[key]!r}; give one of them."
+            )
+    return {**given, **model_options}
 
 
 def lookup(
@@ -197,18 +220,21 @@ def lookup(
             f"{entry.name} ({entry.task}) is in the catalogue, but the finetune pipeline "
             f"trains only {', '.join(PIPELINE_TASKS)} models so far: {', '.join(trainable)}."
         )
-    from finetuner.defaults import PIPELINE_DEFAULTS
-    from finetuner.options import schema, validate_options
+    from finetuner.options import validate_options
 
-    # The pipeline passes every parameter; one the model lacks is an error only when the
-    # user changed it from its default.
-    given = dict(pooler=pooler, pooler_p=pooler_p, pooler_eps=pooler_eps, max_length=max_length)
-    fields = schema(entry).model_fields
-    given = {k: v for k, v in given.items() if k in fields or v != PIPELINE_DEFAULTS.get(k)}
-    options = validate_options(entry, **given, **(model_options or {})).model_dump()
-    common = {k: options.pop(k) for k in list(options) if k in ModelSpec.model_fields}
-    # The MLP's output is its last layer; every other entry has a measured dimension.
-    output_dim = entry.output_dim or options["hidden_sizes"][-1]
+    choices = _choices(
+        dict(pooler=pooler, pooler_p=pooler_p, pooler_eps=pooler_eps, max_length=max_length),
+        model_options or {},
+    )
+    chosen = validate_options(entry, **choices)
+    common = {k: getattr(chosen, k) for k in COMMON_OPTIONS if k in type(chosen).model_fields}
+    # Only the options changed from their defaults, which the models fill in again: KFP
+    # cannot hand over a None (output_dim's default) inside a dict parameter.
+    options = chosen.flat_dump(exclude_defaults=True, exclude=COMMON_OPTIONS)
+    # A projection head sets the dimension; else the MLP's is its last layer, and every
+    # other entry has a measured one.
+    head = getattr(chosen, "output_dim", None)
+    output_dim = head or entry.output_dim or chosen.hidden_sizes[-1]
     source = ""
     if resolve_weights:
         from finetuner.weights import resolve_source

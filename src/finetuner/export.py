@@ -31,9 +31,15 @@ def check_output_free(output_uri: str) -> None:
 
 
 def write_sentence_transformers(model, folder: Path) -> None:
-    """A folder that `SentenceTransformer(folder)` loads: transformer, pooler, Normalize."""
+    """A folder that `SentenceTransformer(folder)` loads: transformer, pooler, the projection
+    head if any (a Dense module), Normalize."""
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from sentence_transformers.sentence_transformer.modules import (
+        Dense,
+        Normalize,
+        Pooling,
+        Transformer,
+    )
 
     from finetuner.st_modules import GeMPooling
 
@@ -45,7 +51,15 @@ def write_sentence_transformers(model, folder: Path) -> None:
         pooling = GeMPooling(dim, p=spec.pooler_p, eps=spec.pooler_eps)
     else:
         pooling = Pooling(dim, pooling_mode=spec.pooler)
-    SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu").save(str(folder))
+    modules = [transformer, pooling]
+    head = model.embedder.head
+    if head is not None:
+        weight = head.weight.detach().clone()
+        modules.append(
+            Dense(dim, spec.output_dim, bias=False, activation_function=None, init_weight=weight)
+        )
+    modules.append(Normalize())
+    SentenceTransformer(modules=modules, device="cpu").save(str(folder))
 
 
 def export_onnx(spec: dict, path: Path) -> dict:
@@ -123,6 +137,10 @@ def model_card(spec, metrics: dict, onnx: dict[str, dict]) -> str:
     else:
         details = f", pooler `{spec.pooler}`" if spec.family == "cnn" else ""
         folder = "the weights as safetensors"
+    if spec.options.get("output_dim"):
+        details += ", a linear projection head" + (
+            " trained on a frozen backbone" if spec.options.get("freeze") else ""
+        )
     files = [f"- `model/`: {folder}; `finetuner.get_model(uri)` loads it."]
     if spec.family == "clip":
         files = [f"- `model/`: {folder}."]

@@ -28,9 +28,9 @@ class OnnxModel:
 
             self.tokenizer = AutoTokenizer.from_pretrained(model_folder)
         elif self.spec.family == "cnn":
-            from finetuner.models.vision import image_transform
+            from finetuner.models.image import image_transform
 
-            self.transform = image_transform(self.spec.name)
+            self.transform = image_transform(self.spec)
         self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
 

@@ -64,7 +64,8 @@ def batches(n: int, batch_size: int, generator) -> list[list[int]]:
 
 
 def parameter_groups(module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and LayerNorm weights, as usual for transformers."""
+    """The trainable parameters (not those of a frozen backbone); no weight decay on biases
+    and LayerNorm weights, as usual for transformers."""
     params = [p for p in module.parameters() if p.requires_grad]
     return [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
@@ -94,10 +95,9 @@ def train(model, pairs: list[Pair], config: TrainConfig, device: str | None = No
         total = min(total, config.max_steps)
     # The fused kernel updates all tensors at once: several times faster than the default
     # per-tensor loop, which is most of a step's overhead on a CPU.
-    trainable = [p for p in embedder.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        parameter_groups(embedder, config.weight_decay), lr=config.learning_rate, fused=True
-    )
+    groups = parameter_groups(embedder, config.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, fused=True)
+    trainable = [p for group in groups for p in group["params"]]  # not a frozen backbone
     scheduler = get_linear_schedule_with_warmup(
         optimizer, math.ceil(total * config.warmup_ratio), total
     )

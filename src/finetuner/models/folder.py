@@ -1,5 +1,6 @@
 """The folder a model is saved to: `finetuner.json` (its ModelSpec) and, for the families
-that are not Hugging Face models, the embedder's weights as safetensors."""
+that are not Hugging Face models, the embedder's weights as safetensors; a text model's
+projection head (option output_dim) is saved next to its Hugging Face files."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from finetuner.catalogue import ModelSpec
 
 CONFIG_FILE = "finetuner.json"
 WEIGHTS_FILE = "model.safetensors"
+HEAD_FILE = "head.safetensors"
 FORMAT_VERSION = 1
 
 
@@ -31,11 +33,13 @@ def save_weights(module, path: str | Path) -> None:
     save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
 
 
-def load_weights(module, path: str | Path, drop: tuple[str, ...] = ()) -> None:
-    """Load safetensors weights strictly, leaving out the named keys."""
+def load_weights(module, path: str | Path, prefix: str = "") -> None:
+    """Load safetensors weights strictly: those whose names start with prefix, without it."""
     from safetensors.torch import load_file
 
-    state = {k: v for k, v in load_file(str(path)).items() if k not in drop}
+    state = {
+        k.removeprefix(prefix): v for k, v in load_file(str(path)).items() if k.startswith(prefix)
+    }
     module.load_state_dict(state, strict=True)
 
 

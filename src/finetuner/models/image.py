@@ -13,6 +13,7 @@ from finetuner.catalogue import ModelSpec
 from finetuner.errors import FinetunerError
 from finetuner.models import vision
 from finetuner.models.folder import WEIGHTS_FILE, load_weights, read_spec, save
+from finetuner.options import CNNOptions
 
 
 def load_image(uri: str):
@@ -26,17 +27,36 @@ def load_image(uri: str):
         raise FinetunerError(f"{uri}: not a readable image ({exc}).") from None
 
 
+def cnn_options(spec: ModelSpec) -> CNNOptions:
+    # Re-validated: KFP hands dict parameters over as JSON numbers, ints as floats.
+    return CNNOptions(**spec.options)
+
+
+def image_transform(spec: ModelSpec):
+    """The eval preprocessing of a spec: its weights' own, at its image_size if set."""
+    return vision.image_transform(spec.name, cnn_options(spec).image_size)
+
+
 class ImageModel:
     """A CNNEmbedder with the eval transform of its weights: what the steps pass around."""
 
     def __init__(self, embedder: vision.CNNEmbedder, spec: ModelSpec):
         self.embedder = embedder
         self.spec = spec
-        self.transform = vision.image_transform(spec.name)
+        self.transform = image_transform(spec)
 
     @classmethod
     def _build(cls, spec: ModelSpec, weights: str | None) -> ImageModel:
-        embedder = vision.build_cnn(spec.name, weights, spec.pooler, spec.pooler_p, spec.pooler_eps)
+        options = cnn_options(spec)
+        embedder = vision.build_cnn(
+            spec.name,
+            weights,
+            spec.pooler,
+            spec.pooler_p,
+            spec.pooler_eps,
+            output_dim=options.output_dim,
+            freeze=options.freeze,
+        )
         return cls(embedder.eval(), spec)
 
     @classmethod
@@ -47,17 +67,16 @@ class ImageModel:
             return cls._build(spec, "upstream")
         from finetuner.weights import local_path
 
-        return cls._from_state(spec, local_path(spec.weights) / WEIGHTS_FILE)
+        # A mirror holds the upstream embedder: only its trunk is pretrained; GeM's p starts
+        # at pooler_p and a head at its fixed initialisation.
+        model = cls._build(spec, None)
+        load_weights(model.embedder.trunk, local_path(spec.weights) / WEIGHTS_FILE, "trunk.")
+        return model
 
     @classmethod
     def load(cls, folder: str | Path) -> ImageModel:
-        return cls._from_state(read_spec(folder), Path(folder) / WEIGHTS_FILE)
-
-    @classmethod
-    def _from_state(cls, spec: ModelSpec, path: Path) -> ImageModel:
-        model = cls._build(spec, None)
-        # A mirror may hold GeM's p; plain pooling has none.
-        load_weights(model.embedder, path, drop=() if spec.pooler == "GeM" else ("pool.p",))
+        model = cls._build(read_spec(folder), None)
+        load_weights(model.embedder, Path(folder) / WEIGHTS_FILE)
         return model
 
     def save(self, folder: str | Path) -> Path:

@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from finetuner.catalogue import ModelSpec
-from finetuner.models.folder import read_spec, write_spec
+from finetuner.models.folder import HEAD_FILE, load_weights, read_spec, save_weights, write_spec
+from finetuner.models.head import projection_head
+from finetuner.options import TextOptions
 from finetuner.poolers import Pooler
 
 # Texts of varied length and batch sizes that the ONNX check runs through both runtimes.
@@ -22,19 +24,40 @@ ONNX_CHECK_TEXTS = (
 
 
 class TextEmbedder(nn.Module):
-    """token ids -> unit-length embeddings; the module that is trained and exported."""
+    """token ids -> unit-length embeddings; the module that is trained and exported.
 
-    def __init__(self, backbone: nn.Module, pooler: Pooler):
+    head: the projection head of option output_dim, or None. frozen: the backbone is not
+    trained (option freeze), and runs as in inference, without dropout.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        pooler: Pooler,
+        head: nn.Module | None = None,
+        frozen: bool = False,
+    ):
         super().__init__()
         self.backbone = backbone
         self.pooler = pooler
+        self.head = head
+        self.frozen = frozen
+        if frozen:
+            backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         tokens = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, **extra
         ).last_hidden_state
-        return F.normalize(self.pooler(tokens, attention_mask), dim=-1)
+        pooled = self.pooler(tokens, attention_mask)
+        return F.normalize(pooled if self.head is None else self.head(pooled), dim=-1)
 
 
 class TextModel:
@@ -60,7 +83,10 @@ class TextModel:
     @classmethod
     def load(cls, folder: str | Path) -> TextModel:
         """Load a folder written by `save` (a train output or an export's model/)."""
-        return cls._from_folder(Path(folder), read_spec(folder))
+        model = cls._from_folder(Path(folder), read_spec(folder))
+        if model.embedder.head is not None:
+            load_weights(model.embedder.head, Path(folder) / HEAD_FILE)
+        return model
 
     @classmethod
     def _from_folder(cls, folder: Path, spec: ModelSpec) -> TextModel:
@@ -71,12 +97,20 @@ class TextModel:
         backbone = AutoModel.from_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         pooler = Pooler(spec.pooler, p=spec.pooler_p, eps=spec.pooler_eps)
-        return cls(TextEmbedder(backbone, pooler).eval(), tokenizer, spec)
+        # Re-validated: KFP hands dict parameters over as JSON numbers, ints as floats.
+        options = TextOptions(**spec.options)
+        head = None
+        if options.output_dim:
+            head = projection_head(backbone.config.hidden_size, options.output_dim)
+        embedder = TextEmbedder(backbone, pooler, head, frozen=options.freeze)
+        return cls(embedder.eval(), tokenizer, spec)
 
     def save(self, folder: str | Path) -> Path:
         folder = write_spec(folder, self.spec)
         self.embedder.backbone.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
+        if self.embedder.head is not None:
+            save_weights(self.embedder.head, folder / HEAD_FILE)
         return folder
 
     def tokenize(self, texts: list[str], return_tensors: str = "pt") -> dict:

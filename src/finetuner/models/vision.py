@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from finetuner.errors import FinetunerError
+from finetuner.models.head import projection_head
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,26 @@ class GeM2d(nn.Module):
 
 
 class CNNEmbedder(nn.Module):
-    """images (B, 3, H, W) -> unit-length embeddings (B, channels)."""
+    """images (B, 3, H, W) -> unit-length embeddings (B, channels or the head's size).
 
-    def __init__(self, trunk: nn.Module, pool: nn.Module | None = None):
+    head: the projection head of option output_dim, or None. frozen: the trunk is not
+    trained (option freeze), and runs as in inference.
+    """
+
+    def __init__(
+        self,
+        trunk: nn.Module,
+        pool: nn.Module | None = None,
+        head: nn.Module | None = None,
+        frozen: bool = False,
+    ):
         super().__init__()
         self.trunk = trunk
         self.pool = pool  # None: global average pooling
+        self.head = head
+        self.frozen = frozen
+        if frozen:
+            trunk.requires_grad_(False)
 
     def train(self, mode: bool = True):
         # Fine-tuning batches are small and unlike ImageNet's; BatchNorm keeps the pretrained
@@ -68,12 +83,14 @@ class CNNEmbedder(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
+        if self.frozen:
+            self.trunk.eval()
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.trunk(images)
         pooled = features.mean(dim=(2, 3)) if self.pool is None else self.pool(features)
-        return F.normalize(pooled, dim=-1)
+        return F.normalize(pooled if self.head is None else self.head(pooled), dim=-1)
 
 
 def torchvision_weights_cached(arch: CNNArch) -> bool:
@@ -153,31 +170,55 @@ def cnn_arch(name: str) -> CNNArch:
     return CNN_ARCHS[name]
 
 
+def _channels(arch: CNNArch, model: nn.Module) -> int:
+    """The channels of the trunk's last feature map: what the classifier took in."""
+    if arch.source == "timm":
+        return model.num_features
+    if arch.builder.startswith("resnet"):
+        return model.fc.in_features
+    return model.classifier[-1].in_features  # torchvision EfficientNet
+
+
 def build_cnn(
     name: str,
     weights: str | None = None,
     pooler: str = "mean",
     pooler_p: float = 3.0,
     pooler_eps: float = 1e-6,
+    output_dim: int | None = None,
+    freeze: bool = False,
 ) -> CNNEmbedder:
     """An embedder from a catalogue CNN: the classifier is dropped, and GeM (with a
-    learnable p that starts at pooler_p) replaces the final average pooling on request."""
+    learnable p that starts at pooler_p) replaces the final average pooling on request.
+    output_dim adds a projection head; freeze trains only what follows the trunk."""
     if pooler not in ("mean", "GeM"):
         raise FinetunerError(f"parameter pooler: CNNs support mean and GeM, not '{pooler}'.")
+    arch = cnn_arch(name)
     model = build_classifier(name, weights)
     pool = GeM2d(pooler_p, pooler_eps) if pooler == "GeM" else None
-    return CNNEmbedder(_trunk(cnn_arch(name), model), pool)
+    head = projection_head(_channels(arch, model), output_dim) if output_dim else None
+    return CNNEmbedder(_trunk(arch, model), pool, head, frozen=freeze)
 
 
-def image_transform(name: str) -> Callable:
-    """The eval preprocessing that comes with the model's weights: PIL image -> tensor."""
+def image_transform(name: str, image_size: int | None = None) -> Callable:
+    """The eval preprocessing that comes with the model's weights: PIL image -> tensor.
+
+    image_size changes the side of the centre crop, and the resize before it in proportion.
+    """
     arch = cnn_arch(name)
     if arch.source == "timm":
         import timm
         from timm.data import create_transform, resolve_data_config
 
         cfg = timm.models.get_pretrained_cfg(arch.builder).to_dict()
-        return create_transform(**resolve_data_config(pretrained_cfg=cfg))
+        config = resolve_data_config(pretrained_cfg=cfg)
+        if image_size:  # timm resizes to image_size / crop_pct itself
+            config["input_size"] = (3, image_size, image_size)
+        return create_transform(**config)
     import torchvision.models as tvm
 
-    return tvm.get_weight(arch.weights).transforms()
+    preset = tvm.get_weight(arch.weights).transforms  # a partial with crop and resize sizes
+    if not image_size:
+        return preset()
+    crop, resize = preset.keywords["crop_size"], preset.keywords["resize_size"]
+    return preset(crop_size=image_size, resize_size=round(image_size * resize / crop))
