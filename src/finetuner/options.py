@@ -257,6 +257,14 @@ def _schema_at(cls: type[Options], loc: tuple) -> type[Options]:
     return (group_class(field) if field else None) or cls
 
 
+# Why a family takes no pooler, for the error that refuses one.
+OWN_POOLING = {
+    "clip": " (CLIP towers pool as they were pretrained: GeM and other poolers do not apply)",
+    "pointnet": " (PointNet++ max-pools its point features: GeM and other poolers do not apply)",
+    "mlp": " (an MLP embeds a vector: there is nothing to pool)",
+}
+
+
 def validate_options(entry, **values) -> Options:
     """The model's options with these values; errors name the parameter and what is valid."""
     cls = schema(entry)
@@ -275,8 +283,10 @@ def validate_options(entry, **values) -> Options:
             message = f"expected a dict like {_row(name, holder.model_fields[name])['type']}"
         if error["type"] == "extra_forbidden":
             valid = ", ".join(holder.model_fields) or "none"
+            why = OWN_POOLING.get(entry.family, "") if name.startswith("pooler") else ""
             raise FinetunerError(
-                f"parameter {name}: {entry.name} has no option '{name}'. Its options: {valid}."
+                f"parameter {name}: {entry.name} has no option '{name}'{why}. "
+                f"Its options: {valid}."
             ) from None
         if error["type"] == "literal_error":
             annotation = holder.model_fields[str(loc[-1])].annotation
