@@ -11,11 +11,12 @@ def preprocess(
     eval_data: str,
     val_split: float,
     seed: int,
+    data_options: dict,
     train_dataset: Output[Dataset],
     eval_dataset: Output[Dataset],
     data_report: Output[Markdown],
 ) -> dict:
-    """Read and validate the pairs (s3:// or local), split them and write Parquet."""
+    """Check the data (CSV, JSONL or Parquet; s3:// or local), split it, write Parquet."""
     from finetuner import steps
 
     return steps.preprocess(
@@ -24,6 +25,7 @@ def preprocess(
         eval_data,
         val_split,
         seed,
+        data_options,
         train_dataset.path,
         eval_dataset.path,
         data_report.path,

@@ -13,6 +13,8 @@ def train(
     batch_size: int,
     learning_rate: float,
     seed: int,
+    sampler: str,
+    num_items_per_class: int,
     model: Output[Model],
     train_metrics: Output[Metrics],
 ):
@@ -28,6 +30,8 @@ def train(
         batch_size,
         learning_rate,
         seed,
+        sampler,
+        num_items_per_class,
     )
     for name in ("steps", "samples_per_second", "final_loss"):
         train_metrics.log_metric(name, result[name])

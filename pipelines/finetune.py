@@ -30,19 +30,25 @@ def finetune(
     max_length: int = D["max_length"],
     model_options: dict = D["model_options"],
     weights: str = D["weights"],
+    data_options: dict = D["data_options"],
+    sampler: str = D["sampler"],
+    num_items_per_class: int = D["num_items_per_class"],
     eval_k: int = D["eval_k"],
     seed: int = D["seed"],
 ):
     """Fine-tune an embedding model from the catalogue on (query, document) pairs.
 
     Args:
-        train_data: CSV of query,document pairs (text,image for CLIP): an s3:// URI or a path.
+        train_data: Training data, s3:// or a path: CSV of query,document pairs (text,image
+            for CLIP), item,label rows or text1,text2,score rows; or JSONL or Parquet with
+            those column names.
         output_uri: Where the model is exported (s3://bucket/prefix/ or a folder).
         model: Catalogue name of the backbone (see `finetuner describe-models`).
         eval_data: CSV of held-out pairs; empty to hold out val_split of train_data.
         val_split: Fraction of the queries held out for evaluation when eval_data is empty.
-        loss: Training loss: MultipleNegativesRankingLoss or TripletMarginLoss; CLIP models
-            train with CLIPLoss.
+        loss: Training loss. Pairs: MultipleNegativesRankingLoss (default) or
+            TripletMarginLoss; CLIP: CLIPLoss; labeled data: TripletMarginLoss; scored data:
+            CoSENTLoss or CosineSimilarityLoss.
         epochs: Passes over the training pairs.
         batch_size: Pairs per step; the other pairs of a batch are the negatives.
         learning_rate: Peak AdamW learning rate, reached after a linear warm-up.
@@ -52,6 +58,11 @@ def finetune(
         max_length: Tokens kept of each text.
         model_options: The model's own options, e.g. {"input_size": 128} for mlp (see
             `finetuner list-model-options MODEL`).
+        data_options: How the data is read: format, dialect, encoding, is_labeled, size,
+            max_bad_rows (bad rows skipped before the run fails; default 0) and
+            max_field_chars, e.g. {"is_labeled": true, "max_bad_rows": 10}.
+        sampler: Batches: auto, random, class (labeled data) or no_duplicates.
+        num_items_per_class: Items of each label in a batch, for the class sampler.
         weights: Pretrained weights to start from: a model folder (s3:// or a path) in the
             model mirror's layout; empty for the mirror, a package or upstream.
         eval_k: The cut-off k of the retrieval metrics (ndcg@k, mrr@k, ...).
@@ -73,6 +84,7 @@ def finetune(
         eval_data=eval_data,
         val_split=val_split,
         seed=seed,
+        data_options=data_options,
     )
     trained = train(
         model_spec=lookup.output,
@@ -82,6 +94,8 @@ def finetune(
         batch_size=batch_size,
         learning_rate=learning_rate,
         seed=seed,
+        sampler=sampler,
+        num_items_per_class=num_items_per_class,
     )
     trained.set_caching_options(False)
     evaluated = evaluate(

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from finetuner import data, storage
-from finetuner.data import EvalSet, deduplicate, load_pairs, read_pairs, split_by_query, write_pairs
+from finetuner import data, dataset, storage
+from finetuner.data import EvalSet, deduplicate, read_pairs, split_by_query
 from finetuner.errors import FinetunerError
 
 
@@ -96,7 +96,7 @@ def test_empty_file(tmp_path, content):
 
 def test_header_only(tmp_path):
     uri = write(tmp_path, "query,document\n\n")
-    assert read_error(uri).startswith(f"{uri} has a header but no pairs")
+    assert read_error(uri).startswith(f"{uri} has a header but no data rows")
 
 
 # Each case: file content, the line and (where it applies) column named, and a phrase.
@@ -121,7 +121,7 @@ def test_bad_row(tmp_path, content, where, what):
 def test_invalid_utf8_names_its_line(tmp_path):
     uri = write(tmp_path, b"q1,d1\nq2,d2\nq3,caf\xe9\nq4,d4\n")
     message = read_error(uri)
-    assert message.startswith(f"{uri}, line 3:")
+    assert message.startswith(f"{uri}, line 3, column 2:")
     assert "not valid utf-8" in message
 
 
@@ -270,10 +270,15 @@ def test_eval_set_ignores_duplicate_pairs():
     assert ev.queries == ["q"] and ev.corpus == ["d", "e"] and ev.relevant == [{0, 1}]
 
 
-def test_parquet_round_trip(tmp_path):
-    pairs = [("q1", "d, with comma"), ("q\nmulti", 'quote " ü'), ("q1", "d2"), ("q1", "d2")]
-    path = str(tmp_path / "pairs.parquet")
-    write_pairs(pairs, path)
-    loaded = load_pairs(path)
-    assert loaded == pairs
-    assert all(type(p) is tuple for p in loaded)
+@pytest.mark.parametrize(
+    "kind, rows",
+    [
+        ("pairs", [("q1", "d, with comma"), ("q\nmulti", 'quote " ü'), ("q1", "d2")]),
+        ("labeled", [("an item", "a"), ("another", "b")]),
+        ("scored", [("t1", "t2", 0.5), ("t3", "t4", -1.0)]),
+    ],
+)
+def test_dataset_round_trip_keeps_rows_and_kind(tmp_path, kind, rows):
+    assert dataset.write(rows, tmp_path / "ds", kind) == len(rows)
+    loaded = dataset.load(tmp_path / "ds")
+    assert loaded.kind == kind and loaded.rows(list(range(len(rows)))) == rows

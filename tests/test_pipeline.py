@@ -35,10 +35,13 @@ def test_compiled_yaml_parses_strictly_with_dropdowns_and_descriptions():
     assert {"minilm-l6-en", "efficientnet-lite0", "clip-base-en", "mlp"} <= set(trainable)
     assert "crossencoder-base-en" not in trainable  # data synthesis only
     assert literals["pooler"] == ["mean", "cls", "max", "GeM"]
-    assert literals["loss"] == ["MultipleNegativesRankingLoss", "TripletMarginLoss", "CLIPLoss"]
+    assert literals["loss"][:3] == ["MultipleNegativesRankingLoss", "TripletMarginLoss", "CLIPLoss"]
+    assert {"CoSENTLoss", "CosineSimilarityLoss"} <= set(literals["loss"])
+    assert literals["sampler"] == ["auto", "random", "class", "no_duplicates"]
     for name in ("model", "train_data", "eval_data", "val_split", "loss", "epochs",
                  "batch_size", "learning_rate", "pooler", "pooler_p", "pooler_eps",
-                 "weights", "output_uri", "seed"):  # fmt: skip
+                 "weights", "data_options", "sampler", "num_items_per_class", "output_uri",
+                 "seed"):  # fmt: skip
         assert parameters[name].description, name
     tasks = spec.root.dag.tasks
     assert set(tasks) == {"catalogue-lookup", "preprocess", "train", "evaluate", "export"}

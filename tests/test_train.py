@@ -6,7 +6,8 @@ from finetuner.catalogue import lookup
 from finetuner.errors import FinetunerError
 from finetuner.evaluate import evaluate
 from finetuner.models import TextModel
-from finetuner.train import TrainConfig, batches, train
+from finetuner.samplers import random_batches as batches
+from finetuner.train import TrainConfig, train
 
 
 @pytest.fixture

@@ -83,6 +83,9 @@ def run_command(args) -> None:
         "max_length": args.max_length,
         "model_options": args.model_options,
         "weights": args.weights,
+        "data_options": data_options(args),
+        "sampler": args.sampler,
+        "num_items_per_class": args.num_items_per_class,
         "eval_k": args.eval_k,
         "seed": args.seed,
         "output_uri": args.output,
@@ -120,6 +123,14 @@ def s3_server_command(args) -> None:
     code = s3server.main(args.rest)
     if code:
         raise SystemExit(code)
+
+
+def data_options(args) -> dict:
+    """--data-options, with --max-bad-rows in it when given."""
+    options = dict(args.data_options)
+    if args.max_bad_rows is not None:
+        options["max_bad_rows"] = args.max_bad_rows
+    return options
 
 
 def json_object(text: str) -> dict:
@@ -187,6 +198,29 @@ def build_parser() -> argparse.ArgumentParser:
         default=d["weights"],
         help="pretrained weights to start from: a model folder in the mirror layout "
         "(s3:// or local; see README). Default: the mirror, a package, or upstream",
+    )
+    p.add_argument(
+        "--data-options",
+        type=json_object,
+        default={},
+        help="how the data is read, as JSON: format, dialect, encoding, is_labeled, size, "
+        "max_bad_rows, max_field_chars, e.g. '{\"is_labeled\": true}'",
+    )
+    p.add_argument(
+        "--max-bad-rows",
+        type=int,
+        help="bad rows to skip (and count) before the run fails (default 0)",
+    )
+    p.add_argument(
+        "--sampler",
+        default=d["sampler"],
+        help="auto (default), random, class (labeled data) or no_duplicates",
+    )
+    p.add_argument(
+        "--num-items-per-class",
+        type=int,
+        default=d["num_items_per_class"],
+        help="items of each label in a batch, for the class sampler",
     )
     p.add_argument("--eval-k", type=int, default=d["eval_k"], help="cut-off of the metrics")
     p.add_argument("--seed", type=int, default=d["seed"])

@@ -16,11 +16,13 @@ def choices() -> dict[str, list[str]]:
     from finetuner.catalogue import CATALOGUE, PIPELINE_TASKS
     from finetuner.losses import LOSSES
     from finetuner.options import TextOptions
+    from finetuner.samplers import SAMPLERS
 
     return {
         "model": [entry.name for entry in CATALOGUE if entry.task in PIPELINE_TASKS],
         "pooler": list(get_args(TextOptions.model_fields["pooler"].annotation)),
         "loss": list(LOSSES),
+        "sampler": list(SAMPLERS),
     }
 
 

@@ -5,10 +5,7 @@ Every row is validated; the first bad one stops the read with its file, line and
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-import random
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -16,79 +13,38 @@ from finetuner import storage
 from finetuner.errors import FinetunerError
 
 COLUMNS = ("query", "document")
-# A first row made of these names is a header, not a pair.
-HEADER_NAMES = {
-    "query", "document", "text1", "text2", "anchor", "positive", "question", "answer",
-    "text", "image", "caption",
-}  # fmt: skip
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MAX_FIELD_CHARS = 100_000
 
 Pair = tuple[str, str]
 
 
-def read_pairs(uri: str, encoding: str = "utf-8", field=None, check_row=None) -> list[Pair]:
-    """All (query, document) pairs of a CSV file at a local path or s3:// URI.
+def read_pairs(
+    uri: str, encoding: str = "utf-8", field=None, check_row=None, max_field_chars=None
+) -> list[Pair]:
+    """All (query, document) pairs of a data file (CSV, JSONL or Parquet) at a local path or
+    s3:// URI; the first bad row is an error that names its line and column.
 
     `field(uri, line, column, value) -> value` checks and converts each field when the
-    items are not plain text (see `field_checker`); `check_row(uri, line, pair) -> pair` checks
-    and reorders a whole row.
+    items are not plain text (see `field_checker`); `check_row(uri, line, pair) -> pair`
+    checks and reorders a whole row.
     """
-    raw = storage.read_bytes(uri)
-    if not raw.strip():
-        raise FinetunerError(f"{uri} is empty: expected CSV rows of query,document.")
-    try:
-        text = raw.decode(encoding)
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise FinetunerError(
-            f"{uri}, line {line}: bytes that are not valid {encoding} (byte {exc.start})."
-        ) from None
-    if "\x00" in text:
-        line = text[: text.index("\x00")].count("\n") + 1
-        raise FinetunerError(f"{uri}, line {line}: NUL byte; is this a binary file, not CSV?")
-    text = text.removeprefix("\ufeff")  # the byte-order mark that spreadsheets write
-    # csv's own limit would hide which column is too long; _check_row reports it instead.
-    csv.field_size_limit(max(len(text), MAX_FIELD_CHARS) + 1)
-    # strict: an unclosed quote is an error, not a field that swallows the rest of the file.
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    pairs: list[Pair] = []
-    line = 1  # where the current record starts; a quoted field may span lines
-    try:
-        for row in reader:
-            start, line = line, reader.line_num + 1
-            if not row or all(not f.strip() for f in row):
-                continue
-            if not pairs and start == 1 and {f.strip().lower() for f in row} <= HEADER_NAMES:
-                continue
-            pair = _check_row(uri, start, row)
-            if field:
-                pair = tuple(field(uri, start, col, value) for col, value in enumerate(pair, 1))
-            if check_row:
-                pair = check_row(uri, start, pair)
-            pairs.append(pair)
-    except csv.Error as exc:
-        raise FinetunerError(f"{uri}, line {line}: malformed CSV ({exc}).") from None
-    if not pairs:
-        raise FinetunerError(f"{uri} has a header but no pairs: expected rows of query,document.")
+    from finetuner import dataset, formats
+
+    opts = formats.DataOptions(
+        encoding=encoding, max_field_chars=max_field_chars or MAX_FIELD_CHARS
+    )
+    kind, rows = formats.read_rows(uri, opts)
+    if kind != "pairs":
+        raise FinetunerError(f"{uri} holds {kind} rows, not query,document pairs.")
+    checker = dataset.RowChecker(uri, kind, opts, field, check_row)
+    pairs = []
+    for row in rows:
+        try:
+            pairs.append(checker.check(row))
+        except dataset.BadRowError as exc:
+            raise FinetunerError(str(exc)) from None
     return pairs
-
-
-def _check_row(uri: str, line: int, row: list[str]) -> Pair:
-    if len(row) != len(COLUMNS):
-        raise FinetunerError(
-            f"{uri}, line {line}: expected 2 columns (query, document), found {len(row)}. "
-            "Quote fields that contain commas."
-        )
-    for column, (name, value) in enumerate(zip(COLUMNS, row, strict=True), start=1):
-        if not value.strip():
-            raise FinetunerError(f"{uri}, line {line}, column {column} ({name}): empty {name}.")
-        if len(value) > MAX_FIELD_CHARS:
-            raise FinetunerError(
-                f"{uri}, line {line}, column {column} ({name}): {len(value)} characters, "
-                f"more than the limit of {MAX_FIELD_CHARS}."
-            )
-    return row[0].strip(), row[1].strip()
 
 
 def resolve_media(data_uri: str, line: int, column: int, ref: str) -> str:
@@ -171,8 +127,8 @@ def field_checker(spec):
 
 
 def read_model_pairs(uri: str, spec) -> list[Pair]:
-    """The pairs of a CSV, checked for the model of `spec`: text-to-image rows come back as
-    (text, image URI), image and mesh references resolved, vectors checked."""
+    """The pairs of a data file, checked for the model of `spec`: text-to-image rows come
+    back as (text, image URI), image and mesh references resolved, vectors checked."""
     rows = TextImageRows() if spec.family == "clip" else None
     return read_pairs(uri, field=field_checker(spec), check_row=rows)
 
@@ -192,29 +148,29 @@ def check_val_split(val_split: float, has_eval_data: bool = True) -> None:
 
 
 def split_by_query(pairs: list[Pair], val_split: float, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """Hold out a fraction of the queries, with all their pairs, so none leaks into training."""
+    """Hold out a fraction of the queries, with all their pairs, so none leaks into training;
+    the same queries as preprocess holds out of the same data."""
+    from finetuner.dataset import digest, held_out
+
     check_val_split(val_split)
-    queries = sorted({q for q, _ in pairs})
-    random.Random(seed).shuffle(queries)
-    n_held = round(len(queries) * val_split)
-    if val_split > 0 and not 1 <= n_held < len(queries):
-        raise FinetunerError(
-            f"parameter val_split: {val_split} of {len(queries)} distinct queries leaves "
-            "no queries for training or none for evaluation; give more data or --eval-data."
-        )
-    held = set(queries[:n_held])
-    train = [p for p in pairs if p[0] not in held]
-    evaluation = [p for p in pairs if p[0] in held]
+    keys = [digest(q) for q, _ in pairs]
+    held = held_out(set(keys), val_split, seed)
+    train = [p for p, key in zip(pairs, keys, strict=True) if key not in held]
+    evaluation = [p for p, key in zip(pairs, keys, strict=True) if key in held]
     return train, evaluation
 
 
 @dataclass
 class EvalSet:
-    """Queries, a corpus and, for each query, the corpus indices that are relevant."""
+    """Queries, a corpus and, for each query, the corpus indices that are relevant.
+
+    For labeled data the queries are corpus items (`self_index[i]` is query i's row), and
+    an item's relevant rows are the others of its label."""
 
     queries: list[str]
     corpus: list[str]
     relevant: list[set[int]]
+    self_index: list[int] | None = None
 
     @classmethod
     def from_pairs(cls, pairs: list[Pair]) -> EvalSet:
@@ -225,20 +181,21 @@ class EvalSet:
             by_query.setdefault(q, set()).add(doc_index[d])
         return cls(list(by_query), corpus, list(by_query.values()))
 
-
-def write_pairs(pairs: list[Pair], path: str) -> None:
-    """Pairs as a Parquet file: the format steps hand to each other."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.table({"query": [q for q, _ in pairs], "document": [d for _, d in pairs]})
-    pq.write_table(table, path)
-
-
-def load_pairs(path: str) -> list[Pair]:
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path, columns=list(COLUMNS))
-    return list(
-        zip(table.column("query").to_pylist(), table.column("document").to_pylist(), strict=True)
-    )
+    @classmethod
+    def from_labeled(cls, rows: list[tuple[str, str]]) -> EvalSet:
+        """Every item with another of its label is a query; a label alone has nothing to
+        find and is left out as a query (it stays in the corpus)."""
+        corpus = [item for item, _ in rows]
+        by_label: dict[str, set[int]] = {}
+        for i, (_, label) in enumerate(rows):
+            by_label.setdefault(label, set()).add(i)
+        queries, relevant, self_index = [], [], []
+        for i, (item, label) in enumerate(rows):
+            others = by_label[label] - {i}
+            if others:
+                queries.append(item)
+                relevant.append(others)
+                self_index.append(i)
+        if not queries:
+            raise FinetunerError("the eval data has no label with two items: nothing to find.")
+        return cls(queries, corpus, relevant, self_index)

@@ -15,6 +15,9 @@ PIPELINE_DEFAULTS = {
     "max_length": 128,
     "model_options": {},
     "weights": "",
+    "data_options": {},
+    "sampler": "auto",
+    "num_items_per_class": 4,
     "eval_k": 10,
     "seed": 42,
 }

@@ -1,4 +1,5 @@
-"""Exact cosine top-k retrieval over an eval corpus, scored with IR metrics."""
+"""Evaluation: exact cosine top-k retrieval scored with IR metrics (pairs, labeled data),
+or the rank correlation of cosines with the scores (scored data)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,29 @@ from finetuner.data import EvalSet
 from finetuner.metrics import retrieval_metrics
 
 
-def top_k(queries: np.ndarray, corpus: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:
+def top_k(
+    queries: np.ndarray,
+    corpus: np.ndarray,
+    k: int,
+    chunk: int = 1024,
+    exclude: list[int] | None = None,
+) -> np.ndarray:
     """Indices of the k nearest corpus rows for each query, best first.
 
     Rows are unit length, so the dot product is the cosine. Queries go in chunks so the
-    score matrix stays at chunk x corpus.
+    score matrix stays at chunk x corpus. `exclude[i]` is a corpus row that query i must
+    not find (itself, when the queries are corpus items).
     """
     import torch
 
-    k = min(k, len(corpus))
+    k = min(k, len(corpus) - (1 if exclude is not None else 0))
     corpus_t = torch.from_numpy(corpus)
     out = []
     for start in range(0, len(queries), chunk):
         scores = torch.from_numpy(queries[start : start + chunk]) @ corpus_t.T
+        if exclude is not None:
+            rows = torch.arange(len(scores))
+            scores[rows, torch.tensor(exclude[start : start + chunk])] = -torch.inf
         out.append(torch.topk(scores, k, dim=1).indices.numpy())
     return np.concatenate(out)
 
@@ -30,7 +41,50 @@ def evaluate(model, eval_set: EvalSet, k: int = 10, batch_size: int = 64) -> dic
     from finetuner.models import sides
 
     query_side, document_side = sides(model)
-    query_emb = query_side.encode(eval_set.queries, batch_size=batch_size)
     corpus_emb = document_side.encode(eval_set.corpus, batch_size=batch_size)
-    rankings = top_k(query_emb, corpus_emb, k)
+    if eval_set.self_index is not None:  # the queries are corpus items
+        query_emb = corpus_emb[eval_set.self_index]
+    else:
+        query_emb = query_side.encode(eval_set.queries, batch_size=batch_size)
+    rankings = top_k(query_emb, corpus_emb, k, exclude=eval_set.self_index)
     return retrieval_metrics(rankings.tolist(), eval_set.relevant, k)
+
+
+def correlation(model, rows: list[tuple], batch_size: int = 64) -> dict[str, float]:
+    """Spearman and Pearson correlation of the cosine of (text1, text2) with the score."""
+    first = model.encode([r[0] for r in rows], batch_size=batch_size)
+    second = model.encode([r[1] for r in rows], batch_size=batch_size)
+    cosines = (first * second).sum(axis=1)
+    scores = np.array([r[2] for r in rows], dtype=np.float64)
+    return {
+        "spearman": _pearson(_ranks(cosines), _ranks(scores)),
+        "pearson": _pearson(cosines, scores),
+    }
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks with ties averaged, as Spearman's coefficient needs."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values))
+    ordered = np.sort(values)
+    for value in np.unique(ordered[1:][np.diff(ordered) == 0]):
+        tied = values == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denominator = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denominator) if denominator > 0 else 0.0
+
+
+def evaluate_dataset(model, data, k: int = 10) -> dict[str, float]:
+    """The metrics of a model on an eval dataset (finetuner.dataset) of any kind."""
+    rows = data.rows(list(range(len(data))))
+    if data.kind == "scored":
+        return correlation(model, rows)
+    if data.kind == "labeled":
+        return evaluate(model, EvalSet.from_labeled(rows), k)
+    return evaluate(model, EvalSet.from_pairs(rows), k)

@@ -285,8 +285,7 @@ def validate_options(entry, **values) -> Options:
             valid = ", ".join(holder.model_fields) or "none"
             why = OWN_POOLING.get(entry.family, "") if name.startswith("pooler") else ""
             raise FinetunerError(
-                f"parameter {name}: {entry.name} has no option '{name}'{why}. "
-                f"Its options: {valid}."
+                f"parameter {name}: {entry.name} has no option '{name}'{why}. Its options: {valid}."
             ) from None
         if error["type"] == "literal_error":
             annotation = holder.model_fields[str(loc[-1])].annotation

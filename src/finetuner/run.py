@@ -38,8 +38,9 @@ def default_output(model: str) -> str:
 
 def preflight(params: dict) -> dict:
     """Validate all parameters and the data and output locations; the completed params."""
+    from finetuner import formats
     from finetuner.catalogue import ModelSpec
-    from finetuner.data import check_val_split, read_model_pairs
+    from finetuner.data import check_val_split
     from finetuner.export import check_output_free
     from finetuner.steps import catalogue_lookup
     from finetuner.train import TrainConfig
@@ -58,12 +59,15 @@ def preflight(params: dict) -> dict:
         params["model_options"],
         params["weights"],
     )
-    TrainConfig(
+    config = TrainConfig(
         loss=params["loss"],
         epochs=params["epochs"],
         batch_size=params["batch_size"],
         learning_rate=params["learning_rate"],
+        sampler=params["sampler"],
+        num_items_per_class=params["num_items_per_class"],
     ).validate()
+    opts = formats.options(params["data_options"])
     check_val_split(params["val_split"], has_eval_data=bool(params["eval_data"]))
     if params["eval_k"] < 1:
         raise FinetunerError(f"parameter eval_k: must be >= 1, got {params['eval_k']}.")
@@ -74,11 +78,23 @@ def preflight(params: dict) -> dict:
         if uri and not storage.exists(uri):
             raise FinetunerError(f"parameter {name}: {uri} does not exist.")
         if uri:
-            # A bad row fails now, with its line, not minutes into the run.
-            read_model_pairs(uri, ModelSpec(**spec))
+            check_data(uri, ModelSpec(**spec), opts, config)
     params["output_uri"] = params.get("output_uri") or default_output(params["model"])
     check_output_free(params["output_uri"])
     return params
+
+
+def check_data(uri: str, spec, opts, config) -> None:
+    """Read every row as preprocess will, so a bad row fails now, with its line, not minutes
+    into the run; and check the loss and sampler against the kind of data."""
+    from finetuner import dataset, samplers
+    from finetuner.losses import loss_for
+
+    kind, rows = dataset.checked_rows(uri, spec, opts, dataset.BadRows(opts.max_bad_rows))
+    for _ in rows:
+        pass
+    loss_for(spec.family, config.loss, kind)
+    samplers.check_sampler(config.sampler, kind)
 
 
 def run_pipeline(params: dict, pipeline_root: str | None = None) -> Run:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from finetuner import data
 from finetuner.catalogue import ModelSpec, lookup
 from finetuner.losses import loss_for
 
@@ -35,60 +34,29 @@ def preprocess(
     eval_data: str,
     val_split: float,
     seed: int,
+    data_options: dict,
     train_out: str,
     eval_out: str,
     report_out: str,
 ) -> dict:
-    """Read and validate the CSVs, deduplicate, split; write Parquet and a Markdown report.
+    """Read and check the data (CSV, JSONL or Parquet), drop duplicates and bad rows (up to
+    max_bad_rows), split; write Parquet datasets and a Markdown data report.
 
-    Fields that are not text (image files, vectors) are checked and resolved here."""
-    data.check_val_split(val_split, has_eval_data=bool(eval_data))
-    spec = ModelSpec(**model_spec)
-    raw = data.read_model_pairs(train_data, spec)
-    pairs = data.deduplicate(raw)
-    if eval_data:
-        train_pairs = pairs
-        eval_pairs = data.deduplicate(data.read_model_pairs(eval_data, spec))
-    else:
-        train_pairs, eval_pairs = data.split_by_query(pairs, val_split, seed)
-    data.write_pairs(train_pairs, train_out)
-    data.write_pairs(eval_pairs, eval_out)
-    counts = {
-        "rows_read": len(raw),
-        "duplicates_dropped": len(raw) - len(pairs),
-        "train_pairs": len(train_pairs),
-        "eval_pairs": len(eval_pairs),
-        "eval_queries": len({q for q, _ in eval_pairs}),
-    }
-    Path(report_out).write_text(data_report(train_data, eval_data, counts, train_pairs))
-    return counts
+    Items that are not text (images, meshes, vectors) are checked and resolved here."""
+    from finetuner import dataset, formats
 
-
-def data_report(train_data: str, eval_data: str, counts: dict, pairs: list) -> str:
-    lines = [
-        "# Data report",
-        "",
-        f"- train data: `{train_data}`",
-        f"- eval data: `{eval_data or '(held out from the train data)'}`",
-        "",
-        "| count | value |",
-        "|---|---|",
-        *(f"| {k.replace('_', ' ')} | {v} |" for k, v in counts.items()),
-        "",
-        "## Length of training texts, in words",
-        "",
-        "| words | queries | documents |",
-        "|---|---|---|",
-    ]
-    edges = [1, 2, 4, 8, 16, 32, 64, 128]
-    for low, high in zip(edges, [*edges[1:], None], strict=True):
-        label = f"{low}-{high - 1}" if high else f"{low}+"
-
-        def count(texts, low=low, high=high):
-            return sum(low <= len(t.split()) < (high or 1 << 30) for t in texts)
-
-        lines.append(f"| {label} | {count(q for q, _ in pairs)} | {count(d for _, d in pairs)} |")
-    return "\n".join(lines) + "\n"
+    result = dataset.preprocess(
+        ModelSpec(**model_spec),
+        train_data,
+        eval_data,
+        val_split,
+        seed,
+        formats.options(data_options),
+        train_out,
+        eval_out,
+    )
+    Path(report_out).write_text(result.report(train_data, eval_data))
+    return result.counts
 
 
 def train(
@@ -100,35 +68,39 @@ def train(
     batch_size: int,
     learning_rate: float,
     seed: int,
+    sampler: str = "auto",
+    num_items_per_class: int = 4,
 ) -> dict:
-    """Fine-tune the pretrained backbone on the train pairs; save it to model_out."""
-    from finetuner import models
+    """Fine-tune the pretrained backbone on the train dataset; save it to model_out."""
+    from finetuner import dataset, models
     from finetuner.train import TrainConfig
     from finetuner.train import train as run_training
 
-    spec = ModelSpec(**model_spec)
-    model = models.pretrained(spec)
+    model = models.pretrained(ModelSpec(**model_spec))
     config = TrainConfig(
-        loss=loss_for(spec.family, loss),
+        loss=loss,
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
         seed=seed,
+        sampler=sampler,
+        num_items_per_class=num_items_per_class,
     )
-    result = run_training(model, data.load_pairs(train_path), config)
+    result = run_training(model, dataset.load(train_path), config)
     model.save(model_out)
     return result
 
 
 def evaluate(model_spec: dict, model_dir: str, eval_path: str, k: int) -> dict:
-    """Metrics@k of the pretrained and the fine-tuned model: {"before": ..., "after": ...}."""
-    from finetuner import models
-    from finetuner.evaluate import evaluate as run_eval
+    """Metrics of the pretrained and the fine-tuned model: {"before": ..., "after": ...}:
+    retrieval metrics@k, or correlations for scored data."""
+    from finetuner import dataset, models
+    from finetuner.evaluate import evaluate_dataset
 
-    eval_set = data.EvalSet.from_pairs(data.load_pairs(eval_path))
-    before = run_eval(models.pretrained(ModelSpec(**model_spec)), eval_set, k)
-    after = run_eval(models.load(model_dir), eval_set, k)
-    return {"k": k, "queries": len(eval_set.queries), "before": before, "after": after}
+    data = dataset.load(eval_path)
+    before = evaluate_dataset(models.pretrained(ModelSpec(**model_spec)), data, k)
+    after = evaluate_dataset(models.load(model_dir), data, k)
+    return {"k": k, "kind": data.kind, "rows": len(data), "before": before, "after": after}
 
 
 def evaluation_html(metrics: dict) -> str:
@@ -138,11 +110,17 @@ def evaluation_html(metrics: dict) -> str:
         for name, value in metrics["after"].items()
     )
     return (
-        "<html><body><h2>Retrieval before and after fine-tuning</h2>"
-        f"<p>{metrics['queries']} queries, exact cosine top-{metrics['k']}.</p>"
+        "<html><body><h2>Evaluation before and after fine-tuning</h2>"
+        f"<p>{_evaluation_kind(metrics)}</p>"
         "<table border='1'><tr><th>metric</th><th>pretrained</th><th>fine-tuned</th>"
         f"<th>change</th></tr>{rows}</table></body></html>"
     )
+
+
+def _evaluation_kind(metrics: dict) -> str:
+    if metrics["kind"] == "scored":
+        return f"{metrics['rows']} scored pairs: correlation of the cosine with the score."
+    return f"{metrics['rows']} {metrics['kind']} rows, exact cosine top-{metrics['k']}."
 
 
 def export(model_dir: str, metrics: dict, output_uri: str) -> dict:

@@ -1,4 +1,5 @@
-"""The training loop for pairs: in-batch losses, AdamW with linear warm-up.
+"""The training loop: batches from a sampler, the loss of the data's kind, AdamW with
+linear warm-up.
 
 torch is imported inside the functions, so validating a TrainConfig stays instant.
 """
@@ -9,9 +10,9 @@ import math
 import random
 from dataclasses import asdict, dataclass
 
-from finetuner.data import Pair
+from finetuner import samplers
 from finetuner.errors import FinetunerError
-from finetuner.losses import DEFAULT_LOSS, build_loss, check_loss
+from finetuner.losses import DEFAULT_LOSS, build_loss, check_loss, loss_for
 from finetuner.progress import Progress
 
 
@@ -29,6 +30,8 @@ class TrainConfig:
     # Forward passes per side of a batch, grouped by length to skip padding (exact).
     length_buckets: int = 2
     log_every: int = 10
+    sampler: str = "auto"  # see finetuner.samplers; auto: by the data's kind and the loss
+    num_items_per_class: int = 4  # the class sampler's items of each label in a batch
 
     def validate(self) -> TrainConfig:
         self.loss = check_loss(self.loss)
@@ -37,10 +40,12 @@ class TrainConfig:
             "batch_size": self.batch_size >= 2,  # in-batch negatives need company
             "learning_rate": 0 < self.learning_rate < 1,
             "warmup_ratio": 0 <= self.warmup_ratio < 1,
+            "num_items_per_class": self.num_items_per_class >= 2,
         }
         for name, ok in checks.items():
             if not ok:
                 raise FinetunerError(f"parameter {name}: invalid value {getattr(self, name)}.")
+        samplers.check_sampler(self.sampler)
         return self
 
 
@@ -54,13 +59,35 @@ def seed_everything(seed: int):
     return torch.Generator().manual_seed(seed)
 
 
-def batches(n: int, batch_size: int, generator) -> list[list[int]]:
-    """One epoch of shuffled index batches; a last batch of one pair is dropped."""
+def epoch_batches(data, sampler: str, config: TrainConfig, generator) -> list[list[int]]:
+    """One epoch's batches of row indices."""
+    if sampler == "class":
+        labels = data.column("label")
+        return samplers.class_batches(
+            labels, config.batch_size, config.num_items_per_class, generator
+        )
+    if sampler == "no_duplicates":
+        rows = list(zip(*(data.column(c) for c in data.table.column_names[:2]), strict=True))
+        return samplers.no_duplicate_batches(rows, config.batch_size, generator)
+    return samplers.random_batches(len(data), config.batch_size, generator)
+
+
+def batch_loss(kind: str, model, loss_fn, rows: list[tuple], device: str, buckets: int):
+    """The loss of one batch of rows of a kind (see finetuner.losses)."""
     import torch
 
-    order = torch.randperm(n, generator=generator).tolist()
-    out = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    return [b for b in out if len(b) >= 2]
+    from finetuner.models import sides
+
+    query_side, document_side = sides(model)
+    first = query_side.embed([r[0] for r in rows], device, buckets).float()
+    if kind == "labeled":
+        ids = {label: i for i, label in enumerate(dict.fromkeys(r[1] for r in rows))}
+        return loss_fn(first, torch.tensor([ids[r[1]] for r in rows], device=device))
+    second = document_side.embed([r[1] for r in rows], device, buckets).float()
+    if kind == "scored":
+        scores = torch.tensor([r[2] for r in rows], device=device, dtype=torch.float32)
+        return loss_fn(first, second, scores)
+    return loss_fn(first, second)
 
 
 def parameter_groups(module, weight_decay: float) -> list[dict]:
@@ -73,24 +100,32 @@ def parameter_groups(module, weight_decay: float) -> list[dict]:
     ]
 
 
-def train(model, pairs: list[Pair], config: TrainConfig, device: str | None = None) -> dict:
-    """Fine-tune `model` (from finetuner.models) in place on pairs; returns training metrics."""
+def train(model, data, config: TrainConfig, device: str | None = None) -> dict:
+    """Fine-tune `model` (from finetuner.models) in place on a dataset (finetuner.dataset,
+    or a list of pairs); returns training metrics."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    from finetuner.models import sides
+    from finetuner.dataset import as_dataset
 
+    data = as_dataset(data)
     config.validate()
-    if len(pairs) < 2:
-        raise FinetunerError(f"training needs at least 2 pairs, got {len(pairs)}.")
+    if len(data) < 2:
+        raise FinetunerError(f"training needs at least 2 rows, got {len(data)}.")
+    loss_name = loss_for(model.spec.family, config.loss, data.kind)
+    sampler = config.sampler
+    if sampler == "auto":
+        sampler = samplers.default_sampler(data.kind, loss_name)
+    samplers.check_sampler(sampler, data.kind)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     generator = seed_everything(config.seed)
     embedder = model.embedder.to(device).train()
-    loss_fn = build_loss(config.loss, model)
-    query_side, document_side = sides(model)
+    loss_fn = build_loss(loss_name, model, data.kind)
 
-    steps_per_epoch = len(batches(len(pairs), config.batch_size, torch.Generator()))
-    total = steps_per_epoch * config.epochs
+    # Samplers other than random make a few more or fewer batches in some epochs; the
+    # schedule follows the first.
+    epoch = epoch_batches(data, sampler, config, generator)
+    total = len(epoch) * config.epochs
     if config.max_steps:
         total = min(total, config.max_steps)
     # The fused kernel updates all tensors at once: several times faster than the default
@@ -105,13 +140,14 @@ def train(model, pairs: list[Pair], config: TrainConfig, device: str | None = No
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
     progress = Progress(total, every=config.log_every)
     history, step = [], 0
-    for epoch in range(1, config.epochs + 1):
+    for number in range(1, config.epochs + 1):
+        if number > 1:
+            epoch = epoch_batches(data, sampler, config, generator)
         epoch_loss, epoch_steps = 0.0, 0
-        for batch in batches(len(pairs), config.batch_size, generator):
+        for batch in epoch:
             with autocast:
-                q = query_side.embed([pairs[i][0] for i in batch], device, config.length_buckets)
-                d = document_side.embed([pairs[i][1] for i in batch], device, config.length_buckets)
-                loss = loss_fn(q.float(), d.float())
+                rows = data.rows(batch)
+                loss = batch_loss(data.kind, model, loss_fn, rows, device, config.length_buckets)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             optimizer.step()
@@ -121,11 +157,11 @@ def train(model, pairs: list[Pair], config: TrainConfig, device: str | None = No
             epoch_loss += loss.item()
             epoch_steps += 1
             progress.step(
-                step, len(batch), epoch=epoch, loss=loss.item(), lr=scheduler.get_last_lr()[0]
+                step, len(batch), epoch=number, loss=loss.item(), lr=scheduler.get_last_lr()[0]
             )
             if step >= total:
                 break
-        history.append({"epoch": epoch, "loss": epoch_loss / epoch_steps})
+        history.append({"epoch": number, "loss": epoch_loss / epoch_steps})
         if step >= total:
             break
     embedder.eval()
@@ -134,5 +170,7 @@ def train(model, pairs: list[Pair], config: TrainConfig, device: str | None = No
         "samples_per_second": progress.samples_per_second,
         "final_loss": loss.item(),
         "history": history,
+        "loss": loss_name,
+        "sampler": sampler,
         "config": asdict(config),
     }

@@ -1,0 +1,455 @@
+"""Preprocess: validated rows of data files into Parquet shards, streamed.
+
+Rows come from `formats.read_rows`. Each is checked for the model (items that are images,
+meshes or vectors are resolved and checked) and for its kind; a bad row is skipped and
+counted while there are at most `max_bad_rows`, and one more fails the run, listing the
+first ones. Duplicates are dropped, and a share of the queries (pairs), first texts
+(scored) or items (labeled) is held out for evaluation. Memory stays flat: rows go to
+Parquet shards as they come, and only a 64-bit digest per row and per query is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from finetuner import formats
+from finetuner.errors import FinetunerError
+from finetuner.formats import KINDS, BadRow, DataOptions
+
+KIND_KEY = b"finetuner.kind"
+ROWS_PER_SHARD = 250_000
+BATCH_ROWS = 8192
+BAD_ROW_SAMPLES = 20
+LENGTH_EDGES = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class BadRowError(FinetunerError):
+    """One row's problem, with its location; skipped while max_bad_rows allows."""
+
+
+def digest(*values: str) -> int:
+    """A 64-bit digest that is the same in every process (unlike hash()); collisions among
+    10^6 rows have a chance of about 3e-8."""
+    h = hashlib.blake2b(digest_size=8)
+    for value in values:
+        h.update(value.encode("utf-8", "surrogatepass"))
+        h.update(b"\x1f")
+    return int.from_bytes(h.digest(), "little")
+
+
+# ---------------------------------------------------------------- checking rows
+
+
+def _text(where: str, role: str, value: str, opts: DataOptions) -> str:
+    value = value.strip()
+    if not value:
+        raise BadRowError(f"{where} ({role}): empty {role}.")
+    if len(value) > opts.max_field_chars:
+        raise BadRowError(
+            f"{where} ({role}): {len(value)} characters, more than the limit of "
+            f"{opts.max_field_chars} (data_options.max_field_chars)."
+        )
+    return value
+
+
+def _score(where: str, value: str) -> float:
+    try:
+        score = float(value)
+    except ValueError:
+        raise BadRowError(f"{where} (score): '{value[:40]}' is not a number.") from None
+    if not math.isfinite(score):
+        raise BadRowError(f"{where} (score): {value} is not a finite number.")
+    return score
+
+
+@dataclass
+class RowChecker:
+    """Checks the rows of one file for a model: `check(row) -> values`, raising BadRowError.
+
+    `field(uri, line, column, value)` resolves items that are not text (see
+    data.field_checker); `pair_row(uri, line, pair)` orders text-image pairs."""
+
+    uri: str
+    kind: str
+    opts: DataOptions
+    field: Callable | None = None
+    pair_row: Callable | None = None
+    unit: str = "line"
+
+    def check(self, row: formats.Row | BadRow) -> tuple:
+        if isinstance(row, BadRow):
+            raise BadRowError(f"{row.where(self.uri, self.unit)}: {row.reason}.")
+        values = []
+        for column, (role, value) in enumerate(zip(KINDS[self.kind], row.values, strict=True), 1):
+            where = f"{self.uri}, {self.unit} {row.line}, column {column}"
+            if role == "score":
+                values.append(_score(where, value))
+                continue
+            value = _text(where, role, value, self.opts)
+            if self.field and role != "label":
+                value = self._item(row.line, column, value)
+            values.append(value)
+        if self.pair_row:
+            values = list(self._guard(self.pair_row, self.uri, row.line, tuple(values)))
+        return tuple(values)
+
+    def _item(self, line: int, column: int, value: str) -> str:
+        return self._guard(self.field, self.uri, line, column, value)
+
+    @staticmethod
+    def _guard(fn, *args):
+        try:
+            return fn(*args)
+        except BadRowError:
+            raise
+        except FinetunerError as exc:  # the item checkers name the row themselves
+            raise BadRowError(str(exc)) from None
+
+
+@dataclass
+class BadRows:
+    """Skipped rows: counted, and the first ones kept for the report and the error."""
+
+    limit: int
+    count: int = 0
+    samples: list[str] = field(default_factory=list)
+
+    def add(self, error: BadRowError) -> None:
+        self.count += 1
+        if len(self.samples) < BAD_ROW_SAMPLES:
+            self.samples.append(str(error))
+        if self.count <= self.limit:
+            return
+        if self.limit == 0:  # the default: the first bad row is the error
+            raise FinetunerError(f"{self.samples[0]} (data_options.max_bad_rows is 0.)")
+        listed = "\n".join(f"  - {sample}" for sample in self.samples[:5])
+        raise FinetunerError(
+            f"{self.count} bad rows, more than max_bad_rows={self.limit}. The first:\n"
+            f"{listed}\nFix the data, or raise max_bad_rows to skip more bad rows."
+        )
+
+
+def checked_rows(uri: str, spec, opts: DataOptions, bad: BadRows) -> tuple[str, Iterator[tuple]]:
+    """The kind of the data at `uri`, and its rows, checked for the model of `spec`."""
+    from finetuner.data import TextImageRows, field_checker
+
+    kind, rows = formats.read_rows(uri, opts)
+    _check_kind(uri, kind, spec)
+    checker = RowChecker(
+        uri,
+        kind,
+        opts,
+        field=field_checker(spec),
+        pair_row=TextImageRows() if spec.family == "clip" else None,
+        unit=formats.row_unit(formats.detect_format(uri, opts.format)),
+    )
+
+    def good() -> Iterator[tuple]:
+        for row in rows:
+            try:
+                yield checker.check(row)
+            except BadRowError as exc:
+                bad.add(exc)
+
+    return kind, good()
+
+
+def _check_kind(uri: str, kind: str, spec) -> None:
+    if spec.family == "clip" and kind != "pairs":
+        raise FinetunerError(
+            f"{uri} holds {kind} rows; CLIP models train on text,image pairs only."
+        )
+
+
+# ---------------------------------------------------------------- writing shards
+
+
+def _schema(kind: str):
+    import pyarrow as pa
+
+    columns = [pa.field(name, pa.string()) for name in KINDS[kind]]
+    if kind == "scored":
+        columns[2] = pa.field("score", pa.float64())
+    return pa.schema(columns, metadata={KIND_KEY: kind.encode()})
+
+
+class ShardWriter:
+    """Rows of one kind into `folder/part-NNNNN.parquet`, a batch at a time."""
+
+    def __init__(self, folder: str | Path, kind: str, extra: dict | None = None):
+        import pyarrow as pa
+
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.kind = kind
+        self.schema = _schema(kind)
+        for name, type_ in (extra or {}).items():  # e.g. the split's group digest
+            self.schema = self.schema.append(pa.field(name, type_))
+        self.columns: list[list] = [[] for _ in self.schema]
+        self.rows = self.shard_rows = self.shards = 0
+        self.writer = None
+
+    def write(self, values: tuple) -> None:
+        for column, value in zip(self.columns, values, strict=True):
+            column.append(value)
+        if len(self.columns[0]) >= BATCH_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self.columns[0]:
+            return
+        if self.writer is None:
+            path = self.folder / f"part-{self.shards:05d}.parquet"
+            self.writer = pq.ParquetWriter(path, self.schema)
+            self.shards += 1
+        batch = pa.record_batch(self.columns, schema=self.schema)
+        self.writer.write_batch(batch)
+        self.rows += batch.num_rows
+        self.shard_rows += batch.num_rows
+        self.columns = [[] for _ in self.schema]
+        if self.shard_rows >= ROWS_PER_SHARD:
+            self.writer.close()
+            self.writer, self.shard_rows = None, 0
+
+    def close(self) -> int:
+        """Flush, close, and make sure the folder holds a (possibly empty) dataset."""
+        import pyarrow.parquet as pq
+
+        self._flush()
+        if self.writer is not None:
+            self.writer.close()
+        if self.shards == 0:
+            pq.write_table(self.schema.empty_table(), self.folder / "part-00000.parquet")
+        return self.rows
+
+
+# ---------------------------------------------------------------- preprocess
+
+
+@dataclass
+class Stats:
+    """What the data report shows, gathered while streaming."""
+
+    kind: str = "pairs"
+    rows_read: int = 0
+    duplicates: int = 0
+    labels: Counter = field(default_factory=Counter)
+    lengths: list[Counter] = field(default_factory=lambda: [Counter(), Counter()])
+
+    def add(self, values: tuple) -> None:
+        self.rows_read += 1
+        if self.kind == "labeled":
+            self.labels[values[1]] += 1
+        for side, value in enumerate(values[:1] if self.kind == "labeled" else values[:2]):
+            self.lengths[side][_length_bin(value)] += 1
+
+
+def _length_bin(text: str) -> int:
+    words = text.count(" ") + 1
+    for edge in reversed(LENGTH_EDGES):
+        if words >= edge:
+            return edge
+    return 1
+
+
+def group_of(kind: str, values: tuple) -> str:
+    """What the held-out split keeps together: a query with all its documents, a first
+    text with all its scores; labeled items are held out one by one."""
+    return values[0] if kind != "labeled" else "\x1f".join(values)
+
+
+def stage(
+    uris: list[str], spec, opts: DataOptions, folder: Path, stats: Stats, bad: BadRows
+) -> tuple[str, set[int]]:
+    """Checked, deduplicated rows of the files, in one kind, with their split group's digest
+    as a column; returns the kind and the set of group digests."""
+    import pyarrow as pa
+
+    kind, writer, seen, groups = None, None, set(), set()
+    for uri in uris:
+        file_kind, rows = checked_rows(uri, spec, opts, bad)
+        if kind is None:
+            kind, stats.kind = file_kind, file_kind
+            writer = ShardWriter(folder, kind, {"group": pa.uint64()})
+        elif file_kind != kind:
+            raise FinetunerError(f"{uri} holds {file_kind} rows, but the data before it {kind}.")
+        for values in rows:
+            stats.add(values)
+            key = digest(*map(str, values))
+            if key in seen:
+                stats.duplicates += 1
+                continue
+            seen.add(key)
+            group = digest(group_of(kind, values))
+            groups.add(group)
+            writer.write((*values, group))
+    writer.close()
+    return kind, groups
+
+
+def held_out(groups: set[int], val_split: float, seed: int) -> set[int]:
+    """Exactly round(n * val_split) groups, chosen by the seed, the same in every run."""
+    ordered = sorted(groups)
+    random.Random(seed).shuffle(ordered)
+    n_held = round(len(ordered) * val_split)
+    if val_split > 0 and not 1 <= n_held < len(ordered):
+        raise FinetunerError(
+            f"parameter val_split: {val_split} of {len(ordered)} distinct queries leaves "
+            "no queries for training or none for evaluation; give more data or --eval-data."
+        )
+    return set(ordered[:n_held])
+
+
+def split_staged(
+    staged: Path, kind: str, held: set[int], train_out: str, eval_out: str | None = None
+) -> tuple[int, int]:
+    """Route the staged rows by their group: held ones to eval_out, the rest to train_out."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    train = ShardWriter(train_out, kind)
+    evaluation = ShardWriter(eval_out, kind) if eval_out else None
+    held_array = pa.array(np.fromiter(held, dtype=np.uint64, count=len(held)))
+    for batch in ds.dataset(staged, format="parquet").to_batches(batch_size=BATCH_ROWS):
+        mask = pc.is_in(batch.column("group"), value_set=held_array)
+        parts = [(train, batch.filter(pc.invert(mask)))]
+        if evaluation:
+            parts.append((evaluation, batch.filter(mask)))
+        for writer, part in parts:
+            for values in zip(*(part.column(n).to_pylist() for n in KINDS[kind]), strict=True):
+                writer.write(values)
+    return train.close(), evaluation.close() if evaluation else 0
+
+
+@dataclass
+class Preprocessed:
+    counts: dict
+    stats: Stats
+    bad: BadRows
+
+    def report(self, train_data: str, eval_data: str) -> str:
+        """The data report, Markdown: counts, labels, text lengths and bad rows."""
+        kind = self.counts["kind"]
+        lines = [
+            "# Data report",
+            "",
+            f"- train data: `{train_data}`",
+            f"- eval data: `{eval_data or '(held out from the train data)'}`",
+            f"- kind: {kind} ({', '.join(KINDS[kind])})",
+            "",
+            "| count | value |",
+            "|---|---|",
+            *(f"| {k.replace('_', ' ')} | {v} |" for k, v in self.counts.items() if k != "kind"),
+        ]
+        if self.stats.labels:
+            lines += ["", "## Labels", "", "| label | rows |", "|---|---|"]
+            for label, n in self.stats.labels.most_common(50):
+                lines.append(f"| {label} | {n} |")
+            if len(self.stats.labels) > 50:
+                lines.append(f"| ({len(self.stats.labels) - 50} more labels) | |")
+        sides = KINDS[kind][:1] if kind == "labeled" else KINDS[kind][:2]
+        lines += ["", "## Length of the items, in words (train data)", ""]
+        lines += ["| words | " + " | ".join(sides) + " |", "|---" * (len(sides) + 1) + "|"]
+        for low, high in zip(LENGTH_EDGES, [*LENGTH_EDGES[1:], None], strict=True):
+            label = f"{low}-{high - 1}" if high else f"{low}+"
+            counts = " | ".join(str(self.stats.lengths[i][low]) for i in range(len(sides)))
+            lines.append(f"| {label} | {counts} |")
+        if self.bad.samples:
+            lines += ["", f"## Bad rows skipped: {self.bad.count} (the first ones)", ""]
+            lines += [f"- {sample}" for sample in self.bad.samples]
+        return "\n".join(lines) + "\n"
+
+
+def preprocess(
+    spec, train_data: str, eval_data: str, val_split: float, seed: int,
+    opts: DataOptions, train_out: str, eval_out: str,
+) -> Preprocessed:  # fmt: skip
+    """Check, deduplicate and split the data into train and eval datasets (Parquet shards)."""
+    from finetuner.data import check_val_split
+
+    check_val_split(val_split, has_eval_data=bool(eval_data))
+    stats, bad = Stats(), BadRows(opts.max_bad_rows)
+    with tempfile.TemporaryDirectory(prefix="finetuner-stage-") as tmp:
+        kind, groups = stage([train_data], spec, opts, Path(tmp) / "train", stats, bad)
+        if eval_data:
+            eval_kind, _ = stage([eval_data], spec, opts, Path(tmp) / "eval", Stats(), bad)
+            if eval_kind != kind:
+                raise FinetunerError(f"{eval_data} holds {eval_kind} rows, the train data {kind}.")
+            n_train = split_staged(Path(tmp) / "train", kind, set(), train_out)[0]
+            n_eval = split_staged(Path(tmp) / "eval", kind, set(), eval_out)[0]
+        else:
+            held = held_out(groups, val_split, seed)
+            n_train, n_eval = split_staged(Path(tmp) / "train", kind, held, train_out, eval_out)
+    counts = {
+        "kind": kind,
+        "rows_read": stats.rows_read + bad.count,
+        "bad_rows_skipped": bad.count,
+        "duplicates_dropped": stats.duplicates,
+        "train_rows": n_train,
+        "eval_rows": n_eval,
+    }
+    return Preprocessed(counts, stats, bad)
+
+
+# ---------------------------------------------------------------- reading shards
+
+
+@dataclass
+class Dataset:
+    """A preprocessed dataset: its kind and its rows as an Arrow table (compact, and random
+    access by index, which the samplers need)."""
+
+    kind: str
+    table: object  # pyarrow.Table
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def column(self, name: str) -> list:
+        return self.table.column(name).to_pylist()
+
+    def rows(self, indices: list[int]) -> list[tuple]:
+        part = self.table.take(indices)
+        return list(zip(*(part.column(n).to_pylist() for n in KINDS[self.kind]), strict=True))
+
+
+def load(folder: str | Path) -> Dataset:
+    import pyarrow.dataset as ds
+
+    dataset = ds.dataset(str(folder), format="parquet")
+    metadata = dataset.schema.metadata or {}
+    kind = metadata.get(KIND_KEY, b"pairs").decode()
+    return Dataset(kind, dataset.to_table(columns=list(KINDS[kind])))
+
+
+def from_rows(rows: list[tuple], kind: str = "pairs") -> Dataset:
+    """An in-memory dataset of rows of a kind."""
+    import pyarrow as pa
+
+    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in KINDS[kind]]
+    return Dataset(kind, pa.table([list(c) for c in columns], schema=_schema(kind)))
+
+
+def as_dataset(data) -> Dataset:
+    """A Dataset as it is, or one made from a list of (query, document) pairs."""
+    return data if isinstance(data, Dataset) else from_rows(list(data), "pairs")
+
+
+def write(rows: list[tuple], folder: str | Path, kind: str = "pairs") -> int:
+    """Write rows of a kind as a dataset (for tests and small tools)."""
+    writer = ShardWriter(folder, kind)
+    for values in rows:
+        writer.write(values)
+    return writer.close()

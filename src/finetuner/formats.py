@@ -1,0 +1,352 @@
+"""Training data files, read row by row: Finetuner's CSV, JSON Lines and Parquet.
+
+Three kinds of data, as Finetuner had them:
+- pairs: (query, document), e.g. a question and its answer, or a text and an image;
+- labeled: (item, label), items of one label being alike (CSV: `is_labeled`);
+- scored: (text1, text2, score), a similarity score for two items.
+
+A reader yields each row's fields in the kind's column order, with the line (CSV, JSONL)
+or row number (Parquet) it came from, or a BadRow saying what is wrong with it; the
+caller decides whether a bad row is skipped or ends the run. Files are streamed, so
+memory does not grow with their size.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from finetuner import storage
+from finetuner.errors import FinetunerError
+
+KINDS: dict[str, tuple[str, ...]] = {
+    "pairs": ("query", "document"),
+    "labeled": ("item", "label"),
+    "scored": ("text1", "text2", "score"),
+}
+# Other names a JSONL or Parquet column may have, per role.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "query": ("query", "anchor", "question", "text"),
+    "document": ("document", "positive", "answer", "image"),
+    "item": ("item", "text", "image", "mesh", "vector"),
+    "label": ("label",),
+    "text1": ("text1", "sentence1"),
+    "text2": ("text2", "sentence2"),
+    "score": ("score",),
+}
+# A first CSV row made of these names is a header, not data.
+HEADER_NAMES = {name for names in ALIASES.values() for name in names} | {"text1", "text2"}
+FORMATS = ("csv", "jsonl", "parquet")
+DIALECTS = ("auto", "excel", "excel-tab", "unix")
+SNIFF_BYTES = 64 * 1024
+
+
+class DataOptions(BaseModel):
+    """How data files are read: Finetuner's CSVOptions, and the limits on bad rows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size: int | None = Field(None, ge=1, description="read at most this many rows of each file")
+    dialect: Literal["auto", "excel", "excel-tab", "unix"] | str = Field(
+        "auto",
+        description="CSV dialect: auto (sniffed), excel, excel-tab, unix, or a delimiter char",
+    )
+    encoding: str = Field("utf-8", description="text encoding of CSV and JSONL files")
+    is_labeled: bool = Field(False, description="a two-column CSV holds item,label rows")
+    max_bad_rows: int = Field(
+        0, ge=0, description="bad rows skipped and counted; one more fails the run"
+    )
+    max_field_chars: int = Field(100_000, ge=1, description="longest text field, in characters")
+    format: Literal["auto", "csv", "jsonl", "parquet"] = Field(
+        "auto", description="file format; auto: by suffix (.jsonl, .parquet), else CSV"
+    )
+
+
+def options(values: dict | None) -> DataOptions:
+    """DataOptions from a dict; an unknown or bad option is an error that names it."""
+    from pydantic import ValidationError
+
+    try:
+        return DataOptions(**(values or {}))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = ".".join(str(p) for p in error["loc"])
+        if name == "point_cloud_size":
+            raise FinetunerError(
+                "parameter data_options.point_cloud_size: here it is a model option, "
+                'model_options {"num_points": N} (pointnet-base).'
+            ) from None
+        if error["type"] == "extra_forbidden":
+            raise FinetunerError(
+                f"parameter data_options: unknown option '{name}'. Valid options: "
+                f"{', '.join(DataOptions.model_fields)}."
+            ) from None
+        raise FinetunerError(f"parameter data_options.{name}: {error['msg']}.") from None
+
+
+@dataclass(frozen=True)
+class Row:
+    line: int
+    values: tuple
+
+
+@dataclass(frozen=True)
+class BadRow:
+    line: int
+    column: int | None
+    reason: str
+
+    def where(self, uri: str, unit: str = "line") -> str:
+        column = f", column {self.column}" if self.column else ""
+        return f"{uri}, {unit} {self.line}{column}"
+
+
+def detect_format(uri: str, declared: str = "auto") -> str:
+    if declared != "auto":
+        return declared
+    suffixes = PurePosixPath(str(uri)).suffixes
+    suffix = suffixes[-1].lower() if suffixes else ""
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    return "csv"
+
+
+def row_unit(fmt: str) -> str:
+    return "row" if fmt == "parquet" else "line"
+
+
+def read_rows(uri: str, opts: DataOptions) -> tuple[str, Iterator[Row | BadRow]]:
+    """The kind of the data at `uri` and its rows, streamed from a local copy."""
+    fmt = detect_format(uri, opts.format)
+    path = storage.local_copy(uri)
+    if path.stat().st_size == 0:
+        raise FinetunerError(f"{uri} is empty: expected rows of {_expected(opts)}.")
+    reader = {"csv": _csv_rows, "jsonl": _jsonl_rows, "parquet": _parquet_rows}[fmt]
+    kind, rows = reader(uri, path, opts)
+    return kind, _limited(uri, rows, opts, fmt)
+
+
+def _expected(opts: DataOptions) -> str:
+    return "item,label" if opts.is_labeled else "query,document (or text1,text2,score)"
+
+
+def _limited(uri: str, rows: Iterator, opts: DataOptions, fmt: str) -> Iterator[Row | BadRow]:
+    n = 0
+    for row in rows:
+        yield row
+        n += 1
+        if opts.size and n >= opts.size:
+            return
+    if n == 0:
+        raise FinetunerError(
+            f"{uri} has a header but no data rows: expected rows of {_expected(opts)}."
+        )
+
+
+# ---------------------------------------------------------------- CSV
+
+
+def _dialect(uri: str, sample: str, opts: DataOptions):
+    if opts.dialect in ("excel", "excel-tab", "unix"):
+        return csv.get_dialect(opts.dialect)
+    if opts.dialect != "auto":
+        if len(opts.dialect) != 1:
+            raise FinetunerError(
+                f"parameter data_options.dialect: '{opts.dialect}' is neither one of "
+                f"{', '.join(DIALECTS)} nor a one-character delimiter."
+            )
+
+        class Given(csv.excel):
+            delimiter = opts.dialect
+
+        return Given
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",;\t|")
+    except csv.Error:
+        return csv.excel  # one column, or too little to tell: the common case
+
+
+def _csv_rows(uri: str, path, opts: DataOptions) -> tuple[str, Iterator[Row | BadRow]]:
+    # Decoding never fails here: bad bytes become surrogates, reported with their field.
+    f = open(path, encoding=opts.encoding, errors="surrogateescape", newline="")  # noqa: SIM115
+    sample = f.read(SNIFF_BYTES)
+    f.seek(0)
+    if sample.startswith("\ufeff"):  # the byte-order mark that spreadsheets write
+        f.read(1)
+        sample = sample[1:]
+    if "\x00" in sample:
+        line = sample[: sample.index("\x00")].count("\n") + 1
+        f.close()
+        raise FinetunerError(f"{uri}, line {line}: NUL byte; is this a binary file, not CSV?")
+    dialect = _dialect(uri, sample, opts)
+    # csv's own limit would hide which column is too long; the checks report it instead.
+    csv.field_size_limit(1 << 30)
+    reader = csv.reader(f, dialect, strict=True)
+    first = _first_record(reader, uri)
+    if first is None:
+        f.close()
+        raise FinetunerError(f"{uri} is empty: expected rows of {_expected(opts)}.")
+    start, values = first
+    header = {v.strip().lower() for v in values} <= HEADER_NAMES
+    width = len(values)
+    kind = "scored" if width == 3 else "labeled" if opts.is_labeled else "pairs"
+    if width not in (2, 3):
+        f.close()
+        delimiter = repr(dialect.delimiter)
+        raise FinetunerError(
+            f"{uri}, line {start}: expected 2 columns (query,document or item,label) or 3 "
+            f"(text1,text2,score), found {width} with delimiter {delimiter}. Quote fields "
+            "that contain the delimiter, or set data_options.dialect."
+        )
+
+    def rows() -> Iterator[Row | BadRow]:
+        with f:
+            if not header:
+                yield _csv_row(start, values, width, opts.encoding)
+            for line, fields in _records(reader, uri):
+                yield _csv_row(line, fields, width, opts.encoding)
+
+    return kind, rows()
+
+
+def _records(reader, uri: str) -> Iterator[tuple[int, list[str]]]:
+    line = reader.line_num + 1
+    try:
+        for fields in reader:
+            start, line = line, reader.line_num + 1
+            if fields and any(v.strip() for v in fields):
+                yield start, fields
+    except csv.Error as exc:  # strict: e.g. an unclosed quote; nothing after it is sure
+        raise FinetunerError(f"{uri}, line {line}: malformed CSV ({exc}).") from None
+
+
+def _first_record(reader, uri: str) -> tuple[int, list[str]] | None:
+    return next(_records(reader, uri), None)
+
+
+def _csv_row(line: int, fields: list[str], width: int, encoding: str) -> Row | BadRow:
+    if len(fields) != width:
+        return BadRow(
+            line, None, f"expected {width} columns like the first row, found {len(fields)}"
+        )
+    for column, value in enumerate(fields, 1):
+        if "\x00" in value:
+            return BadRow(line, column, "NUL byte")
+        if not value.isascii() and _has_undecodable(value):
+            return BadRow(line, column, f"bytes that are not valid {encoding}")
+    return Row(line, tuple(fields))
+
+
+def _has_undecodable(value: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in value)
+
+
+# ---------------------------------------------------------------- JSONL and Parquet
+
+
+def _columns(names: list[str], uri: str, opts: DataOptions) -> tuple[str, list[str]]:
+    """The kind of a table with these column names, and the column of each role."""
+    present = set(names)
+    if "score" in present:
+        kind = "scored"
+    elif "label" in present:
+        kind = "labeled"
+    else:
+        kind = "pairs"
+    chosen = []
+    for role in KINDS[kind]:
+        match = next((n for n in ALIASES[role] if n in present and n not in chosen), None)
+        if match is None:
+            raise FinetunerError(
+                f"{uri}: no column for '{role}' among {sorted(present)}. Named columns: "
+                "query,document (or text,image); item,label; or text1,text2,score."
+            )
+        chosen.append(match)
+    return kind, chosen
+
+
+def _jsonl_rows(uri: str, path, opts: DataOptions) -> tuple[str, Iterator[Row | BadRow]]:
+    f = open(path, encoding=opts.encoding, errors="surrogateescape")  # noqa: SIM115
+    lines = ((n, text) for n, text in enumerate(f, 1) if text.strip())
+    first = next(lines, None)
+    if first is None:
+        f.close()
+        raise FinetunerError(f"{uri} has no rows: expected one JSON object per line.")
+    parsed = _json_object(*first)
+    if isinstance(parsed, BadRow):
+        f.close()
+        raise FinetunerError(f"{parsed.where(uri)}: {parsed.reason}.")
+    kind, columns = _columns(list(parsed), uri, opts)
+
+    def rows() -> Iterator[Row | BadRow]:
+        with f:
+            yield _json_row(*first, columns)
+            for n, text in lines:
+                yield _json_row(n, text, columns)
+
+    return kind, rows()
+
+
+def _json_object(line: int, text: str) -> dict | BadRow:
+    if _has_undecodable(text):
+        return BadRow(line, None, "bytes that are not valid text in the file's encoding")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return BadRow(line, None, f"not valid JSON ({exc.msg} at character {exc.pos + 1})")
+    if not isinstance(value, dict):
+        return BadRow(line, None, f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _json_row(line: int, text: str, columns: list[str]) -> Row | BadRow:
+    value = _json_object(line, text)
+    if isinstance(value, BadRow):
+        return value
+    return _named_row(line, [value.get(c) for c in columns], columns)
+
+
+def _named_row(line: int, values: list, columns: list[str]) -> Row | BadRow:
+    out = []
+    for column, (name, value) in enumerate(zip(columns, values, strict=True), 1):
+        if value is None:
+            return BadRow(line, column, f"'{name}' is missing")
+        if isinstance(value, list):  # a vector, for the MLP
+            if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in value):
+                return BadRow(line, column, f"'{name}' is a list but not of numbers")
+            value = " ".join(repr(float(x)) for x in value)
+        elif isinstance(value, float) and name == "score":
+            value = repr(value) if math.isfinite(value) else str(value)
+        elif not isinstance(value, str | int | float) or isinstance(value, bool):
+            return BadRow(line, column, f"'{name}' is a {type(value).__name__}, not a value")
+        out.append(str(value))
+    return Row(line, tuple(out))
+
+
+def _parquet_rows(uri: str, path, opts: DataOptions) -> tuple[str, Iterator[Row | BadRow]]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
+        raise FinetunerError(f"{uri}: not a readable Parquet file ({exc}).") from None
+    kind, columns = _columns(parquet.schema_arrow.names, uri, opts)
+
+    def rows() -> Iterator[Row | BadRow]:
+        number = 0
+        for batch in parquet.iter_batches(batch_size=8192, columns=columns):
+            data = [batch.column(c).to_pylist() for c in columns]
+            for values in zip(*data, strict=True):
+                number += 1
+                yield _named_row(number, list(values), columns)
+
+    return kind, rows()

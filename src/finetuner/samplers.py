@@ -1,0 +1,117 @@
+"""Batch samplers: which rows go into each training batch, one epoch at a time.
+
+- random: shuffled rows;
+- class: `num_items_per_class` items of each of several labels, so every item has
+  positives in its batch (labeled data);
+- no_duplicates: no text twice in a batch, so an in-batch negative is never a copy of the
+  positive (pairs, for MultipleNegativesRankingLoss and CLIPLoss).
+
+Every sampler shuffles with a seeded torch.Generator, so a seed gives the same batches.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from finetuner.errors import FinetunerError
+
+SAMPLERS = ("auto", "random", "class", "no_duplicates")
+
+
+def check_sampler(name: str, kind: str | None = None) -> str:
+    """A valid sampler name, and one that fits the data's kind where that is known."""
+    if name not in SAMPLERS:
+        raise FinetunerError(
+            f"parameter sampler: unknown sampler '{name}'. Valid samplers: {', '.join(SAMPLERS)}."
+        )
+    if name == "class" and kind != "labeled":
+        raise FinetunerError(
+            f"parameter sampler: the class sampler needs labeled data (item,label); this "
+            f"data is {kind}."
+        )
+    return name
+
+
+def default_sampler(kind: str, loss: str) -> str:
+    if kind == "labeled":
+        return "class"
+    if kind == "pairs" and loss in ("MultipleNegativesRankingLoss", "CLIPLoss"):
+        return "no_duplicates"
+    return "random"
+
+
+def _order(n: int, generator) -> list[int]:
+    import torch
+
+    return torch.randperm(n, generator=generator).tolist()
+
+
+def random_batches(n: int, batch_size: int, generator) -> list[list[int]]:
+    """Shuffled index batches; a last batch of one row is dropped."""
+    order = _order(n, generator)
+    out = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    return [b for b in out if len(b) >= 2]
+
+
+def class_batches(labels: list, batch_size: int, per_class: int, generator) -> list[list[int]]:
+    """Batches of `per_class` items per label (fewer where a label has fewer). Labels with
+    a single item cannot give a positive and are left out."""
+    if per_class < 2:
+        raise FinetunerError(f"parameter num_items_per_class: must be >= 2, got {per_class}.")
+    by_label: dict = {}
+    for i in _order(len(labels), generator):
+        by_label.setdefault(labels[i], []).append(i)
+    groups = []
+    for items in by_label.values():
+        chunks = [items[i : i + per_class] for i in range(0, len(items), per_class)]
+        groups += [c for c in chunks if len(c) >= 2]
+    if not groups:
+        raise FinetunerError("no label has two items: the class sampler cannot form positives.")
+    batches, batch = [], []
+    for g in _order(len(groups), generator):
+        if batch and len(batch) + len(groups[g]) > batch_size:
+            batches.append(batch)
+            batch = []
+        batch = batch + groups[g]
+    if len(batch) >= 2:
+        batches.append(batch)
+    return batches
+
+
+def no_duplicate_batches(rows: list[tuple], batch_size: int, generator) -> list[list[int]]:
+    """Shuffled batches in which no text appears twice. A row that clashes with the batch
+    being filled waits for a later one, so the work stays linear in the rows."""
+    waiting: deque[int] = deque()
+    batches, batch, seen = [], [], set()
+
+    def fits(i: int) -> bool:
+        return not any(text in seen for text in rows[i])
+
+    def add(i: int) -> None:
+        batch.append(i)
+        seen.update(rows[i])
+
+    for i in _order(len(rows), generator):
+        if fits(i):
+            add(i)
+        else:
+            waiting.append(i)
+        if len(batch) == batch_size:
+            batches.append(batch)
+            batch, seen = [], set()
+            for _ in range(len(waiting)):  # the waiting rows get the first places
+                j = waiting.popleft()
+                if len(batch) < batch_size and fits(j):
+                    add(j)
+                else:
+                    waiting.append(j)
+    # The rest, including rows that clashed with every batch, in batches of their own.
+    for i in waiting:
+        if not fits(i) or len(batch) == batch_size:
+            if len(batch) >= 2:
+                batches.append(batch)
+            batch, seen = [], set()
+        add(i)
+    if len(batch) >= 2:
+        batches.append(batch)
+    return batches
