@@ -51,13 +51,14 @@ def list_model_options_command(args) -> None:
 def metrics_table(metrics: dict):
     from rich.table import Table
 
-    table = Table(title="Retrieval on the evaluation data")
-    for column in ("metric", "pretrained", "fine-tuned", "change"):
-        table.add_column(column, justify="right" if column != "metric" else "left")
     from finetuner.metrics import METRICS
 
+    order = [*METRICS, "spearman", "pearson"]  # retrieval, or the correlations of scored data
+    table = Table(title="Evaluation on the held-out data")
+    for column in ("metric", "pretrained", "fine-tuned", "change"):
+        table.add_column(column, justify="right" if column != "metric" else "left")
     # Metrics come back from KFP in no particular order; show them in the usual one.
-    for name in sorted(metrics["after"], key=lambda n: METRICS.index(n.split("@")[0])):
+    for name in sorted(metrics["after"], key=lambda n: order.index(n.split("@")[0])):
         before, after = metrics["before"][name], metrics["after"][name]
         table.add_row(name, f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}")
     return table

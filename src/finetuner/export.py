@@ -158,7 +158,7 @@ def model_card(spec, metrics: dict, onnx: dict[str, dict]) -> str:
 An embedding model fine-tuned with finetuner from `{spec.upstream}` ({spec.architecture},
 {spec.output_dim}-d{details}). Embeddings are L2-normalised: rank by dot product.
 
-## Retrieval on the evaluation data
+## Evaluation on the held-out data
 | metric | pretrained | fine-tuned |
 |---|---|---|
 {rows}

@@ -14,12 +14,13 @@ memory does not grow with their size.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -91,8 +92,7 @@ def options(values: dict | None) -> DataOptions:
         raise FinetunerError(f"parameter data_options.{name}: {error['msg']}.") from None
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):  # a tuple: made for every row, so it must be cheap
     line: int
     values: tuple
 
@@ -132,24 +132,16 @@ def read_rows(uri: str, opts: DataOptions) -> tuple[str, Iterator[Row | BadRow]]
         raise FinetunerError(f"{uri} is empty: expected rows of {_expected(opts)}.")
     reader = {"csv": _csv_rows, "jsonl": _jsonl_rows, "parquet": _parquet_rows}[fmt]
     kind, rows = reader(uri, path, opts)
-    return kind, _limited(uri, rows, opts, fmt)
+    return kind, itertools.islice(rows, opts.size) if opts.size else rows
 
 
 def _expected(opts: DataOptions) -> str:
     return "item,label" if opts.is_labeled else "query,document (or text1,text2,score)"
 
 
-def _limited(uri: str, rows: Iterator, opts: DataOptions, fmt: str) -> Iterator[Row | BadRow]:
-    n = 0
-    for row in rows:
-        yield row
-        n += 1
-        if opts.size and n >= opts.size:
-            return
-    if n == 0:
-        raise FinetunerError(
-            f"{uri} has a header but no data rows: expected rows of {_expected(opts)}."
-        )
+def _no_data(uri: str, opts: DataOptions) -> FinetunerError:
+    expected = _expected(opts)
+    return FinetunerError(f"{uri} has a header but no data rows: expected rows of {expected}.")
 
 
 # ---------------------------------------------------------------- CSV
@@ -212,8 +204,19 @@ def _csv_rows(uri: str, path, opts: DataOptions) -> tuple[str, Iterator[Row | Ba
         with f:
             if not header:
                 yield _csv_row(start, values, width, opts.encoding)
-            for line, fields in _records(reader, uri):
-                yield _csv_row(line, fields, width, opts.encoding)
+            empty = header
+            # _records, inlined: this loop runs for every row of the file.
+            line = reader.line_num + 1
+            try:
+                for fields in reader:
+                    start_line, line = line, reader.line_num + 1
+                    if fields and (fields[0].strip() or any(v.strip() for v in fields)):
+                        empty = False
+                        yield _csv_row(start_line, fields, width, opts.encoding)
+            except csv.Error as exc:
+                raise FinetunerError(f"{uri}, line {line}: malformed CSV ({exc}).") from None
+            if empty:
+                raise _no_data(uri, opts)
 
     return kind, rows()
 
@@ -223,7 +226,7 @@ def _records(reader, uri: str) -> Iterator[tuple[int, list[str]]]:
     try:
         for fields in reader:
             start, line = line, reader.line_num + 1
-            if fields and any(v.strip() for v in fields):
+            if fields and (fields[0].strip() or any(v.strip() for v in fields)):
                 yield start, fields
     except csv.Error as exc:  # strict: e.g. an unclosed quote; nothing after it is sure
         raise FinetunerError(f"{uri}, line {line}: malformed CSV ({exc}).") from None
@@ -238,11 +241,13 @@ def _csv_row(line: int, fields: list[str], width: int, encoding: str) -> Row | B
         return BadRow(
             line, None, f"expected {width} columns like the first row, found {len(fields)}"
         )
-    for column, value in enumerate(fields, 1):
-        if "\x00" in value:
-            return BadRow(line, column, "NUL byte")
-        if not value.isascii() and _has_undecodable(value):
-            return BadRow(line, column, f"bytes that are not valid {encoding}")
+    joined = "".join(fields)  # one scan of the row; the bad field is found only if needed
+    if "\x00" in joined or (not joined.isascii() and _has_undecodable(joined)):
+        for column, value in enumerate(fields, 1):
+            if "\x00" in value:
+                return BadRow(line, column, "NUL byte")
+            if _has_undecodable(value):
+                return BadRow(line, column, f"bytes that are not valid {encoding}")
     return Row(line, tuple(fields))
 
 
@@ -348,5 +353,7 @@ def _parquet_rows(uri: str, path, opts: DataOptions) -> tuple[str, Iterator[Row 
             for values in zip(*data, strict=True):
                 number += 1
                 yield _named_row(number, list(values), columns)
+        if number == 0:
+            raise _no_data(uri, opts)
 
     return kind, rows()

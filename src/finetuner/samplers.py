@@ -54,8 +54,9 @@ def random_batches(n: int, batch_size: int, generator) -> list[list[int]]:
 
 
 def class_batches(labels: list, batch_size: int, per_class: int, generator) -> list[list[int]]:
-    """Batches of `per_class` items per label (fewer where a label has fewer). Labels with
-    a single item cannot give a positive and are left out."""
+    """Batches of `per_class` items of each of several labels (fewer where a label has
+    fewer), no label twice. Labels with a single item cannot give a positive and are left
+    out."""
     if per_class < 2:
         raise FinetunerError(f"parameter num_items_per_class: must be >= 2, got {per_class}.")
     by_label: dict = {}
@@ -67,12 +68,25 @@ def class_batches(labels: list, batch_size: int, per_class: int, generator) -> l
         groups += [c for c in chunks if len(c) >= 2]
     if not groups:
         raise FinetunerError("no label has two items: the class sampler cannot form positives.")
-    batches, batch = [], []
-    for g in _order(len(groups), generator):
-        if batch and len(batch) + len(groups[g]) > batch_size:
+    waiting = deque(groups[g] for g in _order(len(groups), generator))
+    batches, batch, used = [], [], set()
+    while waiting:
+        # The first waiting group of a label not yet in the batch; if there is none, the
+        # batch is done.
+        for _ in range(len(waiting)):
+            if labels[waiting[0][0]] not in used:
+                break
+            waiting.rotate(-1)
+        else:
             batches.append(batch)
-            batch = []
-        batch = batch + groups[g]
+            batch, used = [], set()
+            continue
+        group = waiting.popleft()
+        if batch and len(batch) + len(group) > batch_size:
+            batches.append(batch)
+            batch, used = [], set()
+        batch = batch + group
+        used.add(labels[group[0]])
     if len(batch) >= 2:
         batches.append(batch)
     return batches
@@ -80,38 +94,25 @@ def class_batches(labels: list, batch_size: int, per_class: int, generator) -> l
 
 def no_duplicate_batches(rows: list[tuple], batch_size: int, generator) -> list[list[int]]:
     """Shuffled batches in which no text appears twice. A row that clashes with the batch
-    being filled waits for a later one, so the work stays linear in the rows."""
-    waiting: deque[int] = deque()
+    being filled waits for a later one; a batch ends when it is full, or when none of the
+    next rows fits it (looking a few batches ahead, so the work stays linear)."""
+    waiting = deque(_order(len(rows), generator))
+    look_ahead = 4 * batch_size
     batches, batch, seen = [], [], set()
-
-    def fits(i: int) -> bool:
-        return not any(text in seen for text in rows[i])
-
-    def add(i: int) -> None:
+    while waiting:
+        for _ in range(min(len(waiting), look_ahead)):
+            if not any(text in seen for text in rows[waiting[0]]):
+                break
+            waiting.rotate(-1)
+        else:
+            batches.append(batch)
+            batch, seen = [], set()
+            continue
+        i = waiting.popleft()
         batch.append(i)
         seen.update(rows[i])
-
-    for i in _order(len(rows), generator):
-        if fits(i):
-            add(i)
-        else:
-            waiting.append(i)
         if len(batch) == batch_size:
             batches.append(batch)
             batch, seen = [], set()
-            for _ in range(len(waiting)):  # the waiting rows get the first places
-                j = waiting.popleft()
-                if len(batch) < batch_size and fits(j):
-                    add(j)
-                else:
-                    waiting.append(j)
-    # The rest, including rows that clashed with every batch, in batches of their own.
-    for i in waiting:
-        if not fits(i) or len(batch) == batch_size:
-            if len(batch) >= 2:
-                batches.append(batch)
-            batch, seen = [], set()
-        add(i)
-    if len(batch) >= 2:
-        batches.append(batch)
-    return batches
+    batches.append(batch)
+    return [b for b in batches if len(b) >= 2]

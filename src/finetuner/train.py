@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from dataclasses import asdict, dataclass
 
 from finetuner import samplers
@@ -135,6 +136,12 @@ def train(model, data, config: TrainConfig, device: str | None = None) -> dict:
     trainable = [p for group in groups for p in group["params"]]  # not a frozen backbone
     scheduler = get_linear_schedule_with_warmup(
         optimizer, math.ceil(total * config.warmup_ratio), total
+    )
+    print(
+        f"training on {len(data)} {data.kind} rows: {loss_name}, {sampler} batches of up to "
+        f"{config.batch_size}, {total} steps on {device}",
+        file=sys.stderr,
+        flush=True,
     )
     # bf16 autocast on GPUs; full precision on the CPU, where bf16 is slower.
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
