@@ -78,21 +78,26 @@ def preflight(params: dict) -> dict:
         if uri and not storage.exists(uri):
             raise FinetunerError(f"parameter {name}: {uri} does not exist.")
         if uri:
-            check_data(uri, ModelSpec(**spec), opts, config)
+            held_out = name == "train_data" and not params["eval_data"]
+            split = params["val_split"] if held_out else None
+            check_data(uri, ModelSpec(**spec), opts, config, split)
     params["output_uri"] = params.get("output_uri") or default_output(params["model"])
     check_output_free(params["output_uri"])
     return params
 
 
-def check_data(uri: str, spec, opts, config) -> None:
+def check_data(uri: str, spec, opts, config, val_split: float | None = None) -> None:
     """Read every row as preprocess will, so a bad row fails now, with its line, not minutes
-    into the run; and check the loss and sampler against the kind of data."""
+    into the run; check the loss and sampler against the kind of data, and that the
+    held-out split (`val_split`, when the eval data comes from this file) leaves rows on
+    both sides."""
     from finetuner import dataset, samplers
     from finetuner.losses import loss_for
 
     kind, rows = dataset.checked_rows(uri, spec, opts, dataset.BadRows(opts.max_bad_rows))
-    for _ in rows:
-        pass
+    groups = {dataset.digest(dataset.group_of(kind, values)) for values in rows}
+    if val_split:
+        dataset.held_out(groups, val_split, 0)
     loss_for(spec.family, config.loss, kind)
     samplers.check_sampler(config.sampler, kind)
 

@@ -1,0 +1,147 @@
+"""The bad-input corpus: malformed data through `finetuner run`, each with its clear error
+(what, where, what is valid), exit status 2, and nothing written to the output; or, with
+max_bad_rows, a counted skip.
+
+`finetuner run` checks everything before the pipeline starts, so these run in-process and
+fail in well under a second each; preprocess runs the same checks on a cluster.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+
+from finetuner import dataset, formats
+from finetuner.catalogue import lookup
+from finetuner.cli import main
+
+MLP = ["--model", "mlp", "--model-options", '{"input_size": 2}']
+LITE0 = ["--model", "efficientnet-lite0"]
+POINTNET = ["--model", "pointnet-base"]
+
+
+def parquet_bytes(columns: dict) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.table(columns), buffer)
+    return buffer.getvalue()
+
+
+# name: (files {relative path: content}, data file, extra arguments, expected error regex).
+# `{dir}` in a regex is the data folder.
+CORPUS = {
+    "empty file": ({"d.csv": ""}, "d.csv", [], r"d.csv is empty"),
+    "blank lines only": ({"d.csv": "\n  \n\t\n"}, "d.csv", [], r"d.csv is empty"),
+    "header only": ({"d.csv": "query,document\n"}, "d.csv", [], r"header but no data rows"),
+    "ragged row": ({"d.csv": "a,b\nc,d\ne,f,g\n"}, "d.csv", [],
+                   r"d.csv, line 3: expected 2 columns like the first row, found 3"),
+    "one column": ({"d.csv": "just one\nand another\n"}, "d.csv", [],
+                   r"line 1: expected 2 columns .*found 1"),
+    "wrong delimiter": ({"d.csv": "a;b\nc;d\n"}, "d.csv",
+                        ["--data-options", '{"dialect": "excel"}'],
+                        r"line 1: .*found 1 with delimiter ','.*data_options.dialect"),
+    "bad delimiter option": ({"d.csv": "a,b\n"}, "d.csv", ["--data-options", '{"dialect": "ab"}'],
+                             r"dialect: 'ab' is neither one of auto, excel"),
+    "bad utf-8": ({"d.csv": b"a,b\nc,caf\xe9\n"}, "d.csv", [],
+                  r"line 2, column 2: bytes that are not valid utf-8"),
+    "NUL byte": ({"d.csv": b"a,b\nc,d\x00\n"}, "d.csv", [], r"line 2: NUL byte"),
+    "unclosed quote": ({"d.csv": 'a,b\nc,"d\ne,f\n'}, "d.csv", [], r"line 2: malformed CSV"),
+    "10 MB field": ({"d.csv": "a," + "x" * 10_000_000 + "\n"}, "d.csv", [],
+                    r"line 1, column 2 \(document\): 10000000 characters, more than the limit"),
+    "empty document": ({"d.csv": "a,b\nc,  \n"}, "d.csv", [],
+                       r"line 2, column 2 \(document\): empty document"),
+    "missing label": ({"d.csv": "1 2,a\n3 4,\n"}, "d.csv",
+                      [*MLP, "--data-options", '{"is_labeled": true}'],
+                      r"line 2, column 2 \(label\): empty label"),
+    "score is text": ({"d.csv": "a,b,0.5\nc,d,high\n"}, "d.csv", [],
+                      r"line 2, column 3 \(score\): 'high' is not a finite number"),
+    "score is NaN": ({"d.csv": "a,b,0.5\nc,d,NaN\n"}, "d.csv", [],
+                     r"line 2, column 3 \(score\): 'NaN' is not a finite number"),
+    "score with wrong loss": ({"d.csv": "".join(f"a{i},b,0.5\n" for i in range(6))}, "d.csv",
+                              ["--loss", "TripletMarginLoss"],
+                              r"TripletMarginLoss does not train on scored data"),
+    "class sampler on pairs": ({"d.csv": "a,b\nc,d\n"}, "d.csv", ["--sampler", "class"],
+                               r"the class sampler needs labeled data"),
+    "vector too short": ({"d.csv": "1 2,3 4\n5,6 7\n"}, "d.csv", MLP,
+                         r"line 2, column 1: expected a vector of 2 finite numbers"),
+    "vector with text": ({"d.csv": "1 2,3 x\n"}, "d.csv", MLP,
+                         r"line 1, column 2: expected a vector of 2 finite numbers"),
+    "bad JSON line": ({"d.jsonl": '{"query": "a", "document": "b"}\n{"query": "a",\n'},
+                      "d.jsonl", [], r"d.jsonl, line 2: not valid JSON"),
+    "JSON without columns": ({"d.jsonl": '{"q": "a", "d": "b"}\n'}, "d.jsonl", [],
+                             r"no column for 'query' among \['d', 'q'\]"),
+    "not Parquet": ({"d.parquet": b"PAR1 junk"}, "d.parquet", [], r"not a readable Parquet"),
+    "path traversal": ({"d.csv": "../../etc/passwd,x.png\n"}, "d.csv", LITE0,
+                       r"line 1, column 1: '../../etc/passwd' must be a path inside the data"),
+    "absolute path": ({"d.csv": "/etc/passwd,x.png\n"}, "d.csv", LITE0,
+                      r"line 1, column 1: '/etc/passwd' must be a path inside"),
+    "missing image": ({"d.csv": "nothere.png,nothere2.png\n"}, "d.csv", LITE0,
+                      r"line 1, column 1: .*nothere.png does not exist"),
+    "missing mesh": ({"d.csv": "a.off,b.off\n"}, "d.csv", POINTNET,
+                     r"line 1, column 1: .*a.off does not exist"),
+    "Parquet without columns": ({"d.parquet": parquet_bytes({"a": ["x"], "b": ["y"]})},
+                                "d.parquet", [], r"no column for 'query' among \['a', 'b'\]"),
+    "unknown data option": ({"d.csv": "a,b\n"}, "d.csv", ["--data-options", '{"sep": ";"}'],
+                            r"unknown option 'sep'. Valid options: size, dialect"),
+    "too many bad rows": ({"d.csv": "a,b\nc,\ne,\ng,h\n"}, "d.csv", ["--max-bad-rows", "1"],
+                          r"2 bad rows, more than max_bad_rows=1\. The first:"),
+    "held-out split too big": ({"d.csv": "a,b\nc,d\n"}, "d.csv", ["--val-split", "0.9"],
+                               r"val_split: 0.9 of 2 distinct queries leaves no queries"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("files, data, extra, message", CORPUS.values(), ids=CORPUS.keys())
+def test_corpus(tmp_path, capsys, files, data, extra, message):
+    for name, content in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    output = tmp_path / "out"
+    code = main(["run", "--train-data", str(tmp_path / data), "--output", str(output), *extra])
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr
+    assert stderr.startswith("error: ") and "Traceback" not in stderr
+    assert re.search(message, stderr), stderr
+    assert not output.exists()
+
+
+def test_the_corpus_is_big_enough():
+    assert len(CORPUS) >= 30
+
+
+@pytest.mark.parametrize("where", ["key", "bucket"])
+def test_missing_s3_data(s3, s3_server, capsys, tmp_path, where):
+    uri = f"s3://{s3}/no/such.csv" if where == "key" else "s3://no-such-bucket-x/d.csv"
+    code = main(["run", "--train-data", uri, "--output", str(tmp_path / "out")])
+    stderr = capsys.readouterr().err
+    assert code == 2 and f"{uri}" in stderr and "does not exist" in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_wrong_s3_credentials(s3, s3_server, capsys, tmp_path, monkeypatch):
+    from finetuner import storage
+
+    storage.write_text(f"s3://{s3}/d.csv", "a,b\nc,d\n")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    storage._clients.clear()
+    code = main(["run", "--train-data", f"s3://{s3}/d.csv", "--output", str(tmp_path / "out")])
+    stderr = capsys.readouterr().err
+    storage._clients.clear()
+    assert code == 2 and s3_server.endpoint in stderr and "not-the-secret" not in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_rows_within_the_limit_are_skipped_and_counted_in_the_report(tmp_path):
+    (tmp_path / "d.csv").write_text("".join(f"q{i},d{i}\n" for i in range(20)) + "x,\ny,\n")
+    spec = lookup("minilm-l6-en")
+    result = dataset.preprocess(spec, str(tmp_path / "d.csv"), "", 0.2, 0,
+                                formats.DataOptions(max_bad_rows=2),
+                                tmp_path / "tr", tmp_path / "ev")  # fmt: skip
+    assert result.counts["bad_rows_skipped"] == 2
+    assert result.counts["train_rows"] + result.counts["eval_rows"] == 20
+    report = result.report(str(tmp_path / "d.csv"), "")
+    assert "## Bad rows skipped: 2" in report and "line 21, column 2 (document)" in report
