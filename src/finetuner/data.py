@@ -10,10 +10,10 @@ import io
 import math
 import random
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from finetuner import storage
-from finetuner.errors import FinetunerError
+from finetuner.errors import BadItem, FinetunerError
 
 COLUMNS = ("query", "document")
 # A first row made of these names is a header, not a pair.
@@ -91,22 +91,43 @@ def _check_row(uri: str, line: int, row: list[str]) -> Pair:
     return row[0].strip(), row[1].strip()
 
 
-def resolve_media(data_uri: str, line: int, column: int, ref: str) -> str:
-    """The URI of a file named in a data file; it must exist and stay inside the data's
-    folder (or be an s3:// URI)."""
+def resolve_media(data_uri: str, line: int, column: int, ref: str, limits=None) -> str:
+    """The URI of a file named in a data file: a path inside the data file's folder (which
+    must exist), an s3:// URI (which must exist) or an http(s):// URL (whose host must be
+    allowed by `media.check_url`; it is fetched only when the item is loaded)."""
+    from finetuner import media
+
     where = f"{data_uri}, line {line}, column {column}"
-    if storage.is_s3(ref):
+    kind = media.kind_of(ref)
+    if kind == "http":
+        try:
+            media.check_url(ref, limits or media.MediaLimits())
+        except BadItem as exc:
+            raise BadItem(f"{where}: {exc}") from None
+        return ref
+    if kind == "s3":
         target = ref
     else:
-        if PurePosixPath(ref).is_absolute() or ".." in PurePosixPath(ref).parts:
+        path = PurePosixPath(ref)
+        if "://" in ref or path.is_absolute() or ".." in path.parts:
             raise FinetunerError(
                 f"{where}: '{ref}' must be a path inside the data file's folder "
-                "(no '..', not absolute) or an s3:// URI."
+                "(no '..', not absolute) or an s3:// or http(s):// URI."
             )
         target = storage.join(storage.parent(data_uri), ref)
+        if not storage.is_s3(target) and not _inside(target, storage.parent(data_uri)):
+            raise FinetunerError(
+                f"{where}: '{ref}' leads outside the data file's folder through a symbolic "
+                "link; media must lie inside it."
+            )
     if not storage.exists(target):
         raise FinetunerError(f"{where}: {target} does not exist.")
     return target
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether a local path, with its symbolic links followed, lies inside folder."""
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())
 
 
 def vector_checker(size: int):
