@@ -16,6 +16,7 @@ import hashlib
 import ipaddress
 import os
 import socket
+import stat
 import tempfile
 import time
 import warnings
@@ -336,6 +337,11 @@ def _download_http(url: str, out: BinaryIO, limits: MediaLimits) -> None:
 # ---------------------------------------------------------------- the cache
 
 
+def _local_path(uri: str) -> str:
+    path = uri.removeprefix("file://")
+    return os.path.expanduser(path) if path.startswith("~") else path
+
+
 class MediaCache:
     """Local files for media URIs. Local paths are used in place; s3:// and http(s)://
     files are downloaded into `limits.cache_dir`, named by a hash of the URI, and kept
@@ -386,12 +392,15 @@ class MediaCache:
     def open(self, uri: str) -> BinaryIO:
         """The item's file, opened for reading. Once open, it stays readable even if
         another process evicts it."""
+        uri = str(uri)
+        if kind_of(uri) == "local":
+            return self._open_checked(uri, _local_path(uri))
         for attempt in range(2):
             path = self.fetch(uri)
             try:
                 return open(path, "rb")
-            except FileNotFoundError:
-                if attempt or kind_of(str(uri)) == "local":
+            except FileNotFoundError:  # evicted by another process just now: fetch again
+                if attempt:
                     raise BadItem(f"{uri} does not exist") from None
             except OSError as error:
                 raise BadItem(f"{uri}: cannot read ({error})") from None
@@ -402,18 +411,30 @@ class MediaCache:
             return file.read()
 
     def _local(self, uri: str) -> Path:
-        path = storage._local(uri)
+        path = _local_path(uri)
+        self._open_checked(uri, path).close()
+        return Path(path)
+
+    def _open_checked(self, uri: str, path: str) -> BinaryIO:
+        """Open a local file and check what was opened: a regular file within the size cap.
+        O_NONBLOCK, so that a named pipe cannot block the open."""
         try:
-            stat = path.stat()
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             raise BadItem(f"{uri} does not exist") from None
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError) as error:  # ValueError: a NUL in the path
             raise BadItem(f"{uri}: cannot read ({error})") from None
-        if not path.is_file():
-            raise BadItem(f"{uri} is not a file")
-        if stat.st_size > self.limits.max_file_bytes:
-            raise _too_big(uri, stat.st_size, self.limits)
-        return path
+        file = os.fdopen(fd, "rb")
+        info = os.fstat(fd)
+        problem = None
+        if not stat.S_ISREG(info.st_mode):
+            problem = BadItem(f"{uri} is not a regular file")
+        elif info.st_size > self.limits.max_file_bytes:
+            problem = _too_big(uri, info.st_size, self.limits)
+        if problem:
+            file.close()
+            raise problem
+        return file
 
     def _download(self, uri: str, path: Path) -> None:
         download = _download_s3 if kind_of(uri) == "s3" else _download_http
@@ -457,14 +478,14 @@ class MediaCache:
                 continue
             for entry in files:
                 try:
-                    stat = entry.stat()
+                    info = entry.stat()
                     if entry.name.endswith(".part"):
-                        if now - stat.st_mtime > self.STALE_PART_S:
+                        if now - info.st_mtime > self.STALE_PART_S:
                             os.unlink(entry.path)
                         continue
                 except FileNotFoundError:  # removed by another process meanwhile
                     continue
-                entries.append((stat.st_mtime, stat.st_size, entry.path))
+                entries.append((info.st_mtime, info.st_size, entry.path))
         return entries
 
     def evict(self, keep: Path | None = None) -> None:
