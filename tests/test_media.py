@@ -263,6 +263,15 @@ def test_local_files_are_used_in_place_after_a_size_check(tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
+def test_a_pipe_or_folder_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "pipe.png")  # opening it for reading would wait for a writer
+    (tmp_path / "folder.png").mkdir()
+    cache = media.MediaCache(limits(tmp_path))
+    for name in ("pipe.png", "folder.png"):
+        with pytest.raises(BadItem, match=f"{name} is not a regular file"):
+            media.load_image(str(tmp_path / name), cache)
+
+
 # ---------------------------------------------------------------- the LRU cache
 
 
@@ -450,6 +459,29 @@ def test_media_dataset_skips_bad_items_in_dataloader_workers(tmp_path):
     assert all(message.startswith(uris[i]) for i, message in reported.items())
     expected = np.asarray(media.load_image(uris[0]), np.float32).transpose(2, 0, 1) / 255
     np.testing.assert_allclose(good[0].numpy(), expected)
+
+
+def test_dataloader_workers_share_a_small_cache_of_http_items(http, tmp_path):
+    """Two worker processes download into one folder that holds about a fifth of the items,
+    evicting each other's files."""
+    from torch.utils.data import DataLoader
+
+    from finetuner.media_loader import MediaDataset, collate_media
+
+    images, _ = fashion_mnist(40)
+    for i, image in enumerate(images):
+        http.routes[f"/{i}.png"] = (200, {}, png_bytes(image))
+    size = max(len(body) for _, _, body in http.routes.values())
+    small = limits(tmp_path, allow_loopback=True, max_file_bytes=size, cache_max_bytes=8 * size)
+    dataset = MediaDataset([http.url(f"/{i}.png") for i in range(40)], limits=small)
+    loader = DataLoader(dataset, batch_size=5, num_workers=2, collate_fn=collate_media)
+    seen = []
+    for batch in loader:
+        assert batch.bad == []
+        seen += batch.indices.tolist()
+        assert media.MediaCache(small).size() <= 8 * size + 2 * size  # a file per process over
+    assert sorted(seen) == list(range(40))
+    assert not list((tmp_path / "cache").rglob("*.part"))
 
 
 def test_a_batch_of_only_bad_items(tmp_path):

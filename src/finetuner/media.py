@@ -424,7 +424,6 @@ class MediaCache:
             raise BadItem(f"{uri} does not exist") from None
         except (OSError, ValueError) as error:  # ValueError: a NUL in the path
             raise BadItem(f"{uri}: cannot read ({error})") from None
-        file = os.fdopen(fd, "rb")
         info = os.fstat(fd)
         problem = None
         if not stat.S_ISREG(info.st_mode):
@@ -432,9 +431,9 @@ class MediaCache:
         elif info.st_size > self.limits.max_file_bytes:
             problem = _too_big(uri, info.st_size, self.limits)
         if problem:
-            file.close()
+            os.close(fd)
             raise problem
-        return file
+        return os.fdopen(fd, "rb")
 
     def _download(self, uri: str, path: Path) -> None:
         download = _download_s3 if kind_of(uri) == "s3" else _download_http
@@ -451,7 +450,8 @@ class MediaCache:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(part)
             raise
-        self._added += os.path.getsize(path)
+        with contextlib.suppress(FileNotFoundError):  # evicted by another process already
+            self._added += os.path.getsize(path)
         self._maybe_evict(keep=path)
 
     def _maybe_evict(self, keep: Path) -> None:
