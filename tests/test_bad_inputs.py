@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -145,3 +147,72 @@ def test_bad_rows_within_the_limit_are_skipped_and_counted_in_the_report(tmp_pat
     assert result.counts["train_rows"] + result.counts["eval_rows"] == 20
     report = result.report(str(tmp_path / "d.csv"), "")
     assert "## Bad rows skipped: 2" in report and "line 21, column 2 (document)" in report
+
+
+# ---------------------------------------------------------------- media
+
+
+def png(index: int = 0) -> bytes:
+    from conftest import fashion_mnist
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(fashion_mnist(index + 1)[0][index]).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+MEDIA = {
+    "truncated PNG": (lambda: png()[:60], r"x.png: truncated or corrupt PNG image"),
+    "bytes that are not an image": (lambda: b"not an image at all" * 10,
+                                    r"x.png: not an image: PIL does not recognise"),
+    "empty image file": (lambda: b"", r"x.png"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("content, message", MEDIA.values(), ids=MEDIA.keys())
+def test_bad_images_are_bad_rows(tmp_path, capsys, content, message):
+    (tmp_path / "good.png").write_bytes(png(1))
+    (tmp_path / "x.png").write_bytes(content())
+    (tmp_path / "d.csv").write_text("good.png,good.png\nx.png,good.png\n")
+    code = main(["run", *LITE0, "--train-data", str(tmp_path / "d.csv"),
+                 "--output", str(tmp_path / "out")])  # fmt: skip
+    stderr = capsys.readouterr().err
+    assert code == 2 and re.search(r"d.csv, line 2, column 1: .*" + message, stderr), stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_image_over_the_pixel_cap_is_a_bad_row(tmp_path, capsys):
+    (tmp_path / "x.png").write_bytes(png())  # 28 x 28
+    (tmp_path / "d.csv").write_text("x.png,x.png\n")
+    code = main(["run", *LITE0, "--train-data", str(tmp_path / "d.csv"), "--output",
+                 str(tmp_path / "out"), "--data-options", '{"max_image_pixels": 500}'])  # fmt: skip
+    stderr = capsys.readouterr().err
+    assert code == 2 and "more than max_image_pixels=500" in stderr
+
+
+def test_media_urls_to_metadata_addresses_are_refused(tmp_path, capsys):
+    (tmp_path / "d.csv").write_text("http://169.254.169.254/latest/x.png,http://b/y.png\n")
+    code = main(["run", *LITE0, "--train-data", str(tmp_path / "d.csv"),
+                 "--output", str(tmp_path / "out")])  # fmt: skip
+    stderr = capsys.readouterr().err
+    assert code == 2 and "line 1, column 1" in stderr and "169.254.169.254" in stderr
+
+
+INVALID_MESHES = "/usr/share/assimp/models/invalid"
+# These two load as point clouds: a missing material, and a valid OFF body.
+LOADABLE = {"malformed2.obj", "readme.txt"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    sorted(p.name for p in Path(INVALID_MESHES).iterdir()
+           if p.name not in LOADABLE),
+)  # fmt: skip
+def test_assimps_invalid_meshes_are_bad_rows(tmp_path, capsys, name):
+    shutil.copy(f"{INVALID_MESHES}/{name}", tmp_path / name)
+    (tmp_path / "d.csv").write_text(f"{name},{name}\n")
+    code = main(["run", *POINTNET, "--train-data", str(tmp_path / "d.csv"),
+                 "--output", str(tmp_path / "out")])  # fmt: skip
+    stderr = capsys.readouterr().err
+    assert code == 2 and "d.csv, line 1, column 1: " in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "out").exists()

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from finetuner import storage
-from finetuner.errors import FinetunerError
+from finetuner.errors import BadItem, FinetunerError
 
 COLUMNS = ("query", "document")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -47,22 +47,43 @@ def read_pairs(
     return pairs
 
 
-def resolve_media(data_uri: str, line: int, column: int, ref: str) -> str:
-    """The URI of a file named in a data file; it must exist and stay inside the data's
-    folder (or be an s3:// URI)."""
+def resolve_media(data_uri: str, line: int, column: int, ref: str, limits=None) -> str:
+    """The URI of a file named in a data file: a path inside the data file's folder (which
+    must exist), an s3:// URI (which must exist) or an http(s):// URL (whose host must be
+    allowed by `media.check_url`; it is fetched only when the item is loaded)."""
+    from finetuner import media
+
     where = f"{data_uri}, line {line}, column {column}"
-    if storage.is_s3(ref):
+    kind = media.kind_of(ref)
+    if kind == "http":
+        try:
+            media.check_url(ref, limits or media.MediaLimits())
+        except BadItem as exc:
+            raise BadItem(f"{where}: {exc}") from None
+        return ref
+    if kind == "s3":
         target = ref
     else:
-        if PurePosixPath(ref).is_absolute() or ".." in PurePosixPath(ref).parts:
+        path = PurePosixPath(ref)
+        if "://" in ref or path.is_absolute() or ".." in path.parts:
             raise FinetunerError(
                 f"{where}: '{ref}' must be a path inside the data file's folder "
-                "(no '..', not absolute) or an s3:// URI."
+                "(no '..', not absolute) or an s3:// or http(s):// URI."
             )
         target = storage.join(storage.parent(data_uri), ref)
+        if not storage.is_s3(target) and not _inside(target, storage.parent(data_uri)):
+            raise FinetunerError(
+                f"{where}: '{ref}' leads outside the data file's folder through a symbolic "
+                "link; media must lie inside it."
+            )
     if not storage.exists(target):
         raise FinetunerError(f"{where}: {target} does not exist.")
     return target
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether a local path, with its symbolic links followed, lies inside folder."""
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())
 
 
 def vector_checker(size: int):
@@ -93,8 +114,9 @@ class TextImageRows:
     The first row decides which column holds the images (paths or s3:// URIs with an image
     suffix), as Finetuner did; every later row must follow it."""
 
-    def __init__(self):
+    def __init__(self, limits=None):
         self.image_column: int | None = None
+        self.check_image = media_checker("image", limits)
 
     def __call__(self, uri: str, line: int, pair: Pair) -> Pair:
         images = [looks_like_image(value) for value in pair]
@@ -113,14 +135,41 @@ class TextImageRows:
                 f"{uri}, line {line}, column {column}: expected an image path (as on the first "
                 f"row), got {pair[self.image_column][:60]!r}."
             )
-        image = resolve_media(uri, line, column, pair[self.image_column])
+        image = self.check_image(uri, line, column, pair[self.image_column])
         return pair[1 - self.image_column], image
 
 
-def field_checker(spec):
-    """How the fields of a model's data are checked: None for text."""
-    if spec.family in ("cnn", "pointnet"):
-        return resolve_media
+def media_checker(kind: str, limits=None):
+    """Checks a media field ("image" or "mesh"): resolved as resolve_media does, then
+    verified, so a corrupt file is a bad row now and not a failure in training: an
+    image's header, size caps and structure; a mesh parsed. An http(s) item is only
+    checked for its host here: it is fetched when it is loaded."""
+    from finetuner import media
+
+    limits = limits or media.MediaLimits()
+    cache = media.MediaCache(limits)
+    verify = media.verify_image if kind == "image" else media.verify_mesh
+
+    def check(data_uri: str, line: int, column: int, ref: str) -> str:
+        target = resolve_media(data_uri, line, column, ref, limits)
+        if media.kind_of(target) != "http":
+            try:
+                verify(target, cache, limits)
+            except BadItem as exc:
+                raise BadItem(f"{data_uri}, line {line}, column {column}: {exc}") from None
+        return target
+
+    return check
+
+
+def field_checker(spec, opts=None):
+    """How the fields of a model's data are checked (`opts`: DataOptions, for the media
+    caps): None for text."""
+    limits = opts.media_limits() if opts is not None else None
+    if spec.family == "cnn":
+        return media_checker("image", limits)
+    if spec.family == "pointnet":
+        return media_checker("mesh", limits)
     if spec.family == "mlp":
         return vector_checker(int(spec.options["input_size"]))
     return None

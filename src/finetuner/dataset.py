@@ -155,8 +155,8 @@ def checked_rows(uri: str, spec, opts: DataOptions, bad: BadRows) -> tuple[str, 
         uri,
         kind,
         opts,
-        field=field_checker(spec),
-        pair_row=TextImageRows() if spec.family == "clip" else None,
+        field=field_checker(spec, opts),
+        pair_row=TextImageRows(opts.media_limits()) if spec.family == "clip" else None,
         unit=formats.row_unit(formats.detect_format(uri, opts.format)),
     )
 
@@ -309,18 +309,23 @@ def stage(
             writer = ShardWriter(folder, kind, {"group": pa.uint64()}, compression="none")
         elif file_kind != kind:
             raise FinetunerError(f"{uri} holds {file_kind} rows, but the data before it {kind}.")
+        # The loop runs for every row: locals, and no calls that can be spared.
+        read = duplicates = 0
+        write, by_first = writer.write, kind != "labeled"
         for values in rows:
-            stats.rows_read += 1
+            read += 1
             # hash() is enough for duplicates within this process: its 64 bits collide
             # among 10^6 rows with a chance of 3e-8.
-            key = hash(values)
-            if key in seen:
-                stats.duplicates += 1
+            size = len(seen)
+            seen.add(hash(values))
+            if len(seen) == size:
+                duplicates += 1
                 continue
-            seen.add(key)
-            group = digest(group_of(kind, values))
+            group = digest(values[0] if by_first else group_of(kind, values))
             groups.add(group)
-            writer.write((*values, group))
+            write((*values, group))
+        stats.rows_read += read
+        stats.duplicates += duplicates
     writer.close()
     return kind, groups
 

@@ -68,6 +68,19 @@ class DataOptions(BaseModel):
     format: Literal["auto", "csv", "jsonl", "parquet"] = Field(
         "auto", description="file format; auto: by suffix (.jsonl, .parquet), else CSV"
     )
+    max_file_bytes: int = Field(50 * 2**20, ge=1, description="largest image or mesh file")
+    max_image_pixels: int = Field(50_000_000, ge=1, description="largest image, width x height")
+    max_image_side: int = Field(20_000, ge=1, description="longest image side, in pixels")
+
+    def media_limits(self):
+        """The caps on images and meshes, as finetuner.media takes them."""
+        from finetuner.media import MediaLimits
+
+        return MediaLimits(
+            max_file_bytes=self.max_file_bytes,
+            max_image_pixels=self.max_image_pixels,
+            max_image_side=self.max_image_side,
+        )
 
 
 def options(values: dict | None) -> DataOptions:

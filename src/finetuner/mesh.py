@@ -21,6 +21,7 @@ def load_points(
     n_points: int = 2048,
     augment: bool = False,
     seed: int | None = None,
+    name: str | None = None,
 ) -> np.ndarray:
     """Sample `n_points` points uniformly on a mesh's surface -> float32 array (n_points, 3),
     centred on their centroid and scaled so that the farthest point is at distance 1.
@@ -28,14 +29,15 @@ def load_points(
     `source` is a path, or the file's bytes with `file_type` (its extension, e.g. "stl").
     A point cloud (vertices without faces) is resampled from its vertices. The same `seed`
     gives the same points. `augment` adds a random rotation about z, anisotropic scaling in
-    [0.8, 1.25] and jitter, as training augmentation.
+    [0.8, 1.25] and jitter, as training augmentation. Errors name the file by `name` if given
+    (e.g. the URI the bytes came from), else by its path.
     """
     if isinstance(source, bytes):
         if file_type is None:
             raise FinetunerError("load_points: file_type is required when source is bytes")
-        name = f"<{len(source)} bytes of {file_type}>"
+        name = name or f"<{len(source)} bytes of {file_type}>"
     else:
-        name = str(source)
+        name = name or str(source)
         file_type = file_type or Path(source).suffix.lstrip(".")
     file_type = file_type.lower()
     if file_type not in trimesh.available_formats():

@@ -116,7 +116,9 @@ def _client():
     # A changed secret must also give a new client; keep a digest of it, not the secret itself.
     secret = os.environ.get("AWS_SECRET_ACCESS_KEY", "") + os.environ.get("AWS_SESSION_TOKEN", "")
     settings = (MAX_ATTEMPTS, CONNECT_TIMEOUT, READ_TIMEOUT)
-    cache_key = (*env_key, hashlib.sha256(secret.encode()).hexdigest(), *settings)
+    # The process id too: a forked DataLoader worker must not share the parent's open
+    # connections, so it makes its own client.
+    cache_key = (*env_key, hashlib.sha256(secret.encode()).hexdigest(), *settings, os.getpid())
     with _clients_lock:
         client = _clients.get(cache_key)
         if client is None:

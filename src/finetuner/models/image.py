@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from finetuner import storage
+from finetuner import media
 from finetuner.catalogue import ModelSpec
-from finetuner.errors import FinetunerError
 from finetuner.models import vision
 from finetuner.models.folder import WEIGHTS_FILE, load_weights, read_spec, save
 from finetuner.options import CNNOptions
 
 
 def load_image(uri: str):
-    """An RGB PIL image from a local path or s3:// URI; a bad file names itself."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(storage.read_bytes(uri))) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise FinetunerError(f"{uri}: not a readable image ({exc}).") from None
+    """An RGB PIL image from a local path, s3:// or http(s):// URI, through the media cache
+    and within the default MediaLimits; a bad file raises BadItem naming itself."""
+    return media.load_image(uri)
 
 
 def cnn_options(spec: ModelSpec) -> CNNOptions:

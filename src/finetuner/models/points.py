@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from finetuner import storage
 from finetuner.catalogue import ModelSpec
-from finetuner.mesh import load_points
+from finetuner.media import load_mesh
 from finetuner.models.folder import WEIGHTS_FILE, load_weights, read_spec, save
 from finetuner.models.pointnet import PointNet2Embedder
 from finetuner.options import PointNetOptions
@@ -47,13 +46,7 @@ class PointCloudModel:
 
     def points(self, uris: list[str], seeds: list[int], augment: bool) -> torch.Tensor:
         clouds = [
-            load_points(
-                storage.read_bytes(uri),
-                file_type=PurePosixPath(uri).suffix.lstrip("."),
-                n_points=self.options.num_points,
-                augment=augment,
-                seed=seed,
-            )
+            load_mesh(uri, n_points=self.options.num_points, augment=augment, seed=seed)
             for uri, seed in zip(uris, seeds, strict=True)
         ]
         return torch.from_numpy(np.stack(clouds))
