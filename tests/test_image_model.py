@@ -1,5 +1,7 @@
 """Image models through the steps' model interface: build, train, save, load, export."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -48,6 +50,17 @@ def test_lite0_learns_fashion_mnist_pairs(fashion_pairs, lite0_spec):
     train(model, pairs, TrainConfig(epochs=2, batch_size=6, learning_rate=1e-4, log_every=100))
     after = evaluate(model, eval_set)["ndcg@10"]
     assert after > before, (before, after)
+
+
+def test_images_decode_in_workers_and_a_bad_one_is_skipped_not_fatal(fashion_pairs, lite0_spec):
+    """Preprocess checks every image; one spoiled after that is skipped at training time,
+    with its row, and counted: the DataLoader workers carry on."""
+    pairs = data.read_pairs(str(fashion_pairs(12)), field=data.resolve_media)
+    Path(pairs[3][1]).write_bytes(b"spoiled after preprocess")
+    model = models.pretrained(lite0_spec)
+    config = TrainConfig(epochs=1, batch_size=6, learning_rate=1e-4, num_workers=2)
+    result = train(model, pairs, config)
+    assert result["items_skipped"] == 1 and result["steps"] == 2
 
 
 def test_image_model_saves_and_loads(lite0_spec, fashion_pairs, tmp_path):

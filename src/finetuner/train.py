@@ -7,6 +7,7 @@ torch is imported inside the functions, so validating a TrainConfig stays instan
 from __future__ import annotations
 
 import math
+import os
 import random
 import sys
 from dataclasses import asdict, dataclass
@@ -33,6 +34,8 @@ class TrainConfig:
     log_every: int = 10
     sampler: str = "auto"  # see finetuner.samplers; auto: by the data's kind and the loss
     num_items_per_class: int = 4  # the class sampler's items of each label in a batch
+    # DataLoader workers that decode media ahead of the training step; None: up to 2.
+    num_workers: int | None = None
 
     def validate(self) -> TrainConfig:
         self.loss = check_loss(self.loss)
@@ -73,18 +76,27 @@ def epoch_batches(data, sampler: str, config: TrainConfig, generator) -> list[li
     return samplers.random_batches(len(data), config.batch_size, generator)
 
 
-def batch_loss(kind: str, model, loss_fn, rows: list[tuple], device: str, buckets: int):
-    """The loss of one batch of rows of a kind (see finetuner.losses)."""
+def _embed(side, rows: list[tuple], column: int, prepared: dict, device: str, buckets: int):
+    if column in prepared:  # media, decoded by a DataLoader worker
+        return side.embed_prepared(prepared[column], device).float()
+    return side.embed([r[column] for r in rows], device, buckets).float()
+
+
+def batch_loss(
+    kind: str, model, loss_fn, rows: list[tuple], device: str, buckets: int, prepared: dict
+):
+    """The loss of one batch of rows of a kind (see finetuner.losses); `prepared` holds the
+    media columns' tensors (see finetuner.batches)."""
     import torch
 
     from finetuner.models import sides
 
     query_side, document_side = sides(model)
-    first = query_side.embed([r[0] for r in rows], device, buckets).float()
+    first = _embed(query_side, rows, 0, prepared, device, buckets)
     if kind == "labeled":
         ids = {label: i for i, label in enumerate(dict.fromkeys(r[1] for r in rows))}
         return loss_fn(first, torch.tensor([ids[r[1]] for r in rows], device=device))
-    second = document_side.embed([r[1] for r in rows], device, buckets).float()
+    second = _embed(document_side, rows, 1, prepared, device, buckets)
     if kind == "scored":
         scores = torch.tensor([r[2] for r in rows], device=device, dtype=torch.float32)
         return loss_fn(first, second, scores)
@@ -107,7 +119,9 @@ def train(model, data, config: TrainConfig, device: str | None = None) -> dict:
     import torch
     from transformers import get_linear_schedule_with_warmup
 
+    from finetuner.batches import batch_loader, media_columns
     from finetuner.dataset import as_dataset
+    from finetuner.models import sides
 
     data = as_dataset(data)
     config.validate()
@@ -146,15 +160,24 @@ def train(model, data, config: TrainConfig, device: str | None = None) -> dict:
     # bf16 autocast on GPUs; full precision on the CPU, where bf16 is slower.
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
     progress = Progress(total, every=config.log_every)
-    history, step = [], 0
+    columns = media_columns(data.kind, sides(model))
+    workers = config.num_workers if config.num_workers is not None else min(2, os.cpu_count())
+    history, step, skipped = [], 0, 0
     for number in range(1, config.epochs + 1):
         if number > 1:
             epoch = epoch_batches(data, sampler, config, generator)
         epoch_loss, epoch_steps = 0.0, 0
-        for batch in epoch:
+        seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
+        for rows, prepared, bad in batch_loader(data, epoch, columns, workers, seed):
+            for message in bad:  # counted and skipped; preprocess has checked every item
+                print(f"skipped a bad item: {message}", file=sys.stderr, flush=True)
+            skipped += len(bad)
+            if len(rows) < 2:
+                continue
             with autocast:
-                rows = data.rows(batch)
-                loss = batch_loss(data.kind, model, loss_fn, rows, device, config.length_buckets)
+                loss = batch_loss(
+                    data.kind, model, loss_fn, rows, device, config.length_buckets, prepared
+                )
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             optimizer.step()
@@ -164,7 +187,7 @@ def train(model, data, config: TrainConfig, device: str | None = None) -> dict:
             epoch_loss += loss.item()
             epoch_steps += 1
             progress.step(
-                step, len(batch), epoch=number, loss=loss.item(), lr=scheduler.get_last_lr()[0]
+                step, len(rows), epoch=number, loss=loss.item(), lr=scheduler.get_last_lr()[0]
             )
             if step >= total:
                 break
@@ -179,5 +202,6 @@ def train(model, data, config: TrainConfig, device: str | None = None) -> dict:
         "history": history,
         "loss": loss_name,
         "sampler": sampler,
+        "items_skipped": skipped,
         "config": asdict(config),
     }

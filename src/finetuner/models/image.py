@@ -82,6 +82,13 @@ class ImageModel:
         """Embeddings with gradients, for training (images need no length buckets)."""
         return self.embedder(self.pixels(uris).to(device))
 
+    def prepare_one(self, uri: str) -> torch.Tensor:
+        """One image's pixels, in a DataLoader worker (see finetuner.batches)."""
+        return self.transform(load_image(uri))
+
+    def embed_prepared(self, pixels: torch.Tensor, device: str = "cpu") -> torch.Tensor:
+        return self.embedder(pixels.to(device))
+
     @torch.inference_mode()
     def encode(self, uris: list[str], batch_size: int = 64, device: str = "cpu") -> np.ndarray:
         self.embedder.eval().to(device)

@@ -57,6 +57,15 @@ class PointCloudModel:
         seeds = torch.randint(0, 2**31 - 1, (len(uris),)).tolist()
         return self.embedder(self.points(uris, seeds, self.options.augment).to(device))
 
+    def prepare_one(self, uri: str) -> torch.Tensor:
+        """One mesh's points, in a DataLoader worker (see finetuner.batches): a fresh sample
+        from the worker's seeded generator."""
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        return self.points([uri], [seed], self.options.augment)[0]
+
+    def embed_prepared(self, points: torch.Tensor, device: str = "cpu") -> torch.Tensor:
+        return self.embedder(points.to(device))
+
     @torch.inference_mode()
     def encode(self, uris: list[str], batch_size: int = 32, device: str = "cpu") -> np.ndarray:
         self.embedder.eval().to(device)

@@ -71,7 +71,14 @@ class TextTower(_Tower):
 
 class ImageTower(_Tower):
     def inputs(self, uris: list[str]) -> torch.Tensor:
-        return torch.stack([self.tower.preprocess(load_image(uri)) for uri in uris])
+        return torch.stack([self.prepare_one(uri) for uri in uris])
+
+    def prepare_one(self, uri: str) -> torch.Tensor:
+        """One image's pixels, in a DataLoader worker (see finetuner.batches)."""
+        return self.tower.preprocess(load_image(uri))
+
+    def embed_prepared(self, pixels: torch.Tensor, device: str = "cpu") -> torch.Tensor:
+        return self.tower(pixels.to(device))
 
     def pixels(self, n: int) -> torch.Tensor:
         size = self.tower.config["vision_cfg"]["image_size"]
