@@ -102,7 +102,14 @@ def build_loss(name: str, model=None, kind: str = "pairs"):
         return triplet_pairs
     if name == "CoSENTLoss":
         return cosent
-    return lambda a, b, scores: F.mse_loss((a * b).sum(-1), scores)  # CosineSimilarityLoss
+    return cosine_similarity_loss
+
+
+def cosine_similarity_loss(a, b, scores):
+    """The squared error between each pair's cosine and its score (scores in [-1, 1])."""
+    import torch.nn.functional as F
+
+    return F.mse_loss((a * b).sum(-1), scores)
 
 
 def cosent(a, b, scores):

@@ -46,6 +46,15 @@ def _order(n: int, generator) -> list[int]:
     return torch.randperm(n, generator=generator).tolist()
 
 
+def _rotate_to_fit(waiting: deque, fits, look_ahead: int) -> bool:
+    """Rotate `waiting` until its first entry fits; False if none of the next look_ahead do."""
+    for _ in range(min(len(waiting), look_ahead)):
+        if fits(waiting[0]):
+            return True
+        waiting.rotate(-1)
+    return False
+
+
 def random_batches(n: int, batch_size: int, generator) -> list[list[int]]:
     """Shuffled index batches; a last batch of one row is dropped."""
     order = _order(n, generator)
@@ -73,11 +82,7 @@ def class_batches(labels: list, batch_size: int, per_class: int, generator) -> l
     while waiting:
         # The first waiting group of a label not yet in the batch; if there is none, the
         # batch is done.
-        for _ in range(len(waiting)):
-            if labels[waiting[0][0]] not in used:
-                break
-            waiting.rotate(-1)
-        else:
+        if not _rotate_to_fit(waiting, lambda g, used=used: labels[g[0]] not in used, len(waiting)):
             batches.append(batch)
             batch, used = [], set()
             continue
@@ -100,11 +105,8 @@ def no_duplicate_batches(rows: list[tuple], batch_size: int, generator) -> list[
     look_ahead = 4 * batch_size
     batches, batch, seen = [], [], set()
     while waiting:
-        for _ in range(min(len(waiting), look_ahead)):
-            if not any(text in seen for text in rows[waiting[0]]):
-                break
-            waiting.rotate(-1)
-        else:
+        fresh = lambda i, seen=seen: not any(t in seen for t in rows[i])  # noqa: E731
+        if not _rotate_to_fit(waiting, fresh, look_ahead):
             batches.append(batch)
             batch, seen = [], set()
             continue
