@@ -1,12 +1,15 @@
-"""Image loading throughput and memory: finetuner.media's DataLoader dataset versus a plain
+"""Image loading throughput and memory: the training loop's media loader versus a plain
 torchvision-style dataset, over one epoch of many small PNGs.
 
-Both sides read the same files through `DataLoader(batch_size=256, num_workers=2)` with the
-same transform (Resize(32), ToTensor). The media side is `MediaDataset` + `collate_media`:
-each item goes through `MediaCache` (a size check of the file), PIL's header and the image
-caps, decoding, and the error handling that turns a bad file into a reported item. The
-baseline is the minimal Dataset most code starts from: `Image.open(path).convert("RGB")`.
-The difference between the two is the cost of the cache and validation layer.
+Both sides read the same files in the same random batches of 256 (`samplers.random_batches`,
+seeded) with 2 DataLoader workers and the same transform (Resize(32), ToTensor). The media
+side is exactly what `finetuner.train` runs: `batches.batch_loader` over a labeled
+`dataset.Dataset` of (path, label) rows, whose image side's `prepare_one` loads each item
+with `media.load_image`, as `ImageModel.prepare_one` does: `MediaCache` (opening the file and
+checking its size), PIL's header and the image caps, decoding, and the error handling that
+turns a bad file into a dropped row and a message. The baseline is the minimal Dataset most
+code starts from, `Image.open(path).convert("RGB")`, under `DataLoader(batch_sampler=...)`.
+The difference between the two is the cost of the media layer and of the batch loader.
 
 Each run is a fresh child process, so that its memory figures are its own. Measured per run:
   * images/s over the epoch: from creating the DataLoader's iterator (worker start-up
@@ -132,6 +135,18 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+class ImageSide:
+    """The worker half of an image model side, as in `ImageModel.prepare_one`."""
+
+    def __init__(self, transform):
+        from finetuner import media
+
+        self.load, self.transform = media.load_image, transform
+
+    def prepare_one(self, uri: str):
+        return self.transform(self.load(uri))
+
+
 def baseline_dataset(paths, transform):
     """What a plain torchvision-style dataset does: open each file with PIL."""
     from PIL import Image
@@ -153,21 +168,22 @@ def one_run(impl: str, root: Path, n: int, batch_size: int, workers: int) -> dic
     from torch.utils.data import DataLoader
     from torchvision import transforms
 
-    from finetuner import media
-    from finetuner.media_loader import MediaDataset, collate_media
+    from finetuner import dataset, samplers
+    from finetuner.batches import batch_loader
 
     paths = [str(image_path(root, i)) for i in range(n)]
     transform = transforms.Compose([transforms.Resize(32), transforms.ToTensor()])
+    epoch = samplers.random_batches(n, batch_size, torch.Generator().manual_seed(0))
     if impl == "media":
-        # Local files are read in place; the cache folder stays empty.
-        limits = media.MediaLimits(cache_dir=Path(tempfile.gettempdir()) / "image-loader-cache")
-        dataset = MediaDataset(paths, transform, limits=limits)
-        collate = collate_media
+        # As in training: the rows in a pyarrow table, the epoch's batches as index lists.
+        data = dataset.from_rows([(path, str(i % 10)) for i, path in enumerate(paths)], "labeled")
+        del paths  # training holds only the table
+        loader = batch_loader(data, epoch, {0: ImageSide(transform)}, workers, seed=0)
     else:
-        dataset, collate = baseline_dataset(paths, transform), None
-    del paths  # the media dataset keeps its own copy, as one pyarrow array
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate)
-    n_batches = len(loader)
+        loader = DataLoader(
+            baseline_dataset(paths, transform), batch_sampler=epoch, num_workers=workers
+        )
+    n_batches = len(epoch)
     images = bad = 0
     checksum = 0.0
     at_tenth = at_end = None
@@ -176,8 +192,9 @@ def one_run(impl: str, root: Path, n: int, batch_size: int, workers: int) -> dic
         start = time.perf_counter()
         for batch_number, batch in enumerate(loader, 1):
             if impl == "media":
-                bad += len(batch.bad)
-                batch = batch.items
+                _, tensors, skipped = batch  # rows, tensors by column, bad items' messages
+                bad += len(skipped)
+                batch = tensors[0]
             images += len(batch)
             checksum += float(batch[:, 0, 0, 0].sum())  # touch the data, as training would
             if batch_number == max(1, n_batches // 10):
@@ -187,7 +204,7 @@ def one_run(impl: str, root: Path, n: int, batch_size: int, workers: int) -> dic
         seconds = time.perf_counter() - start
     del loader  # joins the workers, so that their CPU time is counted
     cpu = cpu_seconds() - cpu_start
-    assert images + bad == n and bad == 0, (images, bad)
+    assert images == sum(map(len, epoch)) and bad == 0, (images, bad)
     rss = [s[1] for s in sampler.samples]
     pss = [s[2] for s in sampler.samples]
     return {
@@ -269,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             "n": args.n,
             "batch_size": args.batch_size,
             "workers": args.workers,
+            "batches": "samplers.random_batches, seed 0; the same for both sides",
             "order": args.order,
             "generation_s": generation_s and round(generation_s, 1),
             "image": f"{SIDE}x{SIDE} grayscale PNG, read as RGB, Resize(32) + ToTensor",

@@ -15,10 +15,13 @@ def train(
     seed: int,
     sampler: str,
     num_items_per_class: int,
+    output_uri: str,
+    checkpoint_every: int,
     model: Output[Model],
     train_metrics: Output[Metrics],
 ):
-    """Fine-tune the backbone on the training pairs (CUDA with bf16 when a GPU is present)."""
+    """Fine-tune the backbone on the training data (CUDA with bf16 when a GPU is present),
+    with checkpoints under output_uri that a restarted step resumes from."""
     from finetuner import steps
 
     result = steps.train(
@@ -32,6 +35,8 @@ def train(
         seed,
         sampler,
         num_items_per_class,
+        output_uri,
+        checkpoint_every,
     )
     for name in ("steps", "samples_per_second", "final_loss"):
         train_metrics.log_metric(name, result[name])

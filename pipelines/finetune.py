@@ -33,6 +33,7 @@ def finetune(
     data_options: dict = D["data_options"],
     sampler: str = D["sampler"],
     num_items_per_class: int = D["num_items_per_class"],
+    checkpoint_every: int = D["checkpoint_every"],
     eval_k: int = D["eval_k"],
     seed: int = D["seed"],
 ):
@@ -63,6 +64,9 @@ def finetune(
             max_field_chars, e.g. {"is_labeled": true, "max_bad_rows": 10}.
         sampler: Batches: auto, random, class (labeled data) or no_duplicates.
         num_items_per_class: Items of each label in a batch, for the class sampler.
+        checkpoint_every: Steps between training checkpoints (also one at each epoch's
+            end), kept under output_uri/checkpoints/ until the model is trained: a
+            restarted or rerun train step resumes from the newest.
         weights: Pretrained weights to start from: a model folder (s3:// or a path) in the
             model mirror's layout; empty for the mirror, a package or upstream.
         eval_k: The cut-off k of the retrieval metrics (ndcg@k, mrr@k, ...).
@@ -96,6 +100,8 @@ def finetune(
         seed=seed,
         sampler=sampler,
         num_items_per_class=num_items_per_class,
+        output_uri=output_uri,
+        checkpoint_every=checkpoint_every,
     )
     trained.set_caching_options(False)
     evaluated = evaluate(

@@ -1,5 +1,5 @@
-"""finetuner.media: URL checks, the media cache (local, S3, HTTP), image and mesh checks,
-and the DataLoader dataset that skips bad items."""
+"""finetuner.media: URL checks, the media cache (local, S3, HTTP), image and mesh checks.
+(Media items in DataLoader workers: tests/test_batches.py.)"""
 
 import io
 import os
@@ -420,77 +420,6 @@ def test_archives_and_gltf_with_external_files_are_refused(tmp_path):
     (tmp_path / "m.gltf").write_text(gltf)
     with pytest.raises(BadItem, match="must embed its buffers"):
         media.verify_mesh(str(tmp_path / "m.gltf"), limits=limits(tmp_path))
-
-
-# ---------------------------------------------------------------- the DataLoader dataset
-
-
-def test_media_dataset_skips_bad_items_in_dataloader_workers(tmp_path):
-    import pyarrow as pa
-    from torch.utils.data import DataLoader
-
-    from finetuner.media_loader import MediaDataset, collate_media
-
-    images, _ = fashion_mnist(40)
-    uris, bad = [], set()
-    for i, image in enumerate(images):
-        path = tmp_path / f"{i:02d}.png"
-        content = png_bytes(image)
-        if i % 9 == 4:  # five bad items of four kinds, spread over the batches
-            content = [content[:100], os.urandom(500), png_claiming(9000, 9000), b""][i % 4]
-            bad.add(i)
-        path.write_bytes(content)
-        uris.append(str(path))
-    uris.append(str(tmp_path / "missing.png"))
-    bad.add(len(uris) - 1)
-
-    dataset = MediaDataset(pa.chunked_array([uris[:20], uris[20:]]), limits=limits(tmp_path))
-    loader = DataLoader(
-        dataset, batch_size=8, num_workers=2, collate_fn=collate_media, persistent_workers=False
-    )
-    good, reported = {}, {}
-    for batch in loader:
-        reported.update(batch.bad)
-        if batch.items is not None:
-            assert batch.items.shape[1:] == (3, 28, 28)
-            good.update(zip(batch.indices.tolist(), batch.items, strict=True))
-    assert set(reported) == bad
-    assert set(good) == set(range(len(uris))) - bad
-    assert all(message.startswith(uris[i]) for i, message in reported.items())
-    expected = np.asarray(media.load_image(uris[0]), np.float32).transpose(2, 0, 1) / 255
-    np.testing.assert_allclose(good[0].numpy(), expected)
-
-
-def test_dataloader_workers_share_a_small_cache_of_http_items(http, tmp_path):
-    """Two worker processes download into one folder that holds about a fifth of the items,
-    evicting each other's files."""
-    from torch.utils.data import DataLoader
-
-    from finetuner.media_loader import MediaDataset, collate_media
-
-    images, _ = fashion_mnist(40)
-    for i, image in enumerate(images):
-        http.routes[f"/{i}.png"] = (200, {}, png_bytes(image))
-    size = max(len(body) for _, _, body in http.routes.values())
-    small = limits(tmp_path, allow_loopback=True, max_file_bytes=size, cache_max_bytes=8 * size)
-    dataset = MediaDataset([http.url(f"/{i}.png") for i in range(40)], limits=small)
-    loader = DataLoader(dataset, batch_size=5, num_workers=2, collate_fn=collate_media)
-    seen = []
-    for batch in loader:
-        assert batch.bad == []
-        seen += batch.indices.tolist()
-        assert media.MediaCache(small).size() <= 8 * size + 2 * size  # a file per process over
-    assert sorted(seen) == list(range(40))
-    assert not list((tmp_path / "cache").rglob("*.part"))
-
-
-def test_a_batch_of_only_bad_items(tmp_path):
-    from finetuner.media_loader import MediaDataset, collate_media
-
-    dataset = MediaDataset([str(tmp_path / "a.png")], limits=limits(tmp_path))
-    batch = collate_media([dataset[0]])
-    assert batch.items is None and batch.indices.tolist() == []
-    assert batch.bad == [(0, f"{tmp_path / 'a.png'} does not exist")]
 
 
 # ---------------------------------------------------------------- data.resolve_media

@@ -64,6 +64,11 @@ def batch_loader(data, batches: list[list[int]], columns: dict, workers: int, se
     return DataLoader(
         PreparedBatches(data, batches, columns),
         batch_size=None,  # each item is already a batch
+        collate_fn=_as_is,  # not default_convert, which makes the rows' tuples lists
         num_workers=workers,
         generator=torch.Generator().manual_seed(seed),  # seeds the workers' random draws
     )
+
+
+def _as_is(batch):
+    return batch

@@ -87,6 +87,7 @@ def run_command(args) -> None:
         "data_options": data_options(args),
         "sampler": args.sampler,
         "num_items_per_class": args.num_items_per_class,
+        "checkpoint_every": args.checkpoint_every,
         "eval_k": args.eval_k,
         "seed": args.seed,
         "output_uri": args.output,
@@ -222,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d["num_items_per_class"],
         help="items of each label in a batch, for the class sampler",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=d["checkpoint_every"],
+        help="steps between training checkpoints under OUTPUT/checkpoints/ (a rerun resumes)",
     )
     p.add_argument("--eval-k", type=int, default=d["eval_k"], help="cut-off of the metrics")
     p.add_argument("--seed", type=int, default=d["seed"])

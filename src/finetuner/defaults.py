@@ -18,6 +18,7 @@ PIPELINE_DEFAULTS = {
     "data_options": {},
     "sampler": "auto",
     "num_items_per_class": 4,
+    "checkpoint_every": 500,
     "eval_k": 10,
     "seed": 42,
 }

@@ -508,13 +508,16 @@ class MediaCache:
 
 
 _default_cache: MediaCache | None = None
+_default_key: tuple = ()
 
 
 def default_cache() -> MediaCache:
     """A cache with the default limits, shared by the calls that are given none."""
-    global _default_cache
-    if _default_cache is None or _default_cache.limits != MediaLimits():
-        _default_cache = MediaCache(MediaLimits())
+    global _default_cache, _default_key
+    # What the default limits depend on; building MediaLimits on every item is costly.
+    key = (os.environ.get("FINETUNER_CACHE"), _allow_loopback_from_env(), str(Path.home()))
+    if _default_cache is None or key != _default_key:
+        _default_cache, _default_key = MediaCache(MediaLimits()), key
     return _default_cache
 
 

@@ -70,9 +70,14 @@ def train(
     seed: int,
     sampler: str = "auto",
     num_items_per_class: int = 4,
+    output_uri: str = "",
+    checkpoint_every: int = 500,
 ) -> dict:
-    """Fine-tune the pretrained backbone on the train dataset; save it to model_out."""
-    from finetuner import dataset, models
+    """Fine-tune the pretrained backbone on the train dataset; save it to model_out.
+
+    With output_uri, checkpoints go to `<output_uri>/checkpoints/`, a restarted step resumes
+    from the newest, and they are deleted once the model is saved."""
+    from finetuner import checkpoints, dataset, models, storage
     from finetuner.train import TrainConfig
     from finetuner.train import train as run_training
 
@@ -85,9 +90,13 @@ def train(
         seed=seed,
         sampler=sampler,
         num_items_per_class=num_items_per_class,
+        checkpoint_dir=storage.join(output_uri, "checkpoints") if output_uri else "",
+        checkpoint_every=checkpoint_every,
     )
     result = run_training(model, dataset.load(train_path), config)
     model.save(model_out)
+    if config.checkpoint_dir:
+        checkpoints.clear(config.checkpoint_dir)
     return result
 
 

@@ -312,6 +312,21 @@ def list_files(uri_prefix: str | os.PathLike) -> list[str]:
     return sorted(_s3_uri(bucket, obj["Key"]) for obj in objects)
 
 
+def delete_prefix(uri_prefix: str | os.PathLike) -> None:
+    """Delete a folder and everything under it; nothing happens if there is none."""
+    if not is_s3(uri_prefix):
+        folder = _local(uri_prefix)
+        if folder.exists():
+            with _local_errors("deleting", uri_prefix):
+                shutil.rmtree(folder)
+        return
+    bucket, key = split_s3(uri_prefix)
+    keys = [{"Key": obj["Key"]} for obj in _iter_objects(bucket, _folder_key(key), str(uri_prefix))]
+    with _s3_errors("deleting", str(uri_prefix)):
+        for start in range(0, len(keys), 1000):  # the most one request may delete
+            _client().delete_objects(Bucket=bucket, Delete={"Objects": keys[start : start + 1000]})
+
+
 def is_empty_prefix(uri: str | os.PathLike) -> bool:
     """True if no file lies under the folder (or the local folder does not exist)."""
     if not is_s3(uri):

@@ -10,12 +10,14 @@ import math
 import os
 import random
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from finetuner import samplers
 from finetuner.errors import FinetunerError
 from finetuner.losses import DEFAULT_LOSS, build_loss, check_loss, loss_for
 from finetuner.progress import Progress
+
+WORKERS_FROM_ROWS = 256
 
 
 @dataclass
@@ -34,8 +36,11 @@ class TrainConfig:
     log_every: int = 10
     sampler: str = "auto"  # see finetuner.samplers; auto: by the data's kind and the loss
     num_items_per_class: int = 4  # the class sampler's items of each label in a batch
-    # DataLoader workers that decode media ahead of the training step; None: up to 2.
+    # DataLoader workers that decode media ahead of the training step; None: up to 2, for
+    # WORKERS_FROM_ROWS rows or more.
     num_workers: int | None = None
+    checkpoint_dir: str = ""  # a folder or s3:// prefix; empty: no checkpoints
+    checkpoint_every: int = 500  # steps between checkpoints (and one at each epoch's end)
 
     def validate(self) -> TrainConfig:
         self.loss = check_loss(self.loss)
@@ -45,6 +50,7 @@ class TrainConfig:
             "learning_rate": 0 < self.learning_rate < 1,
             "warmup_ratio": 0 <= self.warmup_ratio < 1,
             "num_items_per_class": self.num_items_per_class >= 2,
+            "checkpoint_every": self.checkpoint_every >= 1,
         }
         for name, ok in checks.items():
             if not ok:
@@ -113,12 +119,66 @@ def parameter_groups(module, weight_decay: float) -> list[dict]:
     ]
 
 
-def train(model, data, config: TrainConfig, device: str | None = None) -> dict:
+@dataclass
+class Position:
+    """Where training stands: what a checkpoint saves besides weights and states."""
+
+    step: int = 0
+    epoch: int = 1  # the epoch being trained, from 1
+    batch: int = 0  # batches of it done
+    epoch_loss: float = 0.0
+    epoch_steps: int = 0
+    skipped: int = 0
+    history: list = field(default_factory=list)
+
+
+def _save(config, position: Position, epoch_generator, embedder, optimizer, scheduler) -> None:
+    from finetuner import checkpoints
+
+    state = {
+        "position": asdict(position),
+        "epoch_generator": epoch_generator,  # the sampler's state before the epoch's draws
+        "rng": checkpoints.rng_states(),
+        "model": embedder.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+    }
+    checkpoints.save(config.checkpoint_dir, position.step, state)
+
+
+def _resume(config, embedder, optimizer, scheduler):
+    """The Position and epoch-start sampler state of the newest complete checkpoint, with
+    the weights and the optimizer's and scheduler's states loaded; None without one."""
+    from finetuner import checkpoints
+
+    state = checkpoints.latest(config.checkpoint_dir) if config.checkpoint_dir else None
+    if state is None:
+        return None
+    embedder.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    position = Position(**state["position"])
+    print(
+        f"resuming from the checkpoint at step {position.step} (epoch {position.epoch}, "
+        f"batch {position.batch})",
+        file=sys.stderr,
+        flush=True,
+    )
+    return position, state["epoch_generator"], state["rng"]
+
+
+def train(model, data, config: TrainConfig, device: str | None = None, on_step=None) -> dict:
     """Fine-tune `model` (from finetuner.models) in place on a dataset (finetuner.dataset,
-    or a list of pairs); returns training metrics."""
+    or a list of pairs); returns training metrics.
+
+    With `config.checkpoint_dir`, a checkpoint is written every `checkpoint_every` steps
+    and at each epoch's end, and training resumes from the newest complete one: on the
+    CPU, with the same seed, the weights come out bit-identical to an uninterrupted run.
+    `on_step(step)` is called after each optimizer step."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 
+    from finetuner import checkpoints
     from finetuner.batches import batch_loader, media_columns
     from finetuner.dataset import as_dataset
     from finetuner.models import sides
@@ -139,6 +199,7 @@ def train(model, data, config: TrainConfig, device: str | None = None) -> dict:
 
     # Samplers other than random make a few more or fewer batches in some epochs; the
     # schedule follows the first.
+    epoch_generator = generator.get_state()
     epoch = epoch_batches(data, sampler, config, generator)
     total = len(epoch) * config.epochs
     if config.max_steps:
@@ -161,17 +222,29 @@ def train(model, data, config: TrainConfig, device: str | None = None) -> dict:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
     progress = Progress(total, every=config.log_every)
     columns = media_columns(data.kind, sides(model))
-    workers = config.num_workers if config.num_workers is not None else min(2, os.cpu_count())
-    history, step, skipped = [], 0, 0
-    for number in range(1, config.epochs + 1):
-        if number > 1:
+    workers = config.num_workers
+    if workers is None:  # starting workers costs more than decoding a few hundred items
+        workers = min(2, os.cpu_count() or 1) if len(data) >= WORKERS_FROM_ROWS else 0
+    pos, rng = Position(), None
+    resumed = _resume(config, embedder, optimizer, scheduler)
+    if resumed:
+        pos, epoch_generator, rng = resumed
+        generator.set_state(epoch_generator)
+    loss = None
+    while pos.epoch <= config.epochs and pos.step < total:
+        if pos.epoch > 1 or resumed:  # the epoch's batches, from the sampler's state
+            epoch_generator = generator.get_state()
             epoch = epoch_batches(data, sampler, config, generator)
-        epoch_loss, epoch_steps = 0.0, 0
         seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
-        for rows, prepared, bad in batch_loader(data, epoch, columns, workers, seed):
+        if rng is not None:  # resumed: the random states of the moment of the checkpoint
+            checkpoints.set_rng_states(rng)
+            rng, resumed = None, None
+        loader = batch_loader(data, epoch[pos.batch :], columns, workers, seed)
+        for rows, prepared, bad in loader:
             for message in bad:  # counted and skipped; preprocess has checked every item
                 print(f"skipped a bad item: {message}", file=sys.stderr, flush=True)
-            skipped += len(bad)
+            pos.skipped += len(bad)
+            pos.batch += 1
             if len(rows) < 2:
                 continue
             with autocast:
@@ -183,25 +256,31 @@ def train(model, data, config: TrainConfig, device: str | None = None) -> dict:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            step += 1
-            epoch_loss += loss.item()
-            epoch_steps += 1
+            pos.step += 1
+            pos.epoch_loss += loss.item()
+            pos.epoch_steps += 1
             progress.step(
-                step, len(rows), epoch=number, loss=loss.item(), lr=scheduler.get_last_lr()[0]
-            )
-            if step >= total:
+                pos.step, len(rows), epoch=pos.epoch, loss=loss.item(),
+                lr=scheduler.get_last_lr()[0],
+            )  # fmt: skip
+            if on_step:
+                on_step(pos.step)
+            if pos.step >= total:
                 break
-        history.append({"epoch": number, "loss": epoch_loss / epoch_steps})
-        if step >= total:
-            break
+            if config.checkpoint_dir and pos.step % config.checkpoint_every == 0:
+                _save(config, pos, epoch_generator, embedder, optimizer, scheduler)
+        pos.history.append({"epoch": pos.epoch, "loss": pos.epoch_loss / max(pos.epoch_steps, 1)})
+        pos.epoch, pos.batch, pos.epoch_loss, pos.epoch_steps = pos.epoch + 1, 0, 0.0, 0
+        if config.checkpoint_dir and pos.step < total and pos.epoch <= config.epochs:
+            _save(config, pos, generator.get_state(), embedder, optimizer, scheduler)
     embedder.eval()
     return {
-        "steps": step,
+        "steps": pos.step,
         "samples_per_second": progress.samples_per_second,
-        "final_loss": loss.item(),
-        "history": history,
+        "final_loss": loss.item() if loss is not None else float("nan"),
+        "history": pos.history,
         "loss": loss_name,
         "sampler": sampler,
-        "items_skipped": skipped,
+        "items_skipped": pos.skipped,
         "config": asdict(config),
     }
