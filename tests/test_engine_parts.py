@@ -17,6 +17,7 @@ from finetuner.losses import (
     loss_for,
     margin_mse,
 )
+from finetuner.optim import SCHEDULERS, build_optimizer, build_scheduler, steps_for
 
 DIM, CLASSES, PER_CLASS = 16, 4, 4
 
@@ -77,8 +78,6 @@ def test_each_named_loss_computes_a_loss_and_gradients_on_its_kind(name, kind):
 
 @pytest.mark.parametrize("name", ["ArcFaceLoss", "CosFaceLoss", "SubCenterArcFaceLoss"])
 def test_class_weight_losses_learn_with_a_loss_optimizer(name):
-    from finetuner.optim import build_optimizer
-
     loss = build_loss(name, None, "labeled", embedding_dim=DIM, num_classes=CLASSES)
     (weights,) = loss.parameters()
     assert weights.numel() >= DIM * CLASSES
@@ -267,3 +266,190 @@ def test_loss_names_resolve_by_kind():
     assert loss_for("text", "ProxyAnchorLoss") == "ProxyAnchorLoss"  # kind not known yet
     assert loss_for("text", "MultipleNegativesRankingLoss", "margins") == "MarginMSELoss"
     assert loss_for("clip", "MultipleNegativesRankingLoss", "pairs") == "CLIPLoss"
+
+
+# ---------------------------------------------------------------- optimizers
+
+
+@pytest.fixture(scope="module")
+def tiny_bert():
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
+    return BertModel(config)
+
+
+def group_of(optimizer, param) -> dict:
+    (group,) = [g for g in optimizer.param_groups if any(p is param for p in g["params"])]
+    return group
+
+
+@pytest.mark.parametrize(
+    "name, options, cls, check",
+    [
+        ("adamw", {}, "AdamW", {"fused": True}),
+        ("AdamW", {"betas": [0.8, 0.9], "fused": False}, "AdamW", {"betas": (0.8, 0.9)}),
+        ("sgd", {"momentum": 0.9, "nesterov": True}, "SGD", {"momentum": 0.9}),
+        ("RMSprop", {"alpha": 0.9}, "RMSprop", {"alpha": 0.9}),
+        ("Adagrad", {"lr_decay": 0.01}, "Adagrad", {"lr_decay": 0.01}),
+    ],
+)
+def test_optimizers_by_name_with_options(tiny_bert, name, options, cls, check):
+    optimizer = build_optimizer(name, tiny_bert, 1e-3, options)
+    assert type(optimizer).__name__ == cls
+    for key, value in check.items():
+        assert all(tuple(g[key]) == value if key == "betas" else g[key] == value
+                   for g in optimizer.param_groups)  # fmt: skip
+    assert {g["lr"] for g in optimizer.param_groups} == {1e-3}
+
+
+def test_no_weight_decay_on_biases_and_layer_norms(tiny_bert):
+    optimizer = build_optimizer("AdamW", tiny_bert, 1e-3, {"weight_decay": 0.1})
+    params = dict(tiny_bert.named_parameters())
+    assert group_of(optimizer, params["encoder.layer.0.attention.self.query.weight"])[
+        "weight_decay"
+    ] == pytest.approx(0.1)
+    for name in ("encoder.layer.0.attention.self.query.bias", "embeddings.LayerNorm.weight"):
+        assert group_of(optimizer, params[name])["weight_decay"] == 0.0
+    # Without the option, the optimizer's own default: AdamW's 0.01, SGD's 0.
+    default = build_optimizer("AdamW", tiny_bert, 1e-3)
+    assert group_of(default, params["pooler.dense.weight"])["weight_decay"] == pytest.approx(0.01)
+    sgd = build_optimizer("SGD", tiny_bert, 1e-3)
+    assert {g["weight_decay"] for g in sgd.param_groups} == {0.0}
+
+
+def test_frozen_parameters_are_left_out():
+    module = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    module[0].requires_grad_(False)
+    optimizer = build_optimizer("adamw", module, 1e-3)
+    trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert trained == {id(p) for p in module[1].parameters()}
+
+
+def test_layerwise_decay_lowers_the_learning_rate_down_the_layers(tiny_bert):
+    lr, decay = 1e-3, 0.5
+    optimizer = build_optimizer("AdamW", tiny_bert, lr, {"weight_decay": 0.1}, decay)
+    expected = {
+        "embeddings.word_embeddings.weight": lr * decay**3,
+        "embeddings.LayerNorm.bias": lr * decay**3,
+        "encoder.layer.0.attention.self.query.weight": lr * decay**2,
+        "encoder.layer.1.output.dense.bias": lr * decay,
+        "encoder.layer.2.intermediate.dense.weight": lr,
+        "pooler.dense.weight": lr,
+    }
+    params = dict(tiny_bert.named_parameters())
+    for name, want in expected.items():
+        assert group_of(optimizer, params[name])["lr"] == pytest.approx(want), name
+    # Weight decay still skips biases and LayerNorm weights in every layer.
+    assert group_of(optimizer, params["embeddings.LayerNorm.bias"])["weight_decay"] == 0.0
+    assert group_of(optimizer, params["embeddings.word_embeddings.weight"])[
+        "weight_decay"
+    ] == pytest.approx(0.1)
+    # A schedule scales every group's own learning rate.
+    scheduler = build_scheduler("linear", optimizer, 0, 4)
+    optimizer.step()
+    scheduler.step()
+    bottom = group_of(optimizer, params["embeddings.word_embeddings.weight"])["lr"]
+    assert bottom == pytest.approx(lr * decay**3 * 0.75)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("adamx", "bert"), "unknown optimizer 'adamx'. Valid optimizers .*AdamW.*SGD"),
+        (("LBFGS", "bert"), "unknown optimizer 'LBFGS'"),
+        (("SGD", "bert", 1e-3, {"momentun": 0.9}),
+         "optimizer_options: SGD has no option momentun. Its options: momentum, dampening"),
+        (("SGD", "bert", 1e-3, {"momentum": -1}), "SGD refused its options .*Invalid momentum"),
+        (("AdamW", "bert", 1e-3, {"lr": 0.1}), "the learning_rate parameter"),
+        (("AdamW", "bert", 1e-3, None, 1.5), r"layerwise_decay: must be in \(0, 1\]"),
+        (("AdamW", torch.nn.Linear(4, 4), 1e-3, None, 0.9),
+         "layerwise_decay: .*transformer.*Linear has none"),
+        (("AdamW", [torch.nn.Parameter(torch.ones(2))], 1e-3, None, 0.9),
+         "needs the model's module"),
+    ],
+)  # fmt: skip
+def test_bad_optimizer_choices_say_what_is_valid(tiny_bert, args, message):
+    name, params, *rest = args
+    params = tiny_bert if params == "bert" else params
+    with pytest.raises(FinetunerError, match=message):
+        build_optimizer(name, params, *(rest or [1e-3]))
+
+
+# ---------------------------------------------------------------- schedulers
+
+# lr at steps 0..10 with base lr 1, 2 warm-up steps of 10.
+CURVES = {
+    "linear": ({}, {0: 0, 1: 0.5, 2: 1, 6: 0.5, 8: 0.25, 10: 0}),
+    "cosine": ({}, {0: 0, 1: 0.5, 2: 1, 4: (1 + math.cos(math.pi / 4)) / 2, 6: 0.5, 10: 0}),
+    "cosine_with_restarts": ({"num_cycles": 2}, {1: 0.5, 2: 1, 4: 0.5, 6: 1, 8: 0.5}),
+    "polynomial": ({"power": 2.0, "lr_end": 0.0}, {1: 0.5, 2: 1, 6: 0.25, 8: 0.0625, 10: 0}),
+    "constant": ({}, {0: 1, 1: 1, 6: 1, 10: 1}),
+    "constant_with_warmup": ({}, {0: 0, 1: 0.5, 2: 1, 6: 1, 10: 1}),
+}
+
+
+@pytest.mark.parametrize("name", list(CURVES))
+def test_each_schedule_shapes_the_learning_rate(name):
+    assert set(CURVES) == set(SCHEDULERS)
+    options, points = CURVES[name]
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(name, optimizer, 2, 10, options)
+    lrs = [scheduler.get_last_lr()[0]]
+    for _ in range(10):
+        optimizer.step()
+        scheduler.step()
+        lrs.append(scheduler.get_last_lr()[0])
+    for step, want in points.items():
+        assert lrs[step] == pytest.approx(want, abs=1e-6), (step, lrs)
+
+
+def test_bad_scheduler_choices_say_what_is_valid():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    cases = [
+        (lambda: build_scheduler("cosine_annealing", optimizer, 0, 10),
+         "unknown scheduler 'cosine_annealing'. Valid schedulers: linear, cosine, "),
+        (lambda: build_scheduler("cosine", optimizer, 0, 10, {"power": 2}),
+         "cosine has no option power. Its options: num_cycles"),
+        (lambda: build_scheduler("linear", optimizer, 0, 10, {"num_cycles": 2}),
+         "linear has no option num_cycles. Its options: none"),
+        (lambda: build_scheduler("polynomial", optimizer, 0, 10, {"lr_end": 2.0}),
+         "polynomial refused its options .*lr_end"),
+        (lambda: build_scheduler("linear", optimizer, 11, 10), "num_warmup_steps: must be from 0"),
+        (lambda: steps_for("step", 4, 3), "scheduler_step: unknown value 'step'. Valid: batch, "
+         "epoch"),
+    ]  # fmt: skip
+    for call, message in cases:
+        with pytest.raises(FinetunerError, match=message):
+            call()
+
+
+def test_scheduler_steps_per_batch_or_per_epoch():
+    assert steps_for("batch", 4, 3) == 12
+    assert steps_for("epoch", 4, 3) == 3
+
+    def lrs_per_batch(scheduler_step: str) -> list[float]:
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        scheduler = build_scheduler("linear", optimizer, 0, steps_for(scheduler_step, 4, 3))
+        seen = []
+        for _ in range(3):
+            for _ in range(4):
+                seen.append(optimizer.param_groups[0]["lr"])
+                optimizer.step()
+                if scheduler_step == "batch":
+                    scheduler.step()
+            if scheduler_step == "epoch":
+                scheduler.step()
+        return seen
+
+    per_epoch = lrs_per_batch("epoch")
+    assert per_epoch == pytest.approx([1.0] * 4 + [2 / 3] * 4 + [1 / 3] * 4)
+    assert lrs_per_batch("batch") == pytest.approx([1 - i / 12 for i in range(12)])
