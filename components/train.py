@@ -17,6 +17,16 @@ def train(
     num_items_per_class: int,
     output_uri: str,
     checkpoint_every: int,
+    loss_options: dict,
+    miner: str,
+    miner_options: dict,
+    optimizer: str,
+    optimizer_options: dict,
+    layerwise_decay: float,
+    scheduler: str,
+    scheduler_options: dict,
+    num_warmup_steps: int,
+    scheduler_step: str,
     model: Output[Model],
     train_metrics: Output[Metrics],
 ):
@@ -37,6 +47,18 @@ def train(
         num_items_per_class,
         output_uri,
         checkpoint_every,
+        {
+            "loss_options": loss_options,
+            "miner": miner,
+            "miner_options": miner_options,
+            "optimizer": optimizer,
+            "optimizer_options": optimizer_options,
+            "layerwise_decay": layerwise_decay,
+            "scheduler": scheduler,
+            "scheduler_options": scheduler_options,
+            "num_warmup_steps": num_warmup_steps,
+            "scheduler_step": scheduler_step,
+        },
     )
     for name in ("steps", "samples_per_second", "final_loss"):
         train_metrics.log_metric(name, result[name])

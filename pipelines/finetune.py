@@ -34,6 +34,16 @@ def finetune(
     sampler: str = D["sampler"],
     num_items_per_class: int = D["num_items_per_class"],
     checkpoint_every: int = D["checkpoint_every"],
+    loss_options: dict = D["loss_options"],
+    miner: str = D["miner"],
+    miner_options: dict = D["miner_options"],
+    optimizer: str = D["optimizer"],
+    optimizer_options: dict = D["optimizer_options"],
+    layerwise_decay: float = D["layerwise_decay"],
+    scheduler: str = D["scheduler"],
+    scheduler_options: dict = D["scheduler_options"],
+    num_warmup_steps: int = D["num_warmup_steps"],
+    scheduler_step: str = D["scheduler_step"],
     eval_k: int = D["eval_k"],
     seed: int = D["seed"],
 ):
@@ -64,6 +74,17 @@ def finetune(
             max_field_chars, e.g. {"is_labeled": true, "max_bad_rows": 10}.
         sampler: Batches: auto, random, class (labeled data) or no_duplicates.
         num_items_per_class: Items of each label in a batch, for the class sampler.
+        loss_options: The loss's options, e.g. {"margin": 0.1}.
+        miner: A pytorch-metric-learning miner for its losses, e.g. TripletMarginMiner.
+        miner_options: The miner's options, e.g. {"type_of_triplets": "semihard"}.
+        optimizer: Any torch.optim optimizer, e.g. AdamW, SGD.
+        optimizer_options: The optimizer's options, e.g. {"momentum": 0.9}.
+        layerwise_decay: Learning rate x this per transformer layer below the top; 1: none.
+        scheduler: linear, cosine, cosine_with_restarts, polynomial, constant or
+            constant_with_warmup.
+        scheduler_options: The scheduler's options, e.g. {"num_cycles": 2}.
+        num_warmup_steps: Warm-up steps of the schedule; -1: warmup_ratio of the batch steps.
+        scheduler_step: Step the schedule after every batch, or every epoch.
         checkpoint_every: Steps between training checkpoints (also one at each epoch's
             end), kept under output_uri/checkpoints/ until the model is trained: a
             restarted or rerun train step resumes from the newest.
@@ -102,6 +123,16 @@ def finetune(
         num_items_per_class=num_items_per_class,
         output_uri=output_uri,
         checkpoint_every=checkpoint_every,
+        loss_options=loss_options,
+        miner=miner,
+        miner_options=miner_options,
+        optimizer=optimizer,
+        optimizer_options=optimizer_options,
+        layerwise_decay=layerwise_decay,
+        scheduler=scheduler,
+        scheduler_options=scheduler_options,
+        num_warmup_steps=num_warmup_steps,
+        scheduler_step=scheduler_step,
     )
     trained.set_caching_options(False)
     evaluated = evaluate(

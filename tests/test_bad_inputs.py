@@ -93,6 +93,15 @@ CORPUS = {
                           r"2 bad rows, more than max_bad_rows=1\. The first:"),
     "held-out split too big": ({"d.csv": "a,b\nc,d\n"}, "d.csv", ["--val-split", "0.9"],
                                r"val_split: 0.9 of 2 distinct queries leaves no queries"),
+    "unknown optimizer": ({"d.csv": "a,b\nc,d\n"}, "d.csv", ["--optimizer", "Adamm"],
+                          r"optimizer.*Adamm"),
+    "bad optimizer option": ({"d.csv": "a,b\nc,d\n"}, "d.csv",
+                             ["--optimizer", "SGD", "--optimizer-options", '{"betas": [0.9]}'],
+                             r"optimizer_options: SGD has no option betas. Its options: .*mom"),
+    "unknown scheduler": ({"d.csv": "a,b\nc,d\n"}, "d.csv", ["--scheduler", "step"],
+                          r"scheduler.*'step'"),
+    "unknown miner": ({"d.csv": "a,b\nc,d\n"}, "d.csv", ["--miner", "HardMiner"],
+                      r"miner.*HardMiner"),
 }  # fmt: skip
 
 

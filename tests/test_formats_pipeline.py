@@ -30,7 +30,7 @@ def vectors(n: int, classes: int, dim: int, seed: int = 0):
     return centres[labels] + 0.3 * rng.normal(size=(n, dim)), labels
 
 
-def test_labeled_csv_with_a_skipped_bad_row(tmp_path):
+def test_labeled_csv_with_a_skipped_bad_row_and_choices_by_name(tmp_path):
     points, labels = vectors(60, 4, 6)
     rows = [
         " ".join(f"{x:.4f}" for x in p) + f",class{c}" for p, c in zip(points, labels, strict=True)
@@ -41,13 +41,14 @@ def test_labeled_csv_with_a_skipped_bad_row(tmp_path):
         "--model", "mlp", "--model-options", '{"input_size": 6, "hidden_sizes": [16]}',
         "--train-data", str(tmp_path / "items.csv"), "--data-options", '{"is_labeled": true}',
         "--max-bad-rows", "1", "--epochs", "3", "--batch-size", "16", "--learning-rate", "1e-2",
-        tmp_path=tmp_path,
+        "--loss", "ArcFaceLoss", "--loss-options", '{"margin": 20}', "--optimizer", "SGD",
+        "--optimizer-options", '{"momentum": 0.9}', "--scheduler", "cosine",
+        "--scheduler-step", "epoch", tmp_path=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads(summary.read_text())["metrics"]
     assert set(metrics["after"]) == RETRIEVAL
-    assert "TripletMarginLoss" in result.stderr + result.stdout  # the labeled default
-    assert "class" in result.stderr + result.stdout  # ... with the class sampler
+    assert "rows: ArcFaceLoss, class batches" in result.stderr + result.stdout
 
 
 def test_labeled_csv_with_one_bad_row_too_many_fails_and_writes_nothing(tmp_path):

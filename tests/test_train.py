@@ -86,3 +86,36 @@ def test_progress_lines_on_stderr(tiny_model, pairs_csv, capsys):
 def test_bad_settings_are_refused(change, message):
     with pytest.raises(FinetunerError, match=message):
         TrainConfig(**change).validate()
+
+
+def test_choices_by_name_train(tiny_model, pairs_csv):
+    """An optimizer with options, a cosine schedule stepped per epoch, layer-wise decay."""
+    pairs = data.read_pairs(str(pairs_csv(32)))
+    model = tiny_model()
+    config = TrainConfig(
+        epochs=2, batch_size=8, learning_rate=1e-3, optimizer="SGD",
+        optimizer_options={"momentum": 0.9}, scheduler="cosine", scheduler_step="epoch",
+        layerwise_decay=0.5, log_every=1000,
+    )  # fmt: skip
+    result = train(model, pairs, config)
+    assert result["steps"] == 8 and all(h["loss"] > 0 for h in result["history"])
+
+
+def test_arcface_with_its_own_optimizer_on_labeled_vectors():
+    """ArcFace's class weights learn with a loss optimizer of their own; a miner goes with
+    a pytorch-metric-learning loss."""
+    import numpy as np
+
+    from finetuner import dataset, models
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 6))
+    rows = [(" ".join(f"{x:.4f}" for x in centres[i % 4] + 0.2 * rng.normal(size=6)), f"c{i % 4}")
+            for i in range(64)]  # fmt: skip
+    spec = lookup("mlp", model_options={"input_size": 6, "hidden_sizes": [16]})
+    for loss, extra in (("ArcFaceLoss", {}), ("TripletMarginLoss", {"miner": "BatchHardMiner"})):
+        model = models.pretrained(spec)
+        config = TrainConfig(loss=loss, epochs=4, batch_size=16, learning_rate=1e-2, **extra)
+        result = train(model, dataset.from_rows(rows, "labeled"), config)
+        assert result["loss"] == loss and result["sampler"] == "class"
+        assert result["history"][-1]["loss"] < result["history"][0]["loss"], (loss, result)

@@ -88,6 +88,7 @@ def run_command(args) -> None:
         "sampler": args.sampler,
         "num_items_per_class": args.num_items_per_class,
         "checkpoint_every": args.checkpoint_every,
+        **{name: getattr(args, name) for name in CHOICE_FLAGS},
         "eval_k": args.eval_k,
         "seed": args.seed,
         "output_uri": args.output,
@@ -125,6 +126,22 @@ def s3_server_command(args) -> None:
     code = s3server.main(args.rest)
     if code:
         raise SystemExit(code)
+
+
+# The train step's choices by name and their options: flag name -> (type, help).
+CHOICE_FLAGS = {
+    "loss_options": ("json", "the loss's options as JSON, e.g. '{\"margin\": 0.1}'"),
+    "miner": (str, "a pytorch-metric-learning miner, e.g. TripletMarginMiner"),
+    "miner_options": ("json", "the miner's options as JSON"),
+    "optimizer": (str, "any torch.optim optimizer"),
+    "optimizer_options": ("json", "the optimizer's options as JSON"),
+    "layerwise_decay": (float, "lr x this per transformer layer below the top (1: none)"),
+    "scheduler": (str, "linear, cosine, cosine_with_restarts, polynomial, constant or "
+                  "constant_with_warmup"),
+    "scheduler_options": ("json", "the scheduler's options as JSON"),
+    "num_warmup_steps": (int, "warm-up steps; -1: warmup_ratio of the batch steps"),
+    "scheduler_step": (str, "step the schedule every batch or every epoch"),
+}  # fmt: skip
 
 
 def data_options(args) -> dict:
@@ -224,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=d["num_items_per_class"],
         help="items of each label in a batch, for the class sampler",
     )
+    for name, (kind, text) in CHOICE_FLAGS.items():
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=json_object if kind == "json" else kind,
+            default=d[name],
+            help=text,
+        )
     p.add_argument(
         "--checkpoint-every",
         type=int,

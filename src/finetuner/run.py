@@ -42,7 +42,7 @@ def preflight(params: dict) -> dict:
     from finetuner.catalogue import ModelSpec
     from finetuner.data import check_val_split
     from finetuner.export import check_output_free
-    from finetuner.steps import catalogue_lookup
+    from finetuner.steps import CHOICES, catalogue_lookup, train_choices
     from finetuner.train import TrainConfig
 
     unknown = set(params) - set(DEFAULTS) - {"train_data", "output_uri"}
@@ -66,7 +66,9 @@ def preflight(params: dict) -> dict:
         learning_rate=params["learning_rate"],
         sampler=params["sampler"],
         num_items_per_class=params["num_items_per_class"],
+        **train_choices({k: params[k] for k in CHOICES}),
     ).validate()
+    check_choices(config)
     opts = formats.options(params["data_options"])
     check_val_split(params["val_split"], has_eval_data=bool(params["eval_data"]))
     if params["eval_k"] < 1:
@@ -84,6 +86,24 @@ def preflight(params: dict) -> dict:
     params["output_uri"] = params.get("output_uri") or default_output(params["model"])
     check_output_free(params["output_uri"])
     return params
+
+
+def check_choices(config) -> None:
+    """The named choices and their options, checked before the run: building them is
+    what checks every option's name."""
+    from finetuner import losses, optim
+
+    optim.check_optimizer(config.optimizer)
+    unknown = set(config.optimizer_options) - set(optim.optimizer_options(config.optimizer))
+    if unknown:
+        raise FinetunerError(
+            f"parameter optimizer_options: {config.optimizer} has no option "
+            f"{', '.join(sorted(unknown))}. Its options: "
+            f"{', '.join(optim.optimizer_options(config.optimizer))}."
+        )
+    optim.check_scheduler(config.scheduler)
+    optim.steps_for(config.scheduler_step, 1, 1)
+    losses.build_miner(config.miner or None, config.miner_options)
 
 
 def check_data(uri: str, spec, opts, config, val_split: float | None = None) -> None:

@@ -72,11 +72,14 @@ def train(
     num_items_per_class: int = 4,
     output_uri: str = "",
     checkpoint_every: int = 500,
+    choices: dict | None = None,
 ) -> dict:
     """Fine-tune the pretrained backbone on the train dataset; save it to model_out.
 
-    With output_uri, checkpoints go to `<output_uri>/checkpoints/`, a restarted step resumes
-    from the newest, and they are deleted once the model is saved."""
+    `choices` holds the named choices and their options (loss_options, miner, optimizer,
+    scheduler, ...; see `train_choices`). With output_uri, checkpoints go to
+    `<output_uri>/checkpoints/`, a restarted step resumes from the newest, and they are
+    deleted once the model is saved."""
     from finetuner import checkpoints, dataset, models, storage
     from finetuner.train import TrainConfig
     from finetuner.train import train as run_training
@@ -92,12 +95,31 @@ def train(
         num_items_per_class=num_items_per_class,
         checkpoint_dir=storage.join(output_uri, "checkpoints") if output_uri else "",
         checkpoint_every=checkpoint_every,
+        **train_choices(choices or {}),
     )
     result = run_training(model, dataset.load(train_path), config)
     model.save(model_out)
     if config.checkpoint_dir:
         checkpoints.clear(config.checkpoint_dir)
     return result
+
+
+# The train step's named choices, each a pipeline parameter (finetuner.train.TrainConfig).
+CHOICES = (
+    "loss_options", "miner", "miner_options", "optimizer", "optimizer_options",
+    "layerwise_decay", "scheduler", "scheduler_options", "num_warmup_steps", "scheduler_step",
+)  # fmt: skip
+
+
+def train_choices(choices: dict) -> dict:
+    """TrainConfig fields from the pipeline's parameters, where KFP has no None: a
+    layer-wise decay of 1 is none, and -1 warm-up steps means the warm-up ratio."""
+    out = dict(choices)
+    if out.get("layerwise_decay") == 1.0:
+        out["layerwise_decay"] = None
+    if out.get("num_warmup_steps", -1) < 0:
+        out["num_warmup_steps"] = None
+    return out
 
 
 def evaluate(model_spec: dict, model_dir: str, eval_path: str, k: int) -> dict:

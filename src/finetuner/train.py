@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from finetuner import samplers
 from finetuner.errors import FinetunerError
 from finetuner.losses import DEFAULT_LOSS, build_loss, check_loss, loss_for
+from finetuner.optim import build_optimizer, build_scheduler, optimizer_options, steps_for
 from finetuner.progress import Progress
 
 WORKERS_FROM_ROWS = 256
@@ -41,6 +42,18 @@ class TrainConfig:
     num_workers: int | None = None
     checkpoint_dir: str = ""  # a folder or s3:// prefix; empty: no checkpoints
     checkpoint_every: int = 500  # steps between checkpoints (and one at each epoch's end)
+    # Choices by name, each with its options (finetuner.losses, finetuner.optim).
+    loss_options: dict = field(default_factory=dict)
+    miner: str = ""  # a pytorch-metric-learning miner, for its losses; empty: none
+    miner_options: dict = field(default_factory=dict)
+    optimizer: str = "AdamW"  # any torch.optim optimizer
+    optimizer_options: dict = field(default_factory=dict)
+    loss_learning_rate: float = 1e-2  # for a loss's own parameters (ArcFace's class weights)
+    layerwise_decay: float | None = None  # lr x decay per layer below the top (transformers)
+    scheduler: str = "linear"
+    scheduler_options: dict = field(default_factory=dict)
+    num_warmup_steps: int | None = None  # None: warmup_ratio of the batch steps
+    scheduler_step: str = "batch"  # or "epoch"
 
     def validate(self) -> TrainConfig:
         self.loss = check_loss(self.loss)
@@ -89,10 +102,12 @@ def _embed(side, rows: list[tuple], column: int, prepared: dict, device: str, bu
 
 
 def batch_loss(
-    kind: str, model, loss_fn, rows: list[tuple], device: str, buckets: int, prepared: dict
-):
+    kind: str, model, loss_fn, rows: list[tuple], device: str, buckets: int, prepared: dict,
+    label_ids: dict | None = None,
+):  # fmt: skip
     """The loss of one batch of rows of a kind (see finetuner.losses); `prepared` holds the
-    media columns' tensors (see finetuner.batches)."""
+    media columns' tensors (see finetuner.batches); `label_ids` numbers the labels of the
+    whole data set (losses with class weights need the same id for a label in every batch)."""
     import torch
 
     from finetuner.models import sides
@@ -100,23 +115,13 @@ def batch_loss(
     query_side, document_side = sides(model)
     first = _embed(query_side, rows, 0, prepared, device, buckets)
     if kind == "labeled":
-        ids = {label: i for i, label in enumerate(dict.fromkeys(r[1] for r in rows))}
+        ids = label_ids or {label: i for i, label in enumerate(dict.fromkeys(r[1] for r in rows))}
         return loss_fn(first, torch.tensor([ids[r[1]] for r in rows], device=device))
     second = _embed(document_side, rows, 1, prepared, device, buckets)
     if kind == "scored":
         scores = torch.tensor([r[2] for r in rows], device=device, dtype=torch.float32)
         return loss_fn(first, second, scores)
     return loss_fn(first, second)
-
-
-def parameter_groups(module, weight_decay: float) -> list[dict]:
-    """The trainable parameters (not those of a frozen backbone); no weight decay on biases
-    and LayerNorm weights, as usual for transformers."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
 
 
 @dataclass
@@ -132,31 +137,37 @@ class Position:
     history: list = field(default_factory=list)
 
 
-def _save(config, position: Position, epoch_generator, embedder, optimizer, scheduler) -> None:
+def _stateful(embedder, loss_fn, optimizers: list, scheduler) -> dict:
+    """What a checkpoint saves and restores the state of, by name."""
+    parts = {"model": embedder, "scheduler": scheduler}
+    parts.update({f"optimizer{i}": opt for i, opt in enumerate(optimizers)})
+    if loss_fn.module is not None and loss_fn.parameters():  # e.g. ArcFace's class weights
+        parts["loss"] = loss_fn.module
+    return parts
+
+
+def _save(config, position: Position, epoch_generator, parts: dict) -> None:
     from finetuner import checkpoints
 
     state = {
         "position": asdict(position),
         "epoch_generator": epoch_generator,  # the sampler's state before the epoch's draws
         "rng": checkpoints.rng_states(),
-        "model": embedder.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
+        **{name: part.state_dict() for name, part in parts.items()},
     }
     checkpoints.save(config.checkpoint_dir, position.step, state)
 
 
-def _resume(config, embedder, optimizer, scheduler):
+def _resume(config, parts: dict):
     """The Position and epoch-start sampler state of the newest complete checkpoint, with
-    the weights and the optimizer's and scheduler's states loaded; None without one."""
+    the weights and the optimizers' and scheduler's states loaded; None without one."""
     from finetuner import checkpoints
 
     state = checkpoints.latest(config.checkpoint_dir) if config.checkpoint_dir else None
     if state is None:
         return None
-    embedder.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    for name, part in parts.items():
+        part.load_state_dict(state[name])
     position = Position(**state["position"])
     print(
         f"resuming from the checkpoint at step {position.step} (epoch {position.epoch}, "
@@ -165,6 +176,26 @@ def _resume(config, embedder, optimizer, scheduler):
         flush=True,
     )
     return position, state["epoch_generator"], state["rng"]
+
+
+def _optimizer(config: TrainConfig, embedder):
+    options = dict(config.optimizer_options)
+    if "weight_decay" in optimizer_options(config.optimizer):
+        options.setdefault("weight_decay", config.weight_decay)  # none on biases, LayerNorm
+    return build_optimizer(
+        config.optimizer, embedder, config.learning_rate, options, config.layerwise_decay
+    )
+
+
+def _scheduler(config: TrainConfig, optimizer, total: int, steps_per_epoch: int):
+    """The schedule over the training's batch steps, or its epochs (`scheduler_step`)."""
+    steps = total
+    if config.scheduler_step == "epoch":
+        steps = steps_for("epoch", steps_per_epoch, config.epochs)
+    warmup = config.num_warmup_steps
+    if warmup is None:  # the ratio applies to batch steps; epochs warm up only when told
+        warmup = math.ceil(total * config.warmup_ratio) if config.scheduler_step == "batch" else 0
+    return build_scheduler(config.scheduler, optimizer, warmup, steps, config.scheduler_options)
 
 
 def train(model, data, config: TrainConfig, device: str | None = None, on_step=None) -> dict:
@@ -176,7 +207,6 @@ def train(model, data, config: TrainConfig, device: str | None = None, on_step=N
     CPU, with the same seed, the weights come out bit-identical to an uninterrupted run.
     `on_step(step)` is called after each optimizer step."""
     import torch
-    from transformers import get_linear_schedule_with_warmup
 
     from finetuner import checkpoints
     from finetuner.batches import batch_loader, media_columns
@@ -195,7 +225,13 @@ def train(model, data, config: TrainConfig, device: str | None = None, on_step=N
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     generator = seed_everything(config.seed)
     embedder = model.embedder.to(device).train()
-    loss_fn = build_loss(loss_name, model, data.kind)
+    label_ids = None
+    if data.kind == "labeled":
+        label_ids = {label: i for i, label in enumerate(dict.fromkeys(data.column("label")))}
+    loss_fn = build_loss(
+        loss_name, model, data.kind, config.loss_options, config.miner, config.miner_options,
+        embedding_dim=model.spec.output_dim, num_classes=len(label_ids or ()) or None,
+    ).to(device)  # fmt: skip
 
     # Samplers other than random make a few more or fewer batches in some epochs; the
     # schedule follows the first.
@@ -204,14 +240,13 @@ def train(model, data, config: TrainConfig, device: str | None = None, on_step=N
     total = len(epoch) * config.epochs
     if config.max_steps:
         total = min(total, config.max_steps)
-    # The fused kernel updates all tensors at once: several times faster than the default
-    # per-tensor loop, which is most of a step's overhead on a CPU.
-    groups = parameter_groups(embedder, config.weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, fused=True)
-    trainable = [p for group in groups for p in group["params"]]  # not a frozen backbone
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, math.ceil(total * config.warmup_ratio), total
-    )
+    optimizers = [_optimizer(config, embedder)]
+    trainable = [p for g in optimizers[0].param_groups for p in g["params"]]  # not frozen ones
+    if loss_fn.parameters():  # a loss with its own weights gets its own optimizer
+        optimizers.append(
+            build_optimizer(config.optimizer, loss_fn.parameters(), config.loss_learning_rate)
+        )
+    scheduler = _scheduler(config, optimizers[0], total, len(epoch))
     print(
         f"training on {len(data)} {data.kind} rows: {loss_name}, {sampler} batches of up to "
         f"{config.batch_size}, {total} steps on {device}",
@@ -226,7 +261,8 @@ def train(model, data, config: TrainConfig, device: str | None = None, on_step=N
     if workers is None:  # starting workers costs more than decoding a few hundred items
         workers = min(2, os.cpu_count() or 1) if len(data) >= WORKERS_FROM_ROWS else 0
     pos, rng = Position(), None
-    resumed = _resume(config, embedder, optimizer, scheduler)
+    parts = _stateful(embedder, loss_fn, optimizers, scheduler)
+    resumed = _resume(config, parts)
     if resumed:
         pos, epoch_generator, rng = resumed
         generator.set_state(epoch_generator)
@@ -249,13 +285,16 @@ def train(model, data, config: TrainConfig, device: str | None = None, on_step=N
                 continue
             with autocast:
                 loss = batch_loss(
-                    data.kind, model, loss_fn, rows, device, config.length_buckets, prepared
-                )
+                    data.kind, model, loss_fn, rows, device, config.length_buckets, prepared,
+                    label_ids,
+                )  # fmt: skip
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            for optimizer in optimizers:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            if config.scheduler_step == "batch":
+                scheduler.step()
             pos.step += 1
             pos.epoch_loss += loss.item()
             pos.epoch_steps += 1
@@ -268,11 +307,13 @@ def train(model, data, config: TrainConfig, device: str | None = None, on_step=N
             if pos.step >= total:
                 break
             if config.checkpoint_dir and pos.step % config.checkpoint_every == 0:
-                _save(config, pos, epoch_generator, embedder, optimizer, scheduler)
+                _save(config, pos, epoch_generator, parts)
         pos.history.append({"epoch": pos.epoch, "loss": pos.epoch_loss / max(pos.epoch_steps, 1)})
         pos.epoch, pos.batch, pos.epoch_loss, pos.epoch_steps = pos.epoch + 1, 0, 0.0, 0
+        if config.scheduler_step == "epoch":
+            scheduler.step()
         if config.checkpoint_dir and pos.step < total and pos.epoch <= config.epochs:
-            _save(config, pos, generator.get_state(), embedder, optimizer, scheduler)
+            _save(config, pos, generator.get_state(), parts)
     embedder.eval()
     return {
         "steps": pos.step,
