@@ -144,9 +144,9 @@ class BadRows:
         )
 
 
-def checked_rows(uri: str, spec, opts: DataOptions, bad: BadRows) -> tuple[str, Iterator[tuple]]:
-    """The kind of the data at `uri`, and its rows, checked for the model of `spec`; bad
-    rows go to `bad`."""
+def open_rows(uri: str, spec, opts: DataOptions) -> tuple[str, Iterator, RowChecker]:
+    """The kind of the data at `uri`, its raw rows, and the checker for the model of
+    `spec` that each must pass."""
     from finetuner.data import TextImageRows, field_checker
 
     kind, rows = formats.read_rows(uri, opts)
@@ -159,6 +159,13 @@ def checked_rows(uri: str, spec, opts: DataOptions, bad: BadRows) -> tuple[str, 
         pair_row=TextImageRows(opts.media_limits()) if spec.family == "clip" else None,
         unit=formats.row_unit(formats.detect_format(uri, opts.format)),
     )
+    return kind, rows, checker
+
+
+def checked_rows(uri: str, spec, opts: DataOptions, bad: BadRows) -> tuple[str, Iterator[tuple]]:
+    """The kind of the data at `uri`, and its rows, checked for the model of `spec`; bad
+    rows go to `bad`."""
+    kind, rows, checker = open_rows(uri, spec, opts)
 
     def good() -> Iterator[tuple]:
         check = checker.check
@@ -194,12 +201,14 @@ class ShardWriter:
     """Rows of one kind into `folder/part-NNNNN.parquet`, a batch at a time."""
 
     def __init__(
-        self, folder: str | Path, kind: str, extra: dict | None = None, compression="snappy"
+        self, folder: str | Path, kind: str, extra: dict | None = None, staging: bool = False
     ):
         import pyarrow as pa
 
         self.folder = Path(folder)
-        self.compression = compression
+        # Staged rows are read back once, at once: encoding and compressing them is not worth
+        # its time.
+        self.options = {"compression": "none", "use_dictionary": False} if staging else {}
         self.folder.mkdir(parents=True, exist_ok=True)
         self.kind = kind
         self.schema = _schema(kind)
@@ -237,7 +246,7 @@ class ShardWriter:
             return
         if self.writer is None:
             path = self.folder / f"part-{self.shards:05d}.parquet"
-            self.writer = pq.ParquetWriter(path, self.schema, compression=self.compression)
+            self.writer = pq.ParquetWriter(path, self.schema, **self.options)
             self.shards += 1
         self.writer.write_batch(batch)
         self.rows += batch.num_rows
@@ -302,17 +311,21 @@ def stage(
 
     kind, writer, seen, groups = None, None, set(), set()
     for uri in uris:
-        file_kind, rows = checked_rows(uri, spec, opts, bad)
+        file_kind, rows, checker = open_rows(uri, spec, opts)
         if kind is None:
             kind, stats.kind = file_kind, file_kind
-            # Staged rows are read back once, at once: not worth compressing.
-            writer = ShardWriter(folder, kind, {"group": pa.uint64()}, compression="none")
+            writer = ShardWriter(folder, kind, {"group": pa.uint64()}, staging=True)
         elif file_kind != kind:
             raise FinetunerError(f"{uri} holds {file_kind} rows, but the data before it {kind}.")
         # The loop runs for every row: locals, and no calls that can be spared.
         read = duplicates = 0
-        write, by_first = writer.write, kind != "labeled"
-        for values in rows:
+        write, by_first, check = writer.write, kind != "labeled", checker.check
+        for row in rows:
+            try:
+                values = check(row)
+            except BadRowError as exc:
+                bad.add(exc)
+                continue
             read += 1
             # hash() is enough for duplicates within this process: its 64 bits collide
             # among 10^6 rows with a chance of 3e-8.
@@ -324,7 +337,7 @@ def stage(
             group = digest(values[0] if by_first else group_of(kind, values))
             groups.add(group)
             write((*values, group))
-        stats.rows_read += read
+        stats.rows_read += read  # good rows; bad ones are counted apart
         stats.duplicates += duplicates
     writer.close()
     return kind, groups

@@ -14,6 +14,7 @@ memory does not grow with their size.
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import json
 import math
@@ -138,13 +139,20 @@ def row_unit(fmt: str) -> str:
 
 
 def read_rows(uri: str, opts: DataOptions) -> tuple[str, Iterator[Row | BadRow]]:
-    """The kind of the data at `uri` and its rows, streamed from a local copy."""
+    """The kind of the data at `uri` and its rows, streamed: CSV and JSONL as they
+    download, Parquet (which needs to seek) from a local copy."""
     fmt = detect_format(uri, opts.format)
-    path = storage.local_copy(uri)
-    if path.stat().st_size == 0:
-        raise FinetunerError(f"{uri} is empty: expected rows of {_expected(opts)}.")
-    reader = {"csv": _csv_rows, "jsonl": _jsonl_rows, "parquet": _parquet_rows}[fmt]
-    kind, rows = reader(uri, path, opts)
+    if fmt == "parquet":
+        kind, rows = _parquet_rows(uri, storage.local_copy(uri), opts)
+    else:
+        text = io.TextIOWrapper(
+            storage.open_binary(uri),
+            encoding=opts.encoding,
+            # Decoding never fails here: bad bytes become surrogates, reported with their field.
+            errors="surrogateescape",
+            newline="" if fmt == "csv" else None,
+        )
+        kind, rows = (_csv_rows if fmt == "csv" else _jsonl_rows)(uri, text, opts)
     return kind, itertools.islice(rows, opts.size) if opts.size else rows
 
 
@@ -180,14 +188,15 @@ def _dialect(uri: str, sample: str, opts: DataOptions):
         return csv.excel  # one column, or too little to tell: the common case
 
 
-def _csv_rows(uri: str, path, opts: DataOptions) -> tuple[str, Iterator[Row | BadRow]]:
-    # Decoding never fails here: bad bytes become surrogates, reported with their field.
-    f = open(path, encoding=opts.encoding, errors="surrogateescape", newline="")  # noqa: SIM115
-    sample = f.read(SNIFF_BYTES)
-    f.seek(0)
-    if sample.startswith("\ufeff"):  # the byte-order mark that spreadsheets write
-        f.read(1)
-        sample = sample[1:]
+def _csv_rows(uri: str, f, opts: DataOptions) -> tuple[str, Iterator[Row | BadRow]]:
+    # Whole lines to sniff the dialect from; the reader then starts again from them.
+    head, size = [], 0
+    while size < SNIFF_BYTES and (line := f.readline()):
+        head.append(line)
+        size += len(line)
+    if head and head[0].startswith("\ufeff"):  # the byte-order mark that spreadsheets write
+        head[0] = head[0][1:]
+    sample = "".join(head)
     if "\x00" in sample:
         line = sample[: sample.index("\x00")].count("\n") + 1
         f.close()
@@ -195,7 +204,7 @@ def _csv_rows(uri: str, path, opts: DataOptions) -> tuple[str, Iterator[Row | Ba
     dialect = _dialect(uri, sample, opts)
     # csv's own limit would hide which column is too long; the checks report it instead.
     csv.field_size_limit(1 << 30)
-    reader = csv.reader(f, dialect, strict=True)
+    reader = csv.reader(itertools.chain(head, f), dialect, strict=True)
     first = _first_record(reader, uri)
     if first is None:
         f.close()
@@ -292,8 +301,7 @@ def _columns(names: list[str], uri: str, opts: DataOptions) -> tuple[str, list[s
     return kind, chosen
 
 
-def _jsonl_rows(uri: str, path, opts: DataOptions) -> tuple[str, Iterator[Row | BadRow]]:
-    f = open(path, encoding=opts.encoding, errors="surrogateescape")  # noqa: SIM115
+def _jsonl_rows(uri: str, f, opts: DataOptions) -> tuple[str, Iterator[Row | BadRow]]:
     lines = ((n, text) for n, text in enumerate(f, 1) if text.strip())
     first = next(lines, None)
     if first is None:

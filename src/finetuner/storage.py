@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import io
 import os
 import shutil
 import threading
@@ -275,6 +276,39 @@ def read_bytes(uri: str | os.PathLike) -> bytes:
     bucket, key = split_s3(uri)
     with _s3_errors("reading", uri):
         return _client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+class _S3Stream(io.RawIOBase):
+    """An S3 object's body as a file to read once from start to end, so a large data file
+    is parsed while it downloads."""
+
+    def __init__(self, body, uri: str):
+        self.body, self.uri = body, uri
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        with _s3_errors("reading", self.uri):
+            data = self.body.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.body.close()
+        super().close()
+
+
+def open_binary(uri: str | os.PathLike):
+    """A binary file object reading `uri` once, in order: a local file, or an S3 object
+    streamed as it downloads."""
+    if not is_s3(uri):
+        with _local_errors("reading", uri):
+            return _local(uri).open("rb")
+    bucket, key = split_s3(uri)
+    with _s3_errors("reading", uri):
+        body = _client().get_object(Bucket=bucket, Key=key)["Body"]
+    return io.BufferedReader(_S3Stream(body, str(uri)), buffer_size=1 << 20)
 
 
 def read_text(uri: str | os.PathLike, encoding: str = "utf-8") -> str:
