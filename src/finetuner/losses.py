@@ -68,17 +68,19 @@ _OBJECT_OPTIONS = {
 # ---------------------------------------------------------------- names
 
 
+def _subclass_names(module, base, excluded) -> tuple[str, ...]:
+    return tuple(
+        name
+        for name, cls in vars(module).items()
+        if inspect.isclass(cls) and issubclass(cls, base) and name not in excluded
+    )
+
+
 def pml_loss_names() -> tuple[str, ...]:
     """The pytorch-metric-learning losses that train by name."""
     from pytorch_metric_learning import losses
 
-    return tuple(
-        name
-        for name, cls in vars(losses).items()
-        if inspect.isclass(cls)
-        and issubclass(cls, losses.BaseMetricLossFunction)
-        and name not in _NOT_CHOOSABLE
-    )
+    return _subclass_names(losses, losses.BaseMetricLossFunction, _NOT_CHOOSABLE)
 
 
 def check_loss(name: str) -> str:
@@ -324,14 +326,8 @@ def _pml_loss(name: str, options: dict, embedding_dim: int | None, num_classes: 
 def pml_miner_names() -> tuple[str, ...]:
     from pytorch_metric_learning import miners
 
-    return tuple(
-        name
-        for name, cls in vars(miners).items()
-        if inspect.isclass(cls)
-        and issubclass(cls, miners.BaseMiner)
-        and not name.startswith("Base")
-        and name != "EmbeddingsAlreadyPackagedAsTriplets"
-    )
+    names = _subclass_names(miners, miners.BaseMiner, {"EmbeddingsAlreadyPackagedAsTriplets"})
+    return tuple(n for n in names if not n.startswith("Base"))
 
 
 def build_miner(name: str | None, options: dict | None = None):
