@@ -1,7 +1,8 @@
-"""Training data: Finetuner's two-column CSV of (query, document) pairs.
+"""Pairs and their items: reading (query, document) pairs whole, checking the items that are
+not text (images, meshes, vectors), text-image rows, the held-out split and eval sets.
 
-Every row is validated; the first bad one stops the read with its file, line and column.
-"""
+Data files at scale go through finetuner.dataset, which streams them; this module serves
+it and the code that wants a list of pairs."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from pathlib import Path, PurePosixPath
 from finetuner import storage
 from finetuner.errors import BadItem, FinetunerError
 
-COLUMNS = ("query", "document")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MAX_FIELD_CHARS = 100_000
 
