@@ -74,6 +74,26 @@ def test_progress_lines_on_stderr(tiny_model, pairs_csv, capsys):
         assert field in lines[0]
 
 
+def test_a_terminal_gets_a_progress_bar_and_logs_get_lines():
+    import io
+
+    from finetuner.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal, log = Terminal(), io.StringIO()
+    for stream in (terminal, log):
+        progress = Progress(4, every=2, stream=stream)
+        progress.resume_at(1)  # from a checkpoint: the bar starts there
+        for step in (2, 3, 4):
+            progress.step(step, 8, loss=0.5)
+    assert "4/4" in terminal.getvalue() and "loss=0.5" in terminal.getvalue()
+    assert "[train]" not in terminal.getvalue()
+    assert log.getvalue().splitlines()[0].startswith("[train] step 2/4 | loss 0.5")
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

@@ -266,6 +266,7 @@ def train(model, data, config: TrainConfig, device: str | None = None, on_step=N
     if resumed:
         pos, epoch_generator, rng = resumed
         generator.set_state(epoch_generator)
+        progress.resume_at(pos.step)
     loss = None
     while pos.epoch <= config.epochs and pos.step < total:
         if pos.epoch > 1 or resumed:  # the epoch's batches, from the sampler's state
