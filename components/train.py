@@ -27,6 +27,7 @@ def train(
     scheduler_options: dict,
     num_warmup_steps: int,
     scheduler_step: str,
+    wiseft_alpha: float,
     model: Output[Model],
     train_metrics: Output[Metrics],
 ):
@@ -58,6 +59,7 @@ def train(
             "scheduler_options": scheduler_options,
             "num_warmup_steps": num_warmup_steps,
             "scheduler_step": scheduler_step,
+            "wiseft_alpha": wiseft_alpha,
         },
     )
     for name in ("steps", "samples_per_second", "final_loss"):

@@ -44,6 +44,7 @@ def finetune(
     scheduler_options: dict = D["scheduler_options"],
     num_warmup_steps: int = D["num_warmup_steps"],
     scheduler_step: str = D["scheduler_step"],
+    wiseft_alpha: float = D["wiseft_alpha"],
     eval_k: int = D["eval_k"],
     seed: int = D["seed"],
 ):
@@ -85,6 +86,8 @@ def finetune(
         scheduler_options: The scheduler's options, e.g. {"num_cycles": 2}.
         num_warmup_steps: Warm-up steps of the schedule; -1: warmup_ratio of the batch steps.
         scheduler_step: Step the schedule after every batch, or every epoch.
+        wiseft_alpha: WiSE-FT: the model ends as alpha x fine-tuned + (1 - alpha) x
+            pretrained weights; 1: fine-tuned only.
         checkpoint_every: Steps between training checkpoints (also one at each epoch's
             end), kept under output_uri/checkpoints/ until the model is trained: a
             restarted or rerun train step resumes from the newest.
@@ -133,6 +136,7 @@ def finetune(
         scheduler_options=scheduler_options,
         num_warmup_steps=num_warmup_steps,
         scheduler_step=scheduler_step,
+        wiseft_alpha=wiseft_alpha,
     )
     trained.set_caching_options(False)
     evaluated = evaluate(

@@ -83,7 +83,7 @@ def test_scored_jsonl_text_pairs(tmp_path, tiny_bert):
     assert -1 <= metrics["after"]["spearman"] <= 1
 
 
-def test_parquet_pairs_of_vectors(tmp_path):
+def test_parquet_pairs_of_vectors_with_wiseft(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -96,7 +96,7 @@ def test_parquet_pairs_of_vectors(tmp_path):
     result, summary = run(
         "--model", "mlp", "--model-options", '{"input_size": 5, "hidden_sizes": [8]}',
         "--train-data", str(tmp_path / "pairs.parquet"), "--epochs", "1",
-        "--batch-size", "8", "--val-split", "0.25", tmp_path=tmp_path,
+        "--batch-size", "8", "--val-split", "0.25", "--wiseft-alpha", "0.5", tmp_path=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert set(json.loads(summary.read_text())["metrics"]["after"]) == RETRIEVAL

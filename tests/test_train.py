@@ -139,3 +139,26 @@ def test_arcface_with_its_own_optimizer_on_labeled_vectors():
         result = train(model, dataset.from_rows(rows, "labeled"), config)
         assert result["loss"] == loss and result["sampler"] == "class"
         assert result["history"][-1]["loss"] < result["history"][0]["loss"], (loss, result)
+
+
+def test_wiseft_blends_the_fine_tuned_with_the_pretrained_weights():
+    import numpy as np
+
+    from finetuner import models
+
+    rng = np.random.default_rng(1)
+    pairs = [(" ".join(map(str, rng.normal(size=4))), " ".join(map(str, rng.normal(size=4))))
+             for _ in range(32)]  # fmt: skip
+    spec = lookup("mlp", model_options={"input_size": 4, "hidden_sizes": [8]})
+
+    def weights(alpha):
+        model = models.pretrained(spec)
+        train(model, pairs, TrainConfig(batch_size=8, learning_rate=1e-2, wiseft_alpha=alpha))
+        return model.embedder.state_dict()
+
+    pretrained = models.pretrained(spec).embedder.state_dict()
+    tuned, half, none = weights(1.0), weights(0.5), weights(0.0)
+    for name, value in pretrained.items():
+        assert not torch.equal(tuned[name], value)
+        torch.testing.assert_close(none[name], value)
+        torch.testing.assert_close(half[name], (tuned[name] + value) / 2)

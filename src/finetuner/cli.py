@@ -141,6 +141,7 @@ CHOICE_FLAGS = {
     "scheduler_options": ("json", "the scheduler's options as JSON"),
     "num_warmup_steps": (int, "warm-up steps; -1: warmup_ratio of the batch steps"),
     "scheduler_step": (str, "step the schedule every batch or every epoch"),
+    "wiseft_alpha": (float, "WiSE-FT: alpha x fine-tuned + (1 - alpha) x pretrained weights"),
 }  # fmt: skip
 
 

@@ -29,6 +29,7 @@ PIPELINE_DEFAULTS = {
     "scheduler_options": {},
     "num_warmup_steps": -1,
     "scheduler_step": "batch",
+    "wiseft_alpha": 1.0,
     "eval_k": 10,
     "seed": 42,
 }

@@ -108,6 +108,7 @@ def train(
 CHOICES = (
     "loss_options", "miner", "miner_options", "optimizer", "optimizer_options",
     "layerwise_decay", "scheduler", "scheduler_options", "num_warmup_steps", "scheduler_step",
+    "wiseft_alpha",
 )  # fmt: skip
 
 

@@ -54,6 +54,8 @@ class TrainConfig:
     scheduler_options: dict = field(default_factory=dict)
     num_warmup_steps: int | None = None  # None: warmup_ratio of the batch steps
     scheduler_step: str = "batch"  # or "epoch"
+    # WiSE-FT: the trained weights end as alpha x fine-tuned + (1 - alpha) x pretrained.
+    wiseft_alpha: float = 1.0
 
     def validate(self) -> TrainConfig:
         self.loss = check_loss(self.loss)
@@ -64,6 +66,7 @@ class TrainConfig:
             "warmup_ratio": 0 <= self.warmup_ratio < 1,
             "num_items_per_class": self.num_items_per_class >= 2,
             "checkpoint_every": self.checkpoint_every >= 1,
+            "wiseft_alpha": 0 <= self.wiseft_alpha <= 1,
         }
         for name, ok in checks.items():
             if not ok:
@@ -178,6 +181,22 @@ def _resume(config, parts: dict):
     return position, state["epoch_generator"], state["rng"]
 
 
+def _copy_state(module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def wise_ft(module, pretrained: dict, alpha: float) -> None:
+    """Weight-space ensembling (WiSE-FT, Wortsman et al. 2022): blend the fine-tuned
+    weights with the pretrained ones, which keeps more of what pretraining knew. Integer
+    buffers (e.g. BatchNorm's counters) are kept as trained."""
+    import torch
+
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            if tensor.is_floating_point():
+                tensor.copy_(alpha * tensor + (1 - alpha) * pretrained[name].to(tensor.device))
+
+
 def _optimizer(config: TrainConfig, embedder):
     options = dict(config.optimizer_options)
     if "weight_decay" in optimizer_options(config.optimizer):
@@ -225,6 +244,8 @@ def train(model, data, config: TrainConfig, device: str | None = None, on_step=N
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     generator = seed_everything(config.seed)
     embedder = model.embedder.to(device).train()
+    # WiSE-FT needs the weights training starts from (before any checkpoint is loaded).
+    pretrained = _copy_state(embedder) if config.wiseft_alpha < 1 else None
     label_ids = None
     if data.kind == "labeled":
         label_ids = {label: i for i, label in enumerate(dict.fromkeys(data.column("label")))}
@@ -315,6 +336,8 @@ def train(model, data, config: TrainConfig, device: str | None = None, on_step=N
             scheduler.step()
         if config.checkpoint_dir and pos.step < total and pos.epoch <= config.epochs:
             _save(config, pos, generator.get_state(), parts)
+    if pretrained is not None:
+        wise_ft(embedder, pretrained, config.wiseft_alpha)
     embedder.eval()
     return {
         "steps": pos.step,
