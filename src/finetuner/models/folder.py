@@ -43,6 +43,22 @@ def load_weights(module, path: str | Path, prefix: str = "") -> None:
     module.load_state_dict(state, strict=True)
 
 
+def seeded_start(build, spec: ModelSpec, seed: int):
+    """The embedder `build()` makes under a fixed seed, for the families trained from
+    scratch (so train and evaluate start from the same model), with the start weights that
+    spec.weights names loaded, if it names a folder (a mirror or --weights)."""
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        embedder = build().eval()
+    if spec.weights not in ("", "scratch"):
+        from finetuner.weights import local_path
+
+        load_weights(embedder, local_path(spec.weights) / WEIGHTS_FILE)
+    return embedder
+
+
 def save(model, folder: str | Path) -> Path:
     """Save a model object whose embedder is a plain nn.Module."""
     folder = write_spec(folder, model.spec)

@@ -9,7 +9,7 @@ import torch
 
 from finetuner.catalogue import ModelSpec
 from finetuner.media import load_mesh
-from finetuner.models.folder import WEIGHTS_FILE, load_weights, read_spec, save
+from finetuner.models.folder import WEIGHTS_FILE, load_weights, read_spec, save, seeded_start
 from finetuner.models.pointnet import PointNet2Embedder
 from finetuner.options import PointNetOptions
 
@@ -26,14 +26,8 @@ class PointCloudModel:
 
     @classmethod
     def pretrained(cls, spec: ModelSpec) -> PointCloudModel:
-        with torch.random.fork_rng():
-            torch.manual_seed(INIT_SEED)
-            model = cls(PointNet2Embedder(output_dim=spec.output_dim).eval(), spec)
-        if spec.weights != "scratch":  # a mirror folder
-            from finetuner.weights import local_path
-
-            load_weights(model.embedder, local_path(spec.weights) / WEIGHTS_FILE)
-        return model
+        build = lambda: PointNet2Embedder(output_dim=spec.output_dim)  # noqa: E731
+        return cls(seeded_start(build, spec, INIT_SEED), spec)
 
     @classmethod
     def load(cls, folder: str | Path) -> PointCloudModel:

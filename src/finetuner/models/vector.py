@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from finetuner.catalogue import ModelSpec
-from finetuner.models.folder import WEIGHTS_FILE, load_weights, read_spec, save
+from finetuner.models.folder import WEIGHTS_FILE, load_weights, read_spec, save, seeded_start
 from finetuner.models.mlp import MLP
 from finetuner.options import MLPOptions
 
@@ -31,14 +31,7 @@ class VectorModel:
     def pretrained(cls, spec: ModelSpec) -> VectorModel:
         # Re-validated: KFP hands dict parameters over as JSON numbers, ints as floats.
         options = MLPOptions(**spec.options).model_dump()
-        with torch.random.fork_rng():
-            torch.manual_seed(INIT_SEED)
-            model = cls(MLP(**options).eval(), spec)
-        if spec.weights not in ("", "scratch"):  # a model folder to start from (--weights)
-            from finetuner.weights import local_path
-
-            load_weights(model.embedder, local_path(spec.weights) / WEIGHTS_FILE)
-        return model
+        return cls(seeded_start(lambda: MLP(**options), spec, INIT_SEED), spec)
 
     @classmethod
     def load(cls, folder: str | Path) -> VectorModel:
