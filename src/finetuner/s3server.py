@@ -34,6 +34,8 @@ SERVICES = ("s3", "filer", "master", "volume", "admin")
 # HTTP ports come from here, so that HTTP + 10000 stays below Linux's ephemeral range
 # (32768 and up) and cannot collide with the source port of some outgoing connection.
 _PORT_RANGE = (11000, 22000)
+VOLUME_SIZE_MB = 64
+MAX_VOLUMES = 10_000
 
 
 def weed_binary() -> str:
@@ -225,6 +227,12 @@ def start(
             # Real S3 refuses writes to a missing bucket; weed would create it, hiding a typo.
             "-s3.autoCreateBucket=false",
             "-volume.preStopSeconds=0",  # one volume server: nobody to hand over to
+            # Every bucket is a collection with volumes of its own. Left to itself, weed caps the
+            # number of volumes at free disk / volume size (1 GiB on a large disk), so on a disk
+            # with ~20 GB free the 21st bucket gets "InternalError" on every write. Volumes are
+            # not preallocated, so small ones and a high cap cost nothing until data arrives.
+            f"-master.volumeSizeLimitMB={VOLUME_SIZE_MB}",
+            f"-volume.max={MAX_VOLUMES}",
         ]
         for service, (http, grpc) in ports.items():
             command += [f"-{service}.port={http}", f"-{service}.port.grpc={grpc}"]
