@@ -8,6 +8,7 @@ from finetuner.components import GPU_IMAGE
 def train(
     model_spec: dict,
     train_dataset: Input[Dataset],
+    eval_dataset: Input[Dataset],
     loss: str,
     epochs: int,
     batch_size: int,
@@ -28,11 +29,19 @@ def train(
     num_warmup_steps: int,
     scheduler_step: str,
     wiseft_alpha: float,
+    loss_learning_rate: float,
+    evaluate_every_epoch: bool,
+    eval_k: int,
+    best_model_metric: str,
+    best_model_mode: str,
+    early_stopping_patience: int,
+    early_stopping_options: dict,
     model: Output[Model],
     train_metrics: Output[Metrics],
 ):
     """Fine-tune the backbone on the training data (CUDA with bf16 when a GPU is present),
-    with checkpoints under output_uri that a restarted step resumes from."""
+    evaluating after each epoch, with checkpoints under output_uri that a restarted step
+    resumes from."""
     from finetuner import steps
 
     result = steps.train(
@@ -60,7 +69,19 @@ def train(
             "num_warmup_steps": num_warmup_steps,
             "scheduler_step": scheduler_step,
             "wiseft_alpha": wiseft_alpha,
+            "loss_learning_rate": loss_learning_rate,
+            "evaluate_every_epoch": evaluate_every_epoch,
+            "eval_k": eval_k,
+            "best_model_metric": best_model_metric,
+            "best_model_mode": best_model_mode,
+            "early_stopping_patience": early_stopping_patience,
+            "early_stopping_options": early_stopping_options,
         },
+        eval_dataset.path,
     )
-    for name in ("steps", "samples_per_second", "final_loss"):
+    for name in ("steps", "samples_per_second", "final_loss", "epochs", "best_epoch"):
         train_metrics.log_metric(name, result[name])
+    for epoch in result["history"]:  # each epoch's metrics, e.g. epoch2/ndcg@10
+        for name, value in epoch.items():
+            if name != "epoch":
+                train_metrics.log_metric(f"epoch{epoch['epoch']}/{name}", value)

@@ -45,6 +45,12 @@ def finetune(
     num_warmup_steps: int = D["num_warmup_steps"],
     scheduler_step: str = D["scheduler_step"],
     wiseft_alpha: float = D["wiseft_alpha"],
+    loss_learning_rate: float = D["loss_learning_rate"],
+    evaluate_every_epoch: bool = D["evaluate_every_epoch"],
+    best_model_metric: str = D["best_model_metric"],
+    best_model_mode: str = D["best_model_mode"],
+    early_stopping_patience: int = D["early_stopping_patience"],
+    early_stopping_options: dict = D["early_stopping_options"],
     eval_k: int = D["eval_k"],
     seed: int = D["seed"],
 ):
@@ -88,6 +94,16 @@ def finetune(
         scheduler_step: Step the schedule after every batch, or every epoch.
         wiseft_alpha: WiSE-FT: the model ends as alpha x fine-tuned + (1 - alpha) x
             pretrained weights; 1: fine-tuned only.
+        loss_learning_rate: Learning rate of a loss's own weights (ArcFace's class centres).
+        evaluate_every_epoch: Compute the retrieval metrics on the eval data after every
+            epoch (logged per epoch; needed to monitor them).
+        best_model_metric: Keep the model of the epoch that is best by this metric, e.g.
+            ndcg@10 or train_loss; empty: keep the last epoch's model.
+        best_model_mode: max, min, or auto (min for losses, max for the rest).
+        early_stopping_patience: Stop after this many epochs without improvement of the
+            monitored metric; 0: never stop early.
+        early_stopping_options: monitor (default: best_model_metric, else ndcg@eval_k),
+            mode, min_delta and baseline, e.g. {"min_delta": 0.001}.
         checkpoint_every: Steps between training checkpoints (also one at each epoch's
             end), kept under output_uri/checkpoints/ until the model is trained: a
             restarted or rerun train step resumes from the newest.
@@ -117,6 +133,7 @@ def finetune(
     trained = train(
         model_spec=lookup.output,
         train_dataset=data.outputs["train_dataset"],
+        eval_dataset=data.outputs["eval_dataset"],
         loss=loss,
         epochs=epochs,
         batch_size=batch_size,
@@ -137,6 +154,13 @@ def finetune(
         num_warmup_steps=num_warmup_steps,
         scheduler_step=scheduler_step,
         wiseft_alpha=wiseft_alpha,
+        loss_learning_rate=loss_learning_rate,
+        evaluate_every_epoch=evaluate_every_epoch,
+        eval_k=eval_k,
+        best_model_metric=best_model_metric,
+        best_model_mode=best_model_mode,
+        early_stopping_patience=early_stopping_patience,
+        early_stopping_options=early_stopping_options,
     )
     trained.set_caching_options(False)
     evaluated = evaluate(

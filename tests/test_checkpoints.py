@@ -26,12 +26,17 @@ from finetuner.train import TrainConfig, train
 weights, pairs_csv, checkpoint_dir, out = sys.argv[1:5]
 spec = lookup("minilm-l6-en", max_length=16).model_copy(update={"weights": weights})
 model = TextModel.pretrained(spec)
+# The callbacks' state is in the checkpoints too: the best epoch's weights ("min" of a
+# rising metric keeps an early epoch) and early stopping's count.
 config = TrainConfig(epochs=3, batch_size=8, learning_rate=1e-3, seed=5,
-                     checkpoint_dir=checkpoint_dir, checkpoint_every=2, log_every=1000)
+                     checkpoint_dir=checkpoint_dir, checkpoint_every=2, log_every=1000,
+                     best_model_metric="ndcg@10", best_model_mode="min",
+                     early_stopping_patience=3)
+pairs = data.read_pairs(pairs_csv)
 # Slow steps, so that the test can kill the process in the middle of training.
-result = train(model, data.read_pairs(pairs_csv), config, on_step=lambda s: time.sleep(0.15))
+result = train(model, pairs, config, on_step=lambda s: time.sleep(0.15), eval_data=pairs[:16])
 save_file({k: v.contiguous() for k, v in model.embedder.state_dict().items()}, out)
-print("steps", result["steps"])
+print("steps", result["steps"], "best epoch", result["best_epoch"], "history", result["history"])
 """
 
 
@@ -63,7 +68,7 @@ def same_weights(a: str, b: str) -> bool:
 
 
 def test_killed_and_restarted_training_ends_bit_identical(trainer, tmp_path):
-    finish(trainer("", str(tmp_path / "reference.safetensors")))  # never interrupted
+    reference = finish(trainer("", str(tmp_path / "reference.safetensors")))  # uninterrupted
 
     folder = str(tmp_path / "checkpoints")
     process = trainer(folder, str(tmp_path / "resumed.safetensors"))
@@ -85,6 +90,8 @@ def test_killed_and_restarted_training_ends_bit_identical(trainer, tmp_path):
     log = finish(trainer(folder, str(tmp_path / "resumed.safetensors")))
     assert "resuming from the checkpoint at step" in log
     assert "step 999" not in log
+    summary = reference[reference.index("steps ") :].splitlines()[0]
+    assert "best epoch 1" in summary and summary in log  # same best epoch, same history
     assert same_weights(str(tmp_path / "reference.safetensors"),
                         str(tmp_path / "resumed.safetensors"))  # fmt: skip
 

@@ -84,6 +84,7 @@ def test_local_pipeline_run_end_to_end_on_s3(s3, pairs_csv, tmp_path):
 
 def test_fit_runs_the_pipeline_with_eval_data_gem_and_triplet_loss(pairs_csv, tmp_path):
     import finetuner
+    from finetuner.callback import BestModelCheckpoint, EarlyStopping
 
     train_csv, eval_csv = pairs_csv(60, "train.csv"), tmp_path / "eval.csv"
     eval_csv.write_text(
@@ -104,9 +105,20 @@ def test_fit_runs_the_pipeline_with_eval_data_gem_and_triplet_loss(pairs_csv, tm
         batch_size=16,
         max_length=32,
         eval_k=3,
+        epochs=4,
+        callbacks=[
+            BestModelCheckpoint(monitor="ndcg@3", mode="max"),
+            # No epoch lowers the loss by 10: training stops after the second.
+            EarlyStopping(monitor="train_loss", patience=1, min_delta=10.0),
+        ],
     )
     assert run.status == "FINISHED" and run.artifact_uri == str(output)
     assert set(run.metrics()["after"]) == {f"{name}@3" for name in METRICS}
+    history = json.loads((output / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    best = max(history, key=lambda h: h["ndcg@3"])  # the first of equals, as the monitor
+    # The exported model is the best epoch's: the evaluate step measures what it measured.
+    assert run.metrics()["after"] == {k: v for k, v in best.items() if "@" in k}
     model = finetuner.get_model(str(output))
     assert (model.spec.pooler, model.spec.pooler_p) == ("GeM", 2.0)
     emb = finetuner.encode(model, ["hotelier", "an owner or manager of hotels"])

@@ -37,7 +37,7 @@ def test_each_loss_learns_the_training_pairs(tiny_model, pairs_csv, loss):
     result = train(model, pairs, config)
     after = evaluate(model, eval_set)["ndcg@10"]
     assert result["steps"] == 8
-    assert result["history"][-1]["loss"] < result["history"][0]["loss"]
+    assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
     assert after > before + 0.05, (before, after)
 
 
@@ -118,7 +118,7 @@ def test_choices_by_name_train(tiny_model, pairs_csv):
         layerwise_decay=0.5, log_every=1000,
     )  # fmt: skip
     result = train(model, pairs, config)
-    assert result["steps"] == 8 and all(h["loss"] > 0 for h in result["history"])
+    assert result["steps"] == 8 and all(h["train_loss"] > 0 for h in result["history"])
 
 
 def test_arcface_with_its_own_optimizer_on_labeled_vectors():
@@ -138,7 +138,10 @@ def test_arcface_with_its_own_optimizer_on_labeled_vectors():
         config = TrainConfig(loss=loss, epochs=4, batch_size=16, learning_rate=1e-2, **extra)
         result = train(model, dataset.from_rows(rows, "labeled"), config)
         assert result["loss"] == loss and result["sampler"] == "class"
-        assert result["history"][-1]["loss"] < result["history"][0]["loss"], (loss, result)
+        assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"], (
+            loss,
+            result,
+        )
 
 
 def test_wiseft_blends_the_fine_tuned_with_the_pretrained_weights():

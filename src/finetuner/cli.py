@@ -142,6 +142,14 @@ CHOICE_FLAGS = {
     "num_warmup_steps": (int, "warm-up steps; -1: warmup_ratio of the batch steps"),
     "scheduler_step": (str, "step the schedule every batch or every epoch"),
     "wiseft_alpha": (float, "WiSE-FT: alpha x fine-tuned + (1 - alpha) x pretrained weights"),
+    "loss_learning_rate": (float, "learning rate of a loss's own weights (ArcFace's)"),
+    "evaluate_every_epoch": ("bool", "retrieval metrics on the eval data after every epoch "
+                             "(true or false)"),
+    "best_model_metric": (str, "keep the epoch that is best by this metric, e.g. ndcg@10; "
+                          "empty: the last"),
+    "best_model_mode": (str, "max, min or auto (min for losses)"),
+    "early_stopping_patience": (int, "stop after N epochs without improvement; 0: never"),
+    "early_stopping_options": ("json", "monitor, mode, min_delta and baseline as JSON"),
 }  # fmt: skip
 
 
@@ -151,6 +159,13 @@ def data_options(args) -> dict:
     if args.max_bad_rows is not None:
         options["max_bad_rows"] = args.max_bad_rows
     return options
+
+
+def boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+    return value in ("true", "1", "yes")
 
 
 def json_object(text: str) -> dict:
@@ -245,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (kind, text) in CHOICE_FLAGS.items():
         p.add_argument(
             "--" + name.replace("_", "-"),
-            type=json_object if kind == "json" else kind,
+            type={"json": json_object, "bool": boolean}.get(kind, kind),
             default=d[name],
             help=text,
         )

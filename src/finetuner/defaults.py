@@ -30,6 +30,12 @@ PIPELINE_DEFAULTS = {
     "num_warmup_steps": -1,
     "scheduler_step": "batch",
     "wiseft_alpha": 1.0,
+    "loss_learning_rate": 1e-2,
+    "evaluate_every_epoch": True,
+    "best_model_metric": "",
+    "best_model_mode": "auto",
+    "early_stopping_patience": 0,
+    "early_stopping_options": {},
     "eval_k": 10,
     "seed": 42,
 }

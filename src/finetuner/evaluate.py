@@ -36,24 +36,28 @@ def top_k(
     return np.concatenate(out)
 
 
-def evaluate(model, eval_set: EvalSet, k: int = 10, batch_size: int = 64) -> dict[str, float]:
+def evaluate(
+    model, eval_set: EvalSet, k: int = 10, batch_size: int = 64, device: str = "cpu"
+) -> dict[str, float]:
     """Metrics@k of a model (from finetuner.models) on an eval set."""
     from finetuner.models import sides
 
     query_side, document_side = sides(model)
-    corpus_emb = document_side.encode(eval_set.corpus, batch_size=batch_size)
+    corpus_emb = document_side.encode(eval_set.corpus, batch_size=batch_size, device=device)
     if eval_set.self_index is not None:  # the queries are corpus items
         query_emb = corpus_emb[eval_set.self_index]
     else:
-        query_emb = query_side.encode(eval_set.queries, batch_size=batch_size)
+        query_emb = query_side.encode(eval_set.queries, batch_size=batch_size, device=device)
     rankings = top_k(query_emb, corpus_emb, k, exclude=eval_set.self_index)
     return retrieval_metrics(rankings.tolist(), eval_set.relevant, k)
 
 
-def correlation(model, rows: list[tuple], batch_size: int = 64) -> dict[str, float]:
+def correlation(
+    model, rows: list[tuple], batch_size: int = 64, device: str = "cpu"
+) -> dict[str, float]:
     """Spearman and Pearson correlation of the cosine of (text1, text2) with the score."""
-    first = model.encode([r[0] for r in rows], batch_size=batch_size)
-    second = model.encode([r[1] for r in rows], batch_size=batch_size)
+    first = model.encode([r[0] for r in rows], batch_size=batch_size, device=device)
+    second = model.encode([r[1] for r in rows], batch_size=batch_size, device=device)
     cosines = (first * second).sum(axis=1)
     scores = np.array([r[2] for r in rows], dtype=np.float64)
     return {
@@ -80,11 +84,11 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / denominator) if denominator > 0 else 0.0
 
 
-def evaluate_dataset(model, data, k: int = 10) -> dict[str, float]:
+def evaluate_dataset(model, data, k: int = 10, device: str = "cpu") -> dict[str, float]:
     """The metrics of a model on an eval dataset (finetuner.dataset) of any kind."""
     rows = data.rows(list(range(len(data))))
     if data.kind == "scored":
-        return correlation(model, rows)
+        return correlation(model, rows, device=device)
     if data.kind == "labeled":
-        return evaluate(model, EvalSet.from_labeled(rows), k)
-    return evaluate(model, EvalSet.from_pairs(rows), k)
+        return evaluate(model, EvalSet.from_labeled(rows), k, device=device)
+    return evaluate(model, EvalSet.from_pairs(rows), k, device=device)

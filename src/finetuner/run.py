@@ -82,7 +82,9 @@ def preflight(params: dict) -> dict:
         if uri:
             held_out = name == "train_data" and not params["eval_data"]
             split = params["val_split"] if held_out else None
-            check_data(uri, ModelSpec(**spec), opts, config, split)
+            kind = check_data(uri, ModelSpec(**spec), opts, config, split)
+            # What the callbacks watch must be reported each epoch.
+            config.monitors(kind if config.evaluate_every_epoch else None)
     params["output_uri"] = params.get("output_uri") or default_output(params["model"])
     check_output_free(params["output_uri"])
     return params
@@ -106,11 +108,11 @@ def check_choices(config) -> None:
     losses.build_miner(config.miner or None, config.miner_options)
 
 
-def check_data(uri: str, spec, opts, config, val_split: float | None = None) -> None:
+def check_data(uri: str, spec, opts, config, val_split: float | None = None) -> str:
     """Read every row as preprocess will, so a bad row fails now, with its line, not minutes
     into the run; check the loss and sampler against the kind of data, and that the
     held-out split (`val_split`, when the eval data comes from this file) leaves rows on
-    both sides."""
+    both sides. The data's kind."""
     from finetuner import dataset, samplers
     from finetuner.losses import loss_for
 
@@ -120,6 +122,7 @@ def check_data(uri: str, spec, opts, config, val_split: float | None = None) -> 
         dataset.held_out(groups, val_split, 0)
     loss_for(spec.family, config.loss, kind)
     samplers.check_sampler(config.sampler, kind)
+    return kind
 
 
 def run_pipeline(params: dict, pipeline_root: str | None = None) -> Run:
@@ -154,8 +157,25 @@ def run_pipeline(params: dict, pipeline_root: str | None = None) -> Run:
     return Run(status="FINISHED", artifact_uri=output, summary=summary)
 
 
-def fit(model: str, train_data: str, output: str | None = None, **options) -> Run:
-    """Fine-tune `model` on `train_data`, as Finetuner's `fit`: options are those of
-    `finetuner run` (eval_data, val_split, loss, epochs, batch_size, learning_rate, pooler,
-    pooler_p, pooler_eps, max_length, model_options, weights, eval_k, seed)."""
-    return run_pipeline({"model": model, "train_data": train_data, "output_uri": output, **options})
+def fit(
+    model: str,
+    train_data: str,
+    output: str | None = None,
+    callbacks: list | None = None,
+    **options,
+) -> Run:
+    """Fine-tune `model` on `train_data`, as Finetuner's `fit`: options are the pipeline's
+    parameters (eval_data, val_split, loss, epochs, batch_size, learning_rate, pooler, ...;
+    see `finetuner run --help`). `callbacks` are those of finetuner.callback
+    (EvaluationCallback, BestModelCheckpoint, EarlyStopping, TrainingCheckpoint,
+    WiSEFTCallback); an option given too must agree with them."""
+    from finetuner.callback import callback_params
+
+    from_callbacks = callback_params(callbacks or [])
+    for name, value in from_callbacks.items():
+        if name in options and options[name] != value:
+            raise FinetunerError(
+                f"parameter {name}: {options[name]!r} disagrees with the callbacks' {value!r}."
+            )
+    params = {"model": model, "train_data": train_data, "output_uri": output}
+    return run_pipeline(params | from_callbacks | options)

@@ -73,13 +73,18 @@ def train(
     output_uri: str = "",
     checkpoint_every: int = 500,
     choices: dict | None = None,
+    eval_path: str = "",
 ) -> dict:
-    """Fine-tune the pretrained backbone on the train dataset; save it to model_out.
+    """Fine-tune the pretrained backbone on the train dataset; save it to model_out, with
+    each epoch's metrics in `history.json` beside it.
 
     `choices` holds the named choices and their options (loss_options, miner, optimizer,
-    scheduler, ...; see `train_choices`). With output_uri, checkpoints go to
+    scheduler, callbacks ...; see `train_choices`). With `eval_path`, the eval dataset is
+    evaluated after every epoch. With output_uri, checkpoints go to
     `<output_uri>/checkpoints/`, a restarted step resumes from the newest, and they are
     deleted once the model is saved."""
+    import json
+
     from finetuner import checkpoints, dataset, models, storage
     from finetuner.train import TrainConfig
     from finetuner.train import train as run_training
@@ -97,8 +102,10 @@ def train(
         checkpoint_every=checkpoint_every,
         **train_choices(choices or {}),
     )
-    result = run_training(model, dataset.load(train_path), config)
+    eval_data = dataset.load(eval_path) if eval_path else None
+    result = run_training(model, dataset.load(train_path), config, eval_data=eval_data)
     model.save(model_out)
+    Path(model_out, HISTORY_FILE).write_text(json.dumps(result["history"], indent=2))
     if config.checkpoint_dir:
         checkpoints.clear(config.checkpoint_dir)
     return result
@@ -108,8 +115,10 @@ def train(
 CHOICES = (
     "loss_options", "miner", "miner_options", "optimizer", "optimizer_options",
     "layerwise_decay", "scheduler", "scheduler_options", "num_warmup_steps", "scheduler_step",
-    "wiseft_alpha",
+    "wiseft_alpha", "loss_learning_rate", "evaluate_every_epoch", "best_model_metric",
+    "best_model_mode", "early_stopping_patience", "early_stopping_options", "eval_k",
 )  # fmt: skip
+HISTORY_FILE = "history.json"  # each epoch's metrics, in the train step's model folder
 
 
 def train_choices(choices: dict) -> dict:
@@ -125,17 +134,32 @@ def train_choices(choices: dict) -> dict:
 
 def evaluate(model_spec: dict, model_dir: str, eval_path: str, k: int) -> dict:
     """Metrics of the pretrained and the fine-tuned model: {"before": ..., "after": ...}:
-    retrieval metrics@k, or correlations for scored data."""
+    retrieval metrics@k, or correlations for scored data; and the training's "history" of
+    each epoch's metrics."""
+    import json
+
     from finetuner import dataset, models
     from finetuner.evaluate import evaluate_dataset
 
     data = dataset.load(eval_path)
     before = evaluate_dataset(models.pretrained(ModelSpec(**model_spec)), data, k)
     after = evaluate_dataset(models.load(model_dir), data, k)
-    return {"k": k, "kind": data.kind, "rows": len(data), "before": before, "after": after}
+    history_path = Path(model_dir, HISTORY_FILE)
+    history = json.loads(history_path.read_text()) if history_path.exists() else []
+    return {
+        "k": k, "kind": data.kind, "rows": len(data), "before": before, "after": after,
+        "history": history,
+    }  # fmt: skip
 
 
 def evaluation_html(metrics: dict) -> str:
+    """The evaluate step's report: before/after metrics, and each epoch's as line charts."""
+    from finetuner.plots import history_svg
+
+    history = metrics.get("history", [])
+    charts = ""
+    if history:
+        charts = f"<h2>Training, per epoch</h2><div>{history_svg(history)}</div>"
     rows = "".join(
         f"<tr><td>{name}</td><td>{metrics['before'][name]:.4f}</td>"
         f"<td>{value:.4f}</td><td>{value - metrics['before'][name]:+.4f}</td></tr>"
@@ -145,7 +169,7 @@ def evaluation_html(metrics: dict) -> str:
         "<html><body><h2>Evaluation before and after fine-tuning</h2>"
         f"<p>{_evaluation_kind(metrics)}</p>"
         "<table border='1'><tr><th>metric</th><th>pretrained</th><th>fine-tuned</th>"
-        f"<th>change</th></tr>{rows}</table></body></html>"
+        f"<th>change</th></tr>{rows}</table>{charts}</body></html>"
     )
 
 

@@ -12,7 +12,7 @@ import random
 import sys
 from dataclasses import asdict, dataclass, field
 
-from finetuner import samplers
+from finetuner import callback, samplers
 from finetuner.errors import FinetunerError
 from finetuner.losses import DEFAULT_LOSS, build_loss, check_loss, loss_for
 from finetuner.optim import build_optimizer, build_scheduler, optimizer_options, steps_for
@@ -56,6 +56,14 @@ class TrainConfig:
     scheduler_step: str = "batch"  # or "epoch"
     # WiSE-FT: the trained weights end as alpha x fine-tuned + (1 - alpha) x pretrained.
     wiseft_alpha: float = 1.0
+    # Callbacks (finetuner.callback): metrics on the eval data given to train() after each
+    # epoch, the best epoch's model kept by a metric, early stopping.
+    evaluate_every_epoch: bool = True
+    eval_k: int = 10
+    best_model_metric: str = ""  # empty: keep the last epoch's model
+    best_model_mode: str = "auto"
+    early_stopping_patience: int = 0  # epochs without improvement; 0: never stop early
+    early_stopping_options: dict = field(default_factory=dict)  # monitor, mode, min_delta, ...
 
     def validate(self) -> TrainConfig:
         self.loss = check_loss(self.loss)
@@ -67,12 +75,38 @@ class TrainConfig:
             "num_items_per_class": self.num_items_per_class >= 2,
             "checkpoint_every": self.checkpoint_every >= 1,
             "wiseft_alpha": 0 <= self.wiseft_alpha <= 1,
+            "loss_learning_rate": 0 < self.loss_learning_rate < 10,
+            "eval_k": self.eval_k >= 1,
+            "early_stopping_patience": self.early_stopping_patience >= 0,
         }
         for name, ok in checks.items():
             if not ok:
                 raise FinetunerError(f"parameter {name}: invalid value {getattr(self, name)}.")
         samplers.check_sampler(self.sampler)
+        callback.resolve_mode(self.best_model_metric, self.best_model_mode)
+        callback.early_stopping_options(self.early_stopping_options)
         return self
+
+    def monitors(self, eval_kind: str | None) -> dict[str, callback.Monitor]:
+        """The best-model and early-stopping monitors, checked against the metrics that
+        each epoch reports (`eval_kind`: the kind of the per-epoch eval data, or None)."""
+        out = {}
+        if self.best_model_metric:
+            metric = self.best_model_metric
+            callback.check_monitor("best_model_metric", metric, eval_kind, self.eval_k)
+            mode = callback.resolve_mode(metric, self.best_model_mode)
+            out["best_model"] = callback.Monitor(metric, mode)
+        if self.early_stopping_patience:
+            opts = callback.early_stopping_options(self.early_stopping_options)
+            metric = opts["monitor"] or self.best_model_metric
+            metric = metric or callback.default_monitor(eval_kind, self.eval_k)
+            parameter = "early_stopping_options.monitor"
+            callback.check_monitor(parameter, metric, eval_kind, self.eval_k)
+            mode = callback.resolve_mode(metric, opts["mode"])
+            out["early_stopping"] = callback.Monitor(
+                metric, mode, opts["min_delta"], best=opts["baseline"]
+            )
+        return out
 
 
 def seed_everything(seed: int):
@@ -137,7 +171,8 @@ class Position:
     epoch_loss: float = 0.0
     epoch_steps: int = 0
     skipped: int = 0
-    history: list = field(default_factory=list)
+    history: list = field(default_factory=list)  # each epoch's metrics
+    monitors: dict = field(default_factory=dict)  # the callbacks' Monitor fields, by name
 
 
 def _stateful(embedder, loss_fn, optimizers: list, scheduler) -> dict:
@@ -149,21 +184,23 @@ def _stateful(embedder, loss_fn, optimizers: list, scheduler) -> dict:
     return parts
 
 
-def _save(config, position: Position, epoch_generator, parts: dict) -> None:
+def _save(config, position: Position, epoch_generator, parts: dict, best: dict | None) -> None:
     from finetuner import checkpoints
 
     state = {
         "position": asdict(position),
         "epoch_generator": epoch_generator,  # the sampler's state before the epoch's draws
         "rng": checkpoints.rng_states(),
+        "best_model": best,  # the weights of the best epoch so far, when they are kept
         **{name: part.state_dict() for name, part in parts.items()},
     }
     checkpoints.save(config.checkpoint_dir, position.step, state)
 
 
 def _resume(config, parts: dict):
-    """The Position and epoch-start sampler state of the newest complete checkpoint, with
-    the weights and the optimizers' and scheduler's states loaded; None without one."""
+    """The Position, epoch-start sampler state, random states and best epoch's weights of
+    the newest complete checkpoint, with the weights and the optimizers' and scheduler's
+    states loaded; None without one."""
     from finetuner import checkpoints
 
     state = checkpoints.latest(config.checkpoint_dir) if config.checkpoint_dir else None
@@ -178,11 +215,47 @@ def _resume(config, parts: dict):
         file=sys.stderr,
         flush=True,
     )
-    return position, state["epoch_generator"], state["rng"]
+    return position, state["epoch_generator"], state["rng"], state.get("best_model")
 
 
 def _copy_state(module) -> dict:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+    """The module's weights, on the CPU (a copy kept aside takes no accelerator memory)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def _epoch_metrics(model, embedder, pos: Position, eval_data, config, device) -> dict:
+    """The epoch's mean training loss, and the retrieval metrics on the eval data."""
+    from finetuner.evaluate import evaluate_dataset
+
+    metrics = {"epoch": pos.epoch, "train_loss": pos.epoch_loss / max(pos.epoch_steps, 1)}
+    if eval_data is not None:
+        metrics |= evaluate_dataset(model, eval_data, config.eval_k, device)
+        embedder.train()  # encoding switched it to eval mode
+    shown = " | ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch")
+    print(f"epoch {pos.epoch}: {shown}", file=sys.stderr, flush=True)
+    return metrics
+
+
+def _after_epoch(monitors: dict, metrics: dict, patience: int) -> tuple[bool, str]:
+    """Update the monitors with an epoch's metrics: whether it is the best model so far,
+    and why training stops early (empty: it goes on)."""
+    best = "best_model" in monitors and monitors["best_model"].update(
+        metrics[monitors["best_model"].metric], metrics["epoch"]
+    )
+    stopping = monitors.get("early_stopping")
+    if stopping is None:
+        return best, ""
+    stopping.update(metrics[stopping.metric], metrics["epoch"])
+    if stopping.wait < patience:
+        return best, ""
+    if stopping.best_epoch == 0:  # never beat the baseline
+        return best, (
+            f"{stopping.metric} has not beaten its baseline {stopping.best:g} in {patience} epochs"
+        )
+    return best, (
+        f"{stopping.metric} has not improved by more than {stopping.min_delta:g} in {patience} "
+        f"epochs (best {stopping.best:.4g} at epoch {stopping.best_epoch})"
+    )
 
 
 def wise_ft(module, pretrained: dict, alpha: float) -> None:
@@ -217,9 +290,15 @@ def _scheduler(config: TrainConfig, optimizer, total: int, steps_per_epoch: int)
     return build_scheduler(config.scheduler, optimizer, warmup, steps, config.scheduler_options)
 
 
-def train(model, data, config: TrainConfig, device: str | None = None, on_step=None) -> dict:
+def train(
+    model, data, config: TrainConfig, device: str | None = None, on_step=None, eval_data=None
+) -> dict:
     """Fine-tune `model` (from finetuner.models) in place on a dataset (finetuner.dataset,
-    or a list of pairs); returns training metrics.
+    or a list of pairs); returns training metrics, with each epoch's in "history".
+
+    With `eval_data` (and `config.evaluate_every_epoch`), the evaluation's metrics are
+    computed after every epoch, and the best-model and early-stopping callbacks can watch
+    them (see finetuner.callback).
 
     With `config.checkpoint_dir`, a checkpoint is written every `checkpoint_every` steps
     and at each epoch's end, and training resumes from the newest complete one: on the
@@ -234,6 +313,11 @@ def train(model, data, config: TrainConfig, device: str | None = None, on_step=N
 
     data = as_dataset(data)
     config.validate()
+    if eval_data is not None and config.evaluate_every_epoch:
+        eval_data = as_dataset(eval_data)
+    else:
+        eval_data = None
+    monitors = config.monitors(eval_data.kind if eval_data is not None else None)
     if len(data) < 2:
         raise FinetunerError(f"training needs at least 2 rows, got {len(data)}.")
     loss_name = loss_for(model.spec.family, config.loss, data.kind)
@@ -281,13 +365,14 @@ def train(model, data, config: TrainConfig, device: str | None = None, on_step=N
     workers = config.num_workers
     if workers is None:  # starting workers costs more than decoding a few hundred items
         workers = min(2, os.cpu_count() or 1) if len(data) >= WORKERS_FROM_ROWS else 0
-    pos, rng = Position(), None
+    pos, rng, best_state, stop = Position(), None, None, ""
     parts = _stateful(embedder, loss_fn, optimizers, scheduler)
     resumed = _resume(config, parts)
     if resumed:
-        pos, epoch_generator, rng = resumed
+        pos, epoch_generator, rng, best_state = resumed
         generator.set_state(epoch_generator)
         progress.resume_at(pos.step)
+        monitors = {name: callback.Monitor(**fields) for name, fields in pos.monitors.items()}
     loss = None
     while pos.epoch <= config.epochs and pos.step < total:
         if pos.epoch > 1 or resumed:  # the epoch's batches, from the sampler's state
@@ -329,13 +414,31 @@ def train(model, data, config: TrainConfig, device: str | None = None, on_step=N
             if pos.step >= total:
                 break
             if config.checkpoint_dir and pos.step % config.checkpoint_every == 0:
-                _save(config, pos, epoch_generator, parts)
-        pos.history.append({"epoch": pos.epoch, "loss": pos.epoch_loss / max(pos.epoch_steps, 1)})
+                pos.monitors = {name: asdict(m) for name, m in monitors.items()}
+                _save(config, pos, epoch_generator, parts, best_state)
+        metrics = _epoch_metrics(model, embedder, pos, eval_data, config, device)
+        pos.history.append(metrics)
+        is_best, stop = _after_epoch(monitors, metrics, config.early_stopping_patience)
+        if is_best:
+            best_state = _copy_state(embedder)
+        if stop:
+            print(f"early stopping after epoch {pos.epoch}: {stop}", file=sys.stderr, flush=True)
+            break
         pos.epoch, pos.batch, pos.epoch_loss, pos.epoch_steps = pos.epoch + 1, 0, 0.0, 0
         if config.scheduler_step == "epoch":
             scheduler.step()
         if config.checkpoint_dir and pos.step < total and pos.epoch <= config.epochs:
-            _save(config, pos, generator.get_state(), parts)
+            pos.monitors = {name: asdict(m) for name, m in monitors.items()}
+            _save(config, pos, generator.get_state(), parts, best_state)
+    best = monitors.get("best_model")
+    if best is not None and best_state is not None and best.best_epoch != pos.history[-1]["epoch"]:
+        embedder.load_state_dict(best_state)
+        print(
+            f"keeping the model of epoch {best.best_epoch}, the best by {best.metric} "
+            f"({best.best:.4g})",
+            file=sys.stderr,
+            flush=True,
+        )
     if pretrained is not None:
         wise_ft(embedder, pretrained, config.wiseft_alpha)
     embedder.eval()
@@ -344,6 +447,9 @@ def train(model, data, config: TrainConfig, device: str | None = None, on_step=N
         "samples_per_second": progress.samples_per_second,
         "final_loss": loss.item() if loss is not None else float("nan"),
         "history": pos.history,
+        "epochs": len(pos.history),
+        "best_epoch": best.best_epoch if best is not None else len(pos.history),
+        "stopped_early": stop,
         "loss": loss_name,
         "sampler": sampler,
         "items_skipped": pos.skipped,
