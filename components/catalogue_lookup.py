@@ -13,10 +13,12 @@ def catalogue_lookup(
     loss: str,
     model_options: dict,
     weights: str,
+    model_artifact: str,
 ) -> dict:
     """Validate the backbone and its options against the catalogue; output the ModelSpec."""
     from finetuner import steps
 
     return steps.catalogue_lookup(
-        model, pooler, pooler_p, pooler_eps, max_length, loss, model_options, weights
-    )
+        model, pooler, pooler_p, pooler_eps, max_length, loss, model_options, weights,
+        model_artifact,
+    )  # fmt: skip

@@ -30,6 +30,7 @@ def finetune(
     max_length: int = D["max_length"],
     model_options: dict = D["model_options"],
     weights: str = D["weights"],
+    model_artifact: str = D["model_artifact"],
     data_options: dict = D["data_options"],
     sampler: str = D["sampler"],
     num_items_per_class: int = D["num_items_per_class"],
@@ -109,6 +110,8 @@ def finetune(
             restarted or rerun train step resumes from the newest.
         weights: Pretrained weights to start from: a model folder (s3:// or a path) in the
             model mirror's layout; empty for the mirror, a package or upstream.
+        model_artifact: A previous run's export (its output_uri) to continue training from,
+            with the same model and model options; empty: start from the pretrained weights.
         eval_k: The cut-off k of the retrieval metrics (ndcg@k, mrr@k, ...).
         seed: Seed of the split, shuffling and initialisation.
     """
@@ -121,6 +124,7 @@ def finetune(
         loss=loss,
         model_options=model_options,
         weights=weights,
+        model_artifact=model_artifact,
     )
     data = preprocess(
         model_spec=lookup.output,

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
@@ -123,6 +124,14 @@ def test_fit_runs_the_pipeline_with_eval_data_gem_and_triplet_loss(pairs_csv, tm
     assert (model.spec.pooler, model.spec.pooler_p) == ("GeM", 2.0)
     emb = finetuner.encode(model, ["hotelier", "an owner or manager of hotels"])
     assert emb.shape == (2, 384)
+
+    # A second run continues from the export: it starts where the first one ended.
+    common = dict(model="minilm-l6-en", train_data=str(train_csv), eval_data=str(eval_csv),
+                  pooler="GeM", pooler_p=2.0, batch_size=16, max_length=32, eval_k=3)  # fmt: skip
+    second = finetuner.fit(**common, output=str(tmp_path / "model2"), model_artifact=str(output))
+    assert second.metrics()["before"] == run.metrics()["after"]
+    with pytest.raises(finetuner.FinetunerError, match="was trained with pooler='GeM'"):
+        finetuner.fit(**{**common, "pooler": "mean"}, model_artifact=str(output))
 
 
 def test_image_to_image_through_finetuner_run(fashion_pairs, tmp_path):

@@ -180,6 +180,8 @@ class ModelSpec(BaseModel):
     # Where the weights come from: "package:<module>", "hf:<hub id>", "torchvision:<enum>",
     # or a mirror folder (s3:// or local).
     weights: str
+    # The model/ folder of a previous run's export that training continues from, if any.
+    artifact: str = ""
 
 
 def _choices(parameters: dict, model_options: dict) -> dict:

@@ -84,6 +84,7 @@ def run_command(args) -> None:
         "max_length": args.max_length,
         "model_options": args.model_options,
         "weights": args.weights,
+        "model_artifact": args.model_artifact,
         "data_options": data_options(args),
         "sampler": args.sampler,
         "num_items_per_class": args.num_items_per_class,
@@ -233,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=d["weights"],
         help="pretrained weights to start from: a model folder in the mirror layout "
         "(s3:// or local; see README). Default: the mirror, a package, or upstream",
+    )
+    p.add_argument(
+        "--model-artifact",
+        default=d["model_artifact"],
+        help="continue training from a previous run's export (its --output), with the same "
+        "model and model options",
     )
     p.add_argument(
         "--data-options",

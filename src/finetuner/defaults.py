@@ -15,6 +15,7 @@ PIPELINE_DEFAULTS = {
     "max_length": 128,
     "model_options": {},
     "weights": "",
+    "model_artifact": "",
     "data_options": {},
     "sampler": "auto",
     "num_items_per_class": 4,

@@ -58,6 +58,7 @@ def preflight(params: dict) -> dict:
         params["loss"],
         params["model_options"],
         params["weights"],
+        params["model_artifact"],
     )
     config = TrainConfig(
         loss=params["loss"],

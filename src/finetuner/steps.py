@@ -21,9 +21,25 @@ def catalogue_lookup(
     loss: str,
     model_options: dict | None = None,
     weights: str = "",
+    model_artifact: str = "",
 ) -> dict:
-    """Validate every choice before any data is read or GPU used; the ModelSpec as a dict."""
-    spec = lookup(model, pooler, pooler_p, pooler_eps, max_length, model_options, weights=weights)
+    """Validate every choice before any data is read or GPU used; the ModelSpec as a dict.
+
+    With `model_artifact` (a previous run's export), training continues from its model."""
+    from finetuner.errors import FinetunerError
+    from finetuner.weights import continue_from
+
+    if weights and model_artifact:
+        raise FinetunerError(
+            "parameters weights and model_artifact: give one; a run starts from pretrained "
+            "weights or continues from an export, not both."
+        )
+    spec = lookup(
+        model, pooler, pooler_p, pooler_eps, max_length, model_options,
+        resolve_weights=not model_artifact, weights=weights,
+    )  # fmt: skip
+    if model_artifact:
+        spec = continue_from(spec, model_artifact)
     loss_for(spec.family, loss)
     return spec.model_dump()
 

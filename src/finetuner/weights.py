@@ -164,3 +164,46 @@ def mirror_model(name: str, to: str) -> str:
             )
         )
     return target
+
+
+# What shapes a model's weights: a run that continues from an export must keep these.
+ARTIFACT_FIXED = ("pooler", "pooler_p", "pooler_eps", "output_dim", "options")
+
+
+def continue_from(spec, uri: str):
+    """The ModelSpec of a run that continues training from a previous run's export
+    (`model_artifact`): the export's model, with this run's max_length."""
+    import json
+
+    from finetuner.catalogue import ModelSpec
+    from finetuner.export import MANIFEST
+    from finetuner.models.folder import CONFIG_FILE
+
+    root = uri.rstrip("/") + "/"
+    if not storage.exists(storage.join(root, MANIFEST)):
+        raise FinetunerError(
+            f"parameter model_artifact: {root} is not a finished export ({MANIFEST} is "
+            "missing). Point at the output of a completed run."
+        )
+    config = json.loads(storage.read_text(storage.join(root, "model", CONFIG_FILE)))
+    saved = ModelSpec(**config["spec"])
+    if saved.name != spec.name:
+        raise FinetunerError(
+            f"parameter model_artifact: {root} holds a {saved.name} model, not {spec.name}; "
+            f"set model to {saved.name}."
+        )
+    differences = [
+        f"{name}={getattr(saved, name)!r} (this run: {getattr(spec, name)!r})"
+        for name in ARTIFACT_FIXED
+        if getattr(saved, name) != getattr(spec, name)
+    ]
+    if differences:
+        raise FinetunerError(
+            f"parameter model_artifact: the model in {root} was trained with "
+            + ", ".join(differences)
+            + ". A run that continues it must choose the same, since they shape its weights."
+        )
+    folder = storage.join(root, "model") + "/"
+    return saved.model_copy(
+        update={"max_length": spec.max_length, "weights": folder, "artifact": folder}
+    )
