@@ -4,6 +4,7 @@ the evaluation of each kind."""
 from __future__ import annotations
 
 import json
+import random
 
 import numpy as np
 import pytest
@@ -211,6 +212,34 @@ def test_no_duplicate_batches_never_repeat_a_text():
         texts = [t for i in batch for t in rows[i]]
         assert len(texts) == len(set(texts))
     assert max(len(b) for b in out) == 7  # only 7 distinct queries fit a batch
+
+
+def padded_fraction(batches: list[list[int]], lengths: list[int]) -> float:
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    return 1 - sum(lengths[i] for b in batches for i in b) / padded
+
+
+@pytest.mark.parametrize("sampler", ["random", "no_duplicates"])
+def test_length_grouped_batches_cut_the_padding_and_keep_every_row(sampler):
+    gen = random.Random(0)
+    lengths = [gen.randint(3, 60) for _ in range(640)]
+    rows = [(f"q{i % 600}", f"d{i}") for i in range(640)]  # 40 queries twice
+
+    def batches(window):
+        generator = torch.Generator().manual_seed(1)
+        if sampler == "random":
+            return samplers.random_batches(640, 32, generator, lengths, window)
+        return samplers.no_duplicate_batches(rows, 32, generator, lengths, window)
+
+    plain, grouped = batches(1), batches(4)
+    assert sorted(i for b in grouped for i in b) == list(range(640))
+    assert padded_fraction(grouped, lengths) < padded_fraction(plain, lengths) / 2
+    if sampler == "no_duplicates":
+        assert all(len({t for i in b for t in rows[i]}) == 2 * len(b) for b in grouped)
+    # Batches are not in length order: long and short ones alternate through the epoch.
+    longest = [max(lengths[i] for i in b) for b in grouped]
+    assert longest != sorted(longest, reverse=True) and longest != sorted(longest)
+    assert grouped == batches(4)  # the seed decides
 
 
 def test_samplers_are_checked_against_the_data():

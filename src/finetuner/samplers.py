@@ -7,6 +7,8 @@
   positive (pairs, for MultipleNegativesRankingLoss and CLIPLoss).
 
 Every sampler shuffles with a seeded torch.Generator, so a seed gives the same batches.
+With row lengths, random and no_duplicates batches are grouped by length (see
+`group_by_length`).
 """
 
 from __future__ import annotations
@@ -55,11 +57,34 @@ def _rotate_to_fit(waiting: deque, fits, look_ahead: int) -> bool:
     return False
 
 
-def random_batches(n: int, batch_size: int, generator) -> list[list[int]]:
-    """Shuffled index batches; a last batch of one row is dropped."""
+def group_by_length(order: list[int], lengths, window: int) -> list[int]:
+    """The shuffled order with each run of `window` rows sorted by length, longest first.
+
+    Batches cut from it hold texts of similar length, so padding, which is 30-50% of a
+    randomly batched text's tokens, mostly goes; each batch still draws its rows from a
+    random `window` of the data, and the batches are shuffled afterwards."""
+    out = []
+    for start in range(0, len(order), window):
+        out += sorted(order[start : start + window], key=lambda i: -lengths[i])
+    return out
+
+
+def _shuffled(batches: list[list[int]], generator) -> list[list[int]]:
+    return [batches[i] for i in _order(len(batches), generator)]
+
+
+def random_batches(
+    n: int, batch_size: int, generator, lengths=None, window: int = 1
+) -> list[list[int]]:
+    """Shuffled index batches; a last batch of one row is dropped. With `lengths`, the rows
+    of each `window` batches are grouped by length."""
     order = _order(n, generator)
+    grouped = lengths is not None and window > 1
+    if grouped:
+        order = group_by_length(order, lengths, window * batch_size)
     out = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    return [b for b in out if len(b) >= 2]
+    out = [b for b in out if len(b) >= 2]
+    return _shuffled(out, generator) if grouped else out
 
 
 def class_batches(labels: list, batch_size: int, per_class: int, generator) -> list[list[int]]:
@@ -97,11 +122,18 @@ def class_batches(labels: list, batch_size: int, per_class: int, generator) -> l
     return batches
 
 
-def no_duplicate_batches(rows: list[tuple], batch_size: int, generator) -> list[list[int]]:
+def no_duplicate_batches(
+    rows: list[tuple], batch_size: int, generator, lengths=None, window: int = 1
+) -> list[list[int]]:
     """Shuffled batches in which no text appears twice. A row that clashes with the batch
     being filled waits for a later one; a batch ends when it is full, or when none of the
-    next rows fits it (looking a few batches ahead, so the work stays linear)."""
-    waiting = deque(_order(len(rows), generator))
+    next rows fits it (looking a few batches ahead, so the work stays linear). With
+    `lengths`, the rows of each `window` batches are grouped by length."""
+    order = _order(len(rows), generator)
+    grouped = lengths is not None and window > 1
+    if grouped:
+        order = group_by_length(order, lengths, window * batch_size)
+    waiting = deque(order)
     look_ahead = 4 * batch_size
     batches, batch, seen = [], [], set()
     while waiting:
@@ -117,4 +149,5 @@ def no_duplicate_batches(rows: list[tuple], batch_size: int, generator) -> list[
             batches.append(batch)
             batch, seen = [], set()
     batches.append(batch)
-    return [b for b in batches if len(b) >= 2]
+    batches = [b for b in batches if len(b) >= 2]
+    return _shuffled(batches, generator) if grouped else batches

@@ -34,6 +34,9 @@ class TrainConfig:
     max_steps: int | None = None  # stop early, e.g. for benchmarks
     # Forward passes per side of a batch, grouped by length to skip padding (exact).
     length_buckets: int = 2
+    # Text rows of this many batches at a time are sorted by length before they are cut
+    # into batches (random and no_duplicates samplers), which removes most padding; 1: off.
+    length_grouping: int = 4
     log_every: int = 10
     sampler: str = "auto"  # see finetuner.samplers; auto: by the data's kind and the loss
     num_items_per_class: int = 4  # the class sampler's items of each label in a batch
@@ -78,6 +81,7 @@ class TrainConfig:
             "loss_learning_rate": 0 < self.loss_learning_rate < 10,
             "eval_k": self.eval_k >= 1,
             "early_stopping_patience": self.early_stopping_patience >= 0,
+            "length_grouping": self.length_grouping >= 1,
         }
         for name, ok in checks.items():
             if not ok:
@@ -119,17 +123,32 @@ def seed_everything(seed: int):
     return torch.Generator().manual_seed(seed)
 
 
-def epoch_batches(data, sampler: str, config: TrainConfig, generator) -> list[list[int]]:
-    """One epoch's batches of row indices."""
+def epoch_batches(
+    data, sampler: str, config: TrainConfig, generator, lengths=None
+) -> list[list[int]]:
+    """One epoch's batches of row indices; `lengths` (text rows) groups them by length."""
     if sampler == "class":
         labels = data.column("label")
         return samplers.class_batches(
             labels, config.batch_size, config.num_items_per_class, generator
         )
+    window = config.length_grouping
     if sampler == "no_duplicates":
         rows = list(zip(*(data.column(c) for c in data.table.column_names[:2]), strict=True))
-        return samplers.no_duplicate_batches(rows, config.batch_size, generator)
-    return samplers.random_batches(len(data), config.batch_size, generator)
+        return samplers.no_duplicate_batches(rows, config.batch_size, generator, lengths, window)
+    return samplers.random_batches(len(data), config.batch_size, generator, lengths, window)
+
+
+def text_lengths(data, model) -> list[int] | None:
+    """Each row's characters of text (a proxy of its tokens), for text models; None for
+    other models, whose inputs have a fixed size."""
+    import pyarrow.compute as pc
+
+    if model.spec.family != "text" or data.kind == "labeled":
+        return None
+    columns = data.table.column_names[:2]
+    total = pc.add(*(pc.utf8_length(data.table.column(c)) for c in columns))
+    return total.to_pylist()
 
 
 def _embed(side, rows: list[tuple], column: int, prepared: dict, device: str, buckets: int):
@@ -340,8 +359,9 @@ def train(
 
     # Samplers other than random make a few more or fewer batches in some epochs; the
     # schedule follows the first.
+    lengths = text_lengths(data, model) if config.length_grouping > 1 else None
     epoch_generator = generator.get_state()
-    epoch = epoch_batches(data, sampler, config, generator)
+    epoch = epoch_batches(data, sampler, config, generator, lengths)
     total = len(epoch) * config.epochs
     if config.max_steps:
         total = min(total, config.max_steps)
@@ -377,7 +397,7 @@ def train(
     while pos.epoch <= config.epochs and pos.step < total:
         if pos.epoch > 1 or resumed:  # the epoch's batches, from the sampler's state
             epoch_generator = generator.get_state()
-            epoch = epoch_batches(data, sampler, config, generator)
+            epoch = epoch_batches(data, sampler, config, generator, lengths)
         seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
         if rng is not None:  # resumed: the random states of the moment of the checkpoint
             checkpoints.set_rng_states(rng)
