@@ -36,12 +36,13 @@ def train(
     best_model_mode: str,
     early_stopping_patience: int,
     early_stopping_options: dict,
+    num_gpus: int,
     model: Output[Model],
     train_metrics: Output[Metrics],
 ):
     """Fine-tune the backbone on the training data (CUDA with bf16 when a GPU is present),
     evaluating after each epoch, with checkpoints under output_uri that a restarted step
-    resumes from."""
+    resumes from; data-parallel over num_gpus GPUs through torchrun."""
     from finetuner import steps
 
     result = steps.train(
@@ -78,6 +79,7 @@ def train(
             "early_stopping_options": early_stopping_options,
         },
         eval_dataset.path,
+        num_gpus,
     )
     for name in ("steps", "samples_per_second", "final_loss", "epochs", "best_epoch"):
         train_metrics.log_metric(name, result[name])

@@ -52,6 +52,7 @@ def finetune(
     best_model_mode: str = D["best_model_mode"],
     early_stopping_patience: int = D["early_stopping_patience"],
     early_stopping_options: dict = D["early_stopping_options"],
+    num_gpus: int = D["num_gpus"],
     eval_k: int = D["eval_k"],
     seed: int = D["seed"],
 ):
@@ -105,6 +106,8 @@ def finetune(
             monitored metric; 0: never stop early.
         early_stopping_options: monitor (default: best_model_metric, else ndcg@eval_k),
             mode, min_delta and baseline, e.g. {"min_delta": 0.001}.
+        num_gpus: GPUs of the train step's node; above 1 it trains data-parallel, one
+            process per GPU through torchrun (batch_size is per GPU).
         checkpoint_every: Steps between training checkpoints (also one at each epoch's
             end), kept under output_uri/checkpoints/ until the model is trained: a
             restarted or rerun train step resumes from the newest.
@@ -165,6 +168,7 @@ def finetune(
         best_model_mode=best_model_mode,
         early_stopping_patience=early_stopping_patience,
         early_stopping_options=early_stopping_options,
+        num_gpus=num_gpus,
     )
     trained.set_caching_options(False)
     evaluated = evaluate(

@@ -89,6 +89,7 @@ def run_command(args) -> None:
         "sampler": args.sampler,
         "num_items_per_class": args.num_items_per_class,
         "checkpoint_every": args.checkpoint_every,
+        "num_gpus": args.num_gpus,
         **{name: getattr(args, name) for name in CHOICE_FLAGS},
         "eval_k": args.eval_k,
         "seed": args.seed,
@@ -276,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d["checkpoint_every"],
         help="steps between training checkpoints under OUTPUT/checkpoints/ (a rerun resumes)",
+    )
+    p.add_argument(
+        "--num-gpus",
+        type=int,
+        default=d["num_gpus"],
+        help="above 1: train data-parallel, one process per GPU (batch size per GPU)",
     )
     p.add_argument("--eval-k", type=int, default=d["eval_k"], help="cut-off of the metrics")
     p.add_argument("--seed", type=int, default=d["seed"])

@@ -37,6 +37,7 @@ PIPELINE_DEFAULTS = {
     "best_model_mode": "auto",
     "early_stopping_patience": 0,
     "early_stopping_options": {},
+    "num_gpus": 1,
     "eval_k": 10,
     "seed": 42,
 }

@@ -72,6 +72,9 @@ def preflight(params: dict) -> dict:
     check_choices(config)
     opts = formats.options(params["data_options"])
     check_val_split(params["val_split"], has_eval_data=bool(params["eval_data"]))
+    from finetuner.distributed import check_processes
+
+    check_processes(params["num_gpus"])
     if params["eval_k"] < 1:
         raise FinetunerError(f"parameter eval_k: must be >= 1, got {params['eval_k']}.")
     for name in ("train_data", "eval_data"):

@@ -90,6 +90,7 @@ def train(
     checkpoint_every: int = 500,
     choices: dict | None = None,
     eval_path: str = "",
+    num_gpus: int = 1,
 ) -> dict:
     """Fine-tune the pretrained backbone on the train dataset; save it to model_out, with
     each epoch's metrics in `history.json` beside it.
@@ -98,10 +99,22 @@ def train(
     scheduler, callbacks ...; see `train_choices`). With `eval_path`, the eval dataset is
     evaluated after every epoch. With output_uri, checkpoints go to
     `<output_uri>/checkpoints/`, a restarted step resumes from the newest, and they are
-    deleted once the model is saved."""
+    deleted once the model is saved. With num_gpus > 1 it trains data-parallel in one
+    process per GPU (finetuner.distributed)."""
     import json
 
-    from finetuner import checkpoints, dataset, models, storage
+    from finetuner import checkpoints, dataset, distributed, models, storage
+
+    parallel = distributed.context()
+    if num_gpus > 1 and parallel is None:  # this process starts the others through torchrun
+        kwargs = dict(
+            model_spec=model_spec, train_path=train_path, model_out=model_out, loss=loss,
+            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+            sampler=sampler, num_items_per_class=num_items_per_class, output_uri=output_uri,
+            checkpoint_every=checkpoint_every, choices=choices, eval_path=eval_path,
+            num_gpus=num_gpus,
+        )  # fmt: skip
+        return distributed.launch(num_gpus, kwargs)
     from finetuner.train import TrainConfig
     from finetuner.train import train as run_training
 
@@ -119,11 +132,14 @@ def train(
         **train_choices(choices or {}),
     )
     eval_data = dataset.load(eval_path) if eval_path else None
-    result = run_training(model, dataset.load(train_path), config, eval_data=eval_data)
-    model.save(model_out)
-    Path(model_out, HISTORY_FILE).write_text(json.dumps(result["history"], indent=2))
-    if config.checkpoint_dir:
-        checkpoints.clear(config.checkpoint_dir)
+    result = run_training(
+        model, dataset.load(train_path), config, eval_data=eval_data, parallel=parallel
+    )
+    if parallel is None or parallel.main:
+        model.save(model_out)
+        Path(model_out, HISTORY_FILE).write_text(json.dumps(result["history"], indent=2))
+        if config.checkpoint_dir:
+            checkpoints.clear(config.checkpoint_dir)
     return result
 
 

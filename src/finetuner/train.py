@@ -6,6 +6,7 @@ torch is imported inside the functions, so validating a TrainConfig stays instan
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -277,6 +278,11 @@ def _after_epoch(monitors: dict, metrics: dict, patience: int) -> tuple[bool, st
     )
 
 
+def _share(batches: list, parallel) -> list:
+    """This process's batches of an epoch: all of them, or its share in a parallel run."""
+    return batches if parallel is None else parallel.shard(batches)
+
+
 def wise_ft(module, pretrained: dict, alpha: float) -> None:
     """Weight-space ensembling (WiSE-FT, Wortsman et al. 2022): blend the fine-tuned
     weights with the pretrained ones, which keeps more of what pretraining knew. Integer
@@ -310,7 +316,13 @@ def _scheduler(config: TrainConfig, optimizer, total: int, steps_per_epoch: int)
 
 
 def train(
-    model, data, config: TrainConfig, device: str | None = None, on_step=None, eval_data=None
+    model,
+    data,
+    config: TrainConfig,
+    device: str | None = None,
+    on_step=None,
+    eval_data=None,
+    parallel=None,
 ) -> dict:
     """Fine-tune `model` (from finetuner.models) in place on a dataset (finetuner.dataset,
     or a list of pairs); returns training metrics, with each epoch's in "history".
@@ -319,10 +331,20 @@ def train(
     computed after every epoch, and the best-model and early-stopping callbacks can watch
     them (see finetuner.callback).
 
+    `parallel` (a finetuner.distributed.Context) trains this process's share of the batches
+    of a data-parallel run; only its first process prints and writes checkpoints.
+
     With `config.checkpoint_dir`, a checkpoint is written every `checkpoint_every` steps
     and at each epoch's end, and training resumes from the newest complete one: on the
     CPU, with the same seed, the weights come out bit-identical to an uninterrupted run.
     `on_step(step)` is called after each optimizer step."""
+    if parallel is None or parallel.main:
+        return _train(model, data, config, device, on_step, eval_data, parallel)
+    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+        return _train(model, data, config, device, on_step, eval_data, parallel)
+
+
+def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
     import torch
 
     from finetuner import checkpoints
@@ -344,6 +366,8 @@ def train(
     if sampler == "auto":
         sampler = samplers.default_sampler(data.kind, loss_name)
     samplers.check_sampler(sampler, data.kind)
+    if parallel is not None:
+        device = parallel.device
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     generator = seed_everything(config.seed)
     embedder = model.embedder.to(device).train()
@@ -361,12 +385,16 @@ def train(
     # schedule follows the first.
     lengths = text_lengths(data, model) if config.length_grouping > 1 else None
     epoch_generator = generator.get_state()
-    epoch = epoch_batches(data, sampler, config, generator, lengths)
+    epoch = _share(epoch_batches(data, sampler, config, generator, lengths), parallel)
     total = len(epoch) * config.epochs
     if config.max_steps:
         total = min(total, config.max_steps)
     optimizers = [_optimizer(config, embedder)]
     trainable = [p for g in optimizers[0].param_groups for p in g["params"]]  # not frozen ones
+    if parallel is not None:  # every process starts from process 0's weights
+        parallel.broadcast(embedder)
+        if loss_fn.parameters():
+            parallel.broadcast(loss_fn.module)
     if loss_fn.parameters():  # a loss with its own weights gets its own optimizer
         optimizers.append(
             build_optimizer(config.optimizer, loss_fn.parameters(), config.loss_learning_rate)
@@ -381,6 +409,8 @@ def train(
     # bf16 autocast on GPUs; full precision on the CPU, where bf16 is slower.
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
     progress = Progress(total, every=config.log_every)
+    world = parallel.world if parallel is not None else 1
+    saving = bool(config.checkpoint_dir) and (parallel is None or parallel.main)
     columns = media_columns(data.kind, sides(model))
     workers = config.num_workers
     if workers is None:  # starting workers costs more than decoding a few hundred items
@@ -397,7 +427,7 @@ def train(
     while pos.epoch <= config.epochs and pos.step < total:
         if pos.epoch > 1 or resumed:  # the epoch's batches, from the sampler's state
             epoch_generator = generator.get_state()
-            epoch = epoch_batches(data, sampler, config, generator, lengths)
+            epoch = _share(epoch_batches(data, sampler, config, generator, lengths), parallel)
         seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
         if rng is not None:  # resumed: the random states of the moment of the checkpoint
             checkpoints.set_rng_states(rng)
@@ -416,6 +446,8 @@ def train(
                     label_ids,
                 )  # fmt: skip
             loss.backward()
+            if parallel is not None:
+                parallel.average_gradients(trainable + list(loss_fn.parameters()))
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             for optimizer in optimizers:
                 optimizer.step()
@@ -426,14 +458,14 @@ def train(
             pos.epoch_loss += loss.item()
             pos.epoch_steps += 1
             progress.step(
-                pos.step, len(rows), epoch=pos.epoch, loss=loss.item(),
+                pos.step, len(rows) * world, epoch=pos.epoch, loss=loss.item(),
                 lr=scheduler.get_last_lr()[0],
             )  # fmt: skip
             if on_step:
                 on_step(pos.step)
             if pos.step >= total:
                 break
-            if config.checkpoint_dir and pos.step % config.checkpoint_every == 0:
+            if saving and pos.step % config.checkpoint_every == 0:
                 pos.monitors = {name: asdict(m) for name, m in monitors.items()}
                 _save(config, pos, epoch_generator, parts, best_state)
         metrics = _epoch_metrics(model, embedder, pos, eval_data, config, device)
@@ -447,7 +479,7 @@ def train(
         pos.epoch, pos.batch, pos.epoch_loss, pos.epoch_steps = pos.epoch + 1, 0, 0.0, 0
         if config.scheduler_step == "epoch":
             scheduler.step()
-        if config.checkpoint_dir and pos.step < total and pos.epoch <= config.epochs:
+        if saving and pos.step < total and pos.epoch <= config.epochs:
             pos.monitors = {name: asdict(m) for name, m in monitors.items()}
             _save(config, pos, generator.get_state(), parts, best_state)
     best = monitors.get("best_model")
