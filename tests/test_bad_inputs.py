@@ -35,6 +35,8 @@ def parquet_bytes(columns: dict) -> bytes:
 
 # name: (files {relative path: content}, data file, extra arguments, expected error regex).
 # `{dir}` in a regex is the data folder.
+SIX_PAIRS = "a,b\nc,d\ne,f\ng,h\ni,j\nk,l\n"
+
 CORPUS = {
     "empty file": ({"d.csv": ""}, "d.csv", [], r"d.csv is empty"),
     "blank lines only": ({"d.csv": "\n  \n\t\n"}, "d.csv", [], r"d.csv is empty"),
@@ -102,6 +104,22 @@ CORPUS = {
                           r"scheduler.*'step'"),
     "unknown miner": ({"d.csv": "a,b\nc,d\n"}, "d.csv", ["--miner", "HardMiner"],
                       r"miner.*HardMiner"),
+    "best-model metric not reported": (
+        {"d.csv": SIX_PAIRS}, "d.csv", ["--best-model-metric", "ndcg@5"],
+        r"best_model_metric: no metric 'ndcg@5' is reported each epoch. Valid: train_loss, "
+        r"precision@10"),
+    "monitor without per-epoch evaluation": (
+        {"d.csv": SIX_PAIRS}, "d.csv",
+        ["--early-stopping-patience", "2", "--evaluate-every-epoch", "false",
+         "--early-stopping-options", '{"monitor": "ndcg@10"}'],
+        r"early_stopping_options.monitor: no metric 'ndcg@10' .*need per-epoch evaluation"),
+    "bad early-stopping option": (
+        {"d.csv": SIX_PAIRS}, "d.csv",
+        ["--early-stopping-patience", "2", "--early-stopping-options", '{"patience": 3}'],
+        r"unknown option\(s\) patience; valid: monitor, mode, min_delta, baseline"),
+    "model artifact that is no export": (
+        {"d.csv": "a,b\nc,d\n", "old/model/x": "x"}, "d.csv", ["--model-artifact", "old"],
+        r"model_artifact: old/ is not a finished export \(manifest.json is missing\)"),
 }  # fmt: skip
 
 
