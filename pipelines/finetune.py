@@ -46,6 +46,8 @@ def finetune(
     num_warmup_steps: int = D["num_warmup_steps"],
     scheduler_step: str = D["scheduler_step"],
     wiseft_alpha: float = D["wiseft_alpha"],
+    loss_optimizer: str = D["loss_optimizer"],
+    loss_optimizer_options: dict = D["loss_optimizer_options"],
     loss_learning_rate: float = D["loss_learning_rate"],
     evaluate_every_epoch: bool = D["evaluate_every_epoch"],
     best_model_metric: str = D["best_model_metric"],
@@ -96,6 +98,9 @@ def finetune(
         scheduler_step: Step the schedule after every batch, or every epoch.
         wiseft_alpha: WiSE-FT: the model ends as alpha x fine-tuned + (1 - alpha) x
             pretrained weights; 1: fine-tuned only.
+        loss_optimizer: Optimizer of a loss's own weights (ArcFace's class centres); empty:
+            the same kind as optimizer.
+        loss_optimizer_options: The loss optimizer's options, e.g. {"momentum": 0.9}.
         loss_learning_rate: Learning rate of a loss's own weights (ArcFace's class centres).
         evaluate_every_epoch: Compute the retrieval metrics on the eval data after every
             epoch (logged per epoch; needed to monitor them).
@@ -161,6 +166,8 @@ def finetune(
         num_warmup_steps=num_warmup_steps,
         scheduler_step=scheduler_step,
         wiseft_alpha=wiseft_alpha,
+        loss_optimizer=loss_optimizer,
+        loss_optimizer_options=loss_optimizer_options,
         loss_learning_rate=loss_learning_rate,
         evaluate_every_epoch=evaluate_every_epoch,
         eval_k=eval_k,

@@ -144,6 +144,24 @@ def test_arcface_with_its_own_optimizer_on_labeled_vectors():
         )
 
 
+def test_the_loss_optimizer_is_chosen_by_name_with_options(tmp_path):
+    from finetuner import checkpoints, dataset, models
+
+    rows = [(f"{i % 4} {i % 3} 1", f"c{i % 4}") for i in range(32)]
+    spec = lookup("mlp", model_options={"input_size": 3, "hidden_sizes": [8]})
+    base = dict(loss="ArcFaceLoss", batch_size=8, log_every=100, loss_optimizer="SGD")
+    config = TrainConfig(
+        **base, loss_optimizer_options={"momentum": 0.5}, loss_learning_rate=0.2,
+        checkpoint_dir=str(tmp_path), checkpoint_every=1, max_steps=2,
+    )  # fmt: skip
+    train(models.pretrained(spec), dataset.from_rows(rows, "labeled"), config)
+    group = checkpoints.latest(str(tmp_path))["optimizer1"]["param_groups"][0]
+    assert (group["momentum"], group["lr"]) == (0.5, 0.2)
+    bad = TrainConfig(**base, loss_optimizer_options={"betas": [0.9, 0.99]})
+    with pytest.raises(FinetunerError, match="loss_optimizer_options: SGD has no option betas"):
+        train(models.pretrained(spec), dataset.from_rows(rows, "labeled"), bad)
+
+
 def test_wiseft_blends_the_fine_tuned_with_the_pretrained_weights():
     import numpy as np
 

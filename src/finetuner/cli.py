@@ -144,7 +144,10 @@ CHOICE_FLAGS = {
     "num_warmup_steps": (int, "warm-up steps; -1: warmup_ratio of the batch steps"),
     "scheduler_step": (str, "step the schedule every batch or every epoch"),
     "wiseft_alpha": (float, "WiSE-FT: alpha x fine-tuned + (1 - alpha) x pretrained weights"),
-    "loss_learning_rate": (float, "learning rate of a loss's own weights (ArcFace's)"),
+    "loss_optimizer": (str, "optimizer of a loss's own weights (ArcFace's); empty: as "
+                       "--optimizer"),
+    "loss_optimizer_options": ("json", "the loss optimizer's options as JSON"),
+    "loss_learning_rate": (float, "learning rate of a loss's own weights"),
     "evaluate_every_epoch": ("bool", "retrieval metrics on the eval data after every epoch "
                              "(true or false)"),
     "best_model_metric": (str, "keep the epoch that is best by this metric, e.g. ndcg@10; "

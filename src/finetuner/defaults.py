@@ -31,6 +31,8 @@ PIPELINE_DEFAULTS = {
     "num_warmup_steps": -1,
     "scheduler_step": "batch",
     "wiseft_alpha": 1.0,
+    "loss_optimizer": "",
+    "loss_optimizer_options": {},
     "loss_learning_rate": 1e-2,
     "evaluate_every_epoch": True,
     "best_model_metric": "",

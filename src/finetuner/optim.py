@@ -59,14 +59,14 @@ def optimizer_names() -> tuple[str, ...]:
     return tuple(sorted(names, key=str.lower))
 
 
-def check_optimizer(name: str) -> str:
+def check_optimizer(name: str, parameter: str = "optimizer") -> str:
     """The torch name of an optimizer given as torch spells it or in lower case."""
     names = optimizer_names()
     for valid in names:
         if name in (valid, valid.lower()):
             return valid
     raise FinetunerError(
-        f"parameter optimizer: unknown optimizer '{name}'. Valid optimizers (any "
+        f"parameter {parameter}: unknown optimizer '{name}'. Valid optimizers (any "
         f"torch.optim one, also in lower case): {', '.join(names)}."
     )
 
@@ -85,8 +85,10 @@ def build_optimizer(
     lr: float,
     options: dict | None = None,
     layerwise_decay: float | None = None,
+    parameter: str = "optimizer",
 ):
-    """The torch.optim optimizer `name` with its options.
+    """The torch.optim optimizer `name` with its options; errors name the `parameter` that
+    chose it (and its `<parameter>_options`).
 
     `params` is a module, whose trainable parameters are grouped by `parameter_groups`
     (weight decay from options, else the optimizer's default), or parameters or param
@@ -94,19 +96,20 @@ def build_optimizer(
     `layerwise_decay` needs a module."""
     import torch
 
-    name = check_optimizer(name)
+    name = check_optimizer(name, parameter)
     cls = getattr(torch.optim, name)
     options = dict(options or {})
     valid = optimizer_options(name)
     if "lr" in options:
+        rate = "loss_learning_rate" if parameter == "loss_optimizer" else "learning_rate"
         raise FinetunerError(
-            "parameter optimizer_options: the learning rate is the learning_rate parameter, "
+            f"parameter {parameter}_options: the learning rate is the {rate} parameter, "
             "not an option."
         )
     unknown = [k for k in options if k not in valid]
     if unknown:
         raise FinetunerError(
-            f"parameter optimizer_options: {name} has no option {', '.join(unknown)}. "
+            f"parameter {parameter}_options: {name} has no option {', '.join(unknown)}. "
             f"Its options: {', '.join(valid)}."
         )
     if isinstance(params, torch.nn.Module):
@@ -127,7 +130,7 @@ def build_optimizer(
         return cls(groups, lr=lr, **options)
     except (TypeError, ValueError, RuntimeError) as e:
         raise FinetunerError(
-            f"parameter optimizer_options: {name} refused its options {options}: {e}. "
+            f"parameter {parameter}_options: {name} refused its options {options}: {e}. "
             f"Its options: {', '.join(valid)}."
         ) from e
 

@@ -99,14 +99,19 @@ def check_choices(config) -> None:
     what checks every option's name."""
     from finetuner import losses, optim
 
-    optim.check_optimizer(config.optimizer)
-    unknown = set(config.optimizer_options) - set(optim.optimizer_options(config.optimizer))
-    if unknown:
-        raise FinetunerError(
-            f"parameter optimizer_options: {config.optimizer} has no option "
-            f"{', '.join(sorted(unknown))}. Its options: "
-            f"{', '.join(optim.optimizer_options(config.optimizer))}."
-        )
+    chosen = [("optimizer", config.optimizer, config.optimizer_options)]
+    if config.loss_optimizer or config.loss_optimizer_options:
+        name = config.loss_optimizer or config.optimizer
+        chosen.append(("loss_optimizer", name, config.loss_optimizer_options))
+    for parameter, name, options in chosen:
+        name = optim.check_optimizer(name, parameter)
+        unknown = set(options) - set(optim.optimizer_options(name))
+        if unknown:
+            raise FinetunerError(
+                f"parameter {parameter}_options: {name} has no option "
+                f"{', '.join(sorted(unknown))}. Its options: "
+                f"{', '.join(optim.optimizer_options(name))}."
+            )
     optim.check_scheduler(config.scheduler)
     optim.steps_for(config.scheduler_step, 1, 1)
     losses.build_miner(config.miner or None, config.miner_options)

@@ -147,8 +147,9 @@ def train(
 CHOICES = (
     "loss_options", "miner", "miner_options", "optimizer", "optimizer_options",
     "layerwise_decay", "scheduler", "scheduler_options", "num_warmup_steps", "scheduler_step",
-    "wiseft_alpha", "loss_learning_rate", "evaluate_every_epoch", "best_model_metric",
-    "best_model_mode", "early_stopping_patience", "early_stopping_options", "eval_k",
+    "wiseft_alpha", "loss_optimizer", "loss_optimizer_options", "loss_learning_rate",
+    "evaluate_every_epoch", "best_model_metric", "best_model_mode", "early_stopping_patience",
+    "early_stopping_options", "eval_k",
 )  # fmt: skip
 HISTORY_FILE = "history.json"  # each epoch's metrics, in the train step's model folder
 

@@ -52,7 +52,11 @@ class TrainConfig:
     miner_options: dict = field(default_factory=dict)
     optimizer: str = "AdamW"  # any torch.optim optimizer
     optimizer_options: dict = field(default_factory=dict)
-    loss_learning_rate: float = 1e-2  # for a loss's own parameters (ArcFace's class weights)
+    # A loss's own parameters (ArcFace's class weights) get an optimizer of their own;
+    # loss_optimizer empty: the same kind as `optimizer`.
+    loss_optimizer: str = ""
+    loss_optimizer_options: dict = field(default_factory=dict)
+    loss_learning_rate: float = 1e-2
     layerwise_decay: float | None = None  # lr x decay per layer below the top (transformers)
     scheduler: str = "linear"
     scheduler_options: dict = field(default_factory=dict)
@@ -397,7 +401,13 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
             parallel.broadcast(loss_fn.module)
     if loss_fn.parameters():  # a loss with its own weights gets its own optimizer
         optimizers.append(
-            build_optimizer(config.optimizer, loss_fn.parameters(), config.loss_learning_rate)
+            build_optimizer(
+                config.loss_optimizer or config.optimizer,
+                loss_fn.parameters(),
+                config.loss_learning_rate,
+                config.loss_optimizer_options,
+                parameter="loss_optimizer",
+            )
         )
     scheduler = _scheduler(config, optimizers[0], total, len(epoch))
     print(
