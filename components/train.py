@@ -28,12 +28,14 @@ def train(
     num_warmup_steps: int,
     scheduler_step: str,
     wiseft_alpha: float,
+    run_id: str,
     model: Output[Model],
     train_metrics: Output[Metrics],
 ):
     """Fine-tune the backbone on the training data (CUDA with bf16 when a GPU is present),
     with checkpoints under output_uri that a restarted step resumes from."""
     from finetuner import steps
+    from finetuner.promote import run_output
 
     result = steps.train(
         model_spec,
@@ -46,7 +48,7 @@ def train(
         seed,
         sampler,
         num_items_per_class,
-        output_uri,
+        run_output(output_uri, run_id),
         checkpoint_every,
         {
             "loss_options": loss_options,

@@ -1,4 +1,5 @@
-"""The `finetune` pipeline: catalogue-lookup -> preprocess -> train -> evaluate -> export."""
+"""The `finetune` pipeline: catalogue-lookup -> preprocess -> train -> evaluate -> export
+-> promote."""
 
 from kfp import dsl
 
@@ -6,7 +7,10 @@ from finetuner.components.catalogue_lookup import catalogue_lookup
 from finetuner.components.evaluate import evaluate
 from finetuner.components.export import export
 from finetuner.components.preprocess import preprocess
+from finetuner.components.promote import promote as promote_step
 from finetuner.components.train import train
+from finetuner.cluster import gpu_step, s3_step
+from finetuner.defaults import CLUSTER_DEFAULTS as C
 from finetuner.defaults import PIPELINE_DEFAULTS as D
 
 
@@ -47,6 +51,16 @@ def finetune(
     wiseft_alpha: float = D["wiseft_alpha"],
     eval_k: int = D["eval_k"],
     seed: int = D["seed"],
+    promote: bool = C["promote"],
+    promotion_metric: str = C["promotion_metric"],
+    promotion_min_delta: float = C["promotion_min_delta"],
+    s3_secret_name: str = C["s3_secret_name"],
+    gpu_type: str = C["gpu_type"],
+    gpu_count: int = C["gpu_count"],
+    node_selector: dict = C["node_selector"],
+    tolerations: list = C["tolerations"],
+    train_cpu: str = C["train_cpu"],
+    train_memory: str = C["train_memory"],
 ):
     """Fine-tune an embedding model from the catalogue on (query, document) pairs.
 
@@ -54,7 +68,9 @@ def finetune(
         train_data: Training data, s3:// or a path: CSV of query,document pairs (text,image
             for CLIP), item,label rows or text1,text2,score rows; or JSONL or Parquet with
             those column names.
-        output_uri: Where the model is exported (s3://bucket/prefix/ or a folder).
+        output_uri: Where the model is exported (s3://bucket/prefix/ or a folder); {run_id}
+            in it becomes the run's id, e.g. s3://bucket/models/minilm/{run_id} for a
+            schedule, whose runs each need a new folder.
         model: Catalogue name of the backbone (see `finetuner describe-models`).
         eval_data: CSV of held-out pairs; empty to hold out val_split of train_data.
         val_split: Fraction of the queries held out for evaluation when eval_data is empty.
@@ -95,6 +111,21 @@ def finetune(
             model mirror's layout; empty for the mirror, a package or upstream.
         eval_k: The cut-off k of the retrieval metrics (ndcg@k, mrr@k, ...).
         seed: Seed of the split, shuffling and initialisation.
+        promote: Promotion gate: copy the export to latest/ beside it (the folder above
+            output_uri) when promotion_metric beats the model promoted there.
+        promotion_metric: The metric the gate compares, e.g. ndcg, mrr@10, spearman; auto:
+            ndcg@eval_k, or spearman for scored data.
+        promotion_min_delta: The least improvement of promotion_metric that promotes.
+        s3_secret_name: Kubernetes Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+            AWS_ENDPOINT_URL and AWS_DEFAULT_REGION for every step that reads or writes S3.
+        gpu_type: Accelerator resource of the train step, e.g. nvidia.com/gpu.
+        gpu_count: GPUs of the train step.
+        node_selector: Node labels the train step must run on, e.g.
+            {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}.
+        tolerations: Taints the train step tolerates, as Kubernetes toleration objects, e.g.
+            [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}].
+        train_cpu: CPU request of the train step, e.g. 4 or 3500m.
+        train_memory: Memory request of the train step, e.g. 32Gi.
     """
     lookup = catalogue_lookup(
         model=model,
@@ -137,8 +168,10 @@ def finetune(
         num_warmup_steps=num_warmup_steps,
         scheduler_step=scheduler_step,
         wiseft_alpha=wiseft_alpha,
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
     )
     trained.set_caching_options(False)
+    gpu_step(trained, gpu_type, gpu_count, node_selector, tolerations, train_cpu, train_memory)
     evaluated = evaluate(
         model_spec=lookup.output,
         model=trained.outputs["model"],
@@ -146,6 +179,21 @@ def finetune(
         k=eval_k,
     )
     exported = export(
-        model=trained.outputs["model"], metrics=evaluated.outputs["Output"], output_uri=output_uri
+        model=trained.outputs["model"],
+        metrics=evaluated.outputs["Output"],
+        output_uri=output_uri,
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
     )
     exported.set_caching_options(False)
+    gate = promote_step(
+        export=exported.output,
+        metrics=evaluated.outputs["Output"],
+        enabled=promote,
+        promotion_metric=promotion_metric,
+        min_delta=promotion_min_delta,
+    )
+    gate.set_caching_options(False)
+    # Every step that may read or write s3:// URIs; evaluate reads only KFP artifacts,
+    # but model weights may come from an S3 mirror.
+    for task in (lookup, data, trained, evaluated, exported, gate):
+        s3_step(task, s3_secret_name)

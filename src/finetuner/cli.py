@@ -92,6 +92,9 @@ def run_command(args) -> None:
         "eval_k": args.eval_k,
         "seed": args.seed,
         "output_uri": args.output,
+        "promote": args.promote,
+        "promotion_metric": args.promotion_metric,
+        "promotion_min_delta": args.promotion_min_delta,
     }
     run = run_pipeline(params, pipeline_root=args.pipeline_root)
     if args.summary_json:
@@ -116,7 +119,7 @@ def mirror_models_command(args) -> None:
 def compile_command(args) -> None:
     from finetuner.compile import compile_pipelines
 
-    for path in compile_pipelines(args.output_dir):
+    for path in compile_pipelines(args.output_dir, args.image, args.gpu_image):
         print(f"wrote {path}")
 
 
@@ -164,7 +167,7 @@ def json_object(text: str) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from finetuner.defaults import PIPELINE_DEFAULTS
+    from finetuner.defaults import CLUSTER_DEFAULTS, PIPELINE_DEFAULTS
 
     parser = argparse.ArgumentParser(
         prog="finetuner",
@@ -257,7 +260,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--eval-k", type=int, default=d["eval_k"], help="cut-off of the metrics")
     p.add_argument("--seed", type=int, default=d["seed"])
-    p.add_argument("--output", help="export location (default: runs/<model>-<time>)")
+    p.add_argument(
+        "--output",
+        help="export location (default: runs/<model>-<time>); {run_id} in it: the run's time",
+    )
+    p.add_argument(
+        "--promote",
+        action="store_true",
+        help="promotion gate: copy the export to latest/ beside it when --promotion-metric "
+        "beats the model there by --promotion-min-delta",
+    )
+    p.add_argument(
+        "--promotion-metric",
+        default=CLUSTER_DEFAULTS["promotion_metric"],
+        help="e.g. ndcg, mrr@10, spearman; auto: ndcg@k, or spearman for scored data",
+    )
+    p.add_argument(
+        "--promotion-min-delta",
+        type=float,
+        default=CLUSTER_DEFAULTS["promotion_min_delta"],
+        help="the least improvement that promotes",
+    )
     p.add_argument("--summary-json", help="write metrics and artifact URIs to this file")
     p.add_argument("--pipeline-root", help="keep the step artifacts here (default: temporary)")
     p.set_defaults(func=run_command)
@@ -274,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="compile the pipelines to KFP IR YAML")
     p.add_argument("--output-dir", default="pipelines", help="where the YAML goes")
+    p.add_argument(
+        "--image", help="step image of the CPU steps, e.g. REGISTRY/finetuner:TAG (default: ours)"
+    )
+    p.add_argument(
+        "--gpu-image", help="step image of the train step, e.g. REGISTRY/finetuner-gpu:TAG"
+    )
     p.set_defaults(func=compile_command)
 
     p = sub.add_parser(

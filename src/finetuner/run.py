@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from finetuner import storage
+from finetuner.defaults import CLUSTER_DEFAULTS
 from finetuner.defaults import PIPELINE_DEFAULTS as DEFAULTS
 from finetuner.errors import FinetunerError
 
@@ -42,10 +43,11 @@ def preflight(params: dict) -> dict:
     from finetuner.catalogue import ModelSpec
     from finetuner.data import check_val_split
     from finetuner.export import check_output_free
+    from finetuner.promote import run_output
     from finetuner.steps import CHOICES, catalogue_lookup, train_choices
     from finetuner.train import TrainConfig
 
-    unknown = set(params) - set(DEFAULTS) - {"train_data", "output_uri"}
+    unknown = set(params) - set(DEFAULTS) - set(CLUSTER_DEFAULTS) - {"train_data", "output_uri"}
     if unknown:
         raise FinetunerError(f"unknown parameter(s): {', '.join(sorted(unknown))}.")
     params = {**DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
@@ -84,6 +86,8 @@ def preflight(params: dict) -> dict:
             split = params["val_split"] if held_out else None
             check_data(uri, ModelSpec(**spec), opts, config, split)
     params["output_uri"] = params.get("output_uri") or default_output(params["model"])
+    # Resolved here, so that this process knows where the export lands.
+    params["output_uri"] = run_output(params["output_uri"], time.strftime("%Y%m%d-%H%M%S"))
     check_output_free(params["output_uri"])
     return params
 
@@ -137,7 +141,7 @@ def run_pipeline(params: dict, pipeline_root: str | None = None) -> Run:
         with warnings.catch_warnings():
             # Our step images are not named "python*"; they run here as plain subprocesses.
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-            finetune(**params)
+            without_retries(finetune)(**params)
     except RuntimeError as exc:
         raise FinetunerError(
             f"the pipeline failed ({exc}); the failing step's log is above. "
@@ -152,6 +156,17 @@ def run_pipeline(params: dict, pipeline_root: str | None = None) -> Run:
         "params": params,
     }
     return Run(status="FINISHED", artifact_uri=output, summary=summary)
+
+
+def without_retries(pipeline):
+    """A copy of the pipeline whose steps do not retry. On a cluster a retry outlives an
+    evicted or preempted pod; here a failure repeats itself, after minutes of backoff."""
+    import copy
+
+    local = copy.deepcopy(pipeline)
+    for task in local.component_spec.implementation.graph.root.dag.tasks.values():
+        task.ClearField("retry_policy")
+    return local
 
 
 def fit(model: str, train_data: str, output: str | None = None, **options) -> Run:
