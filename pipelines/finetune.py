@@ -3,13 +3,13 @@
 
 from kfp import dsl
 
+from finetuner.cluster import gpu_step, s3_step
 from finetuner.components.catalogue_lookup import catalogue_lookup
 from finetuner.components.evaluate import evaluate
 from finetuner.components.export import export
 from finetuner.components.preprocess import preprocess
 from finetuner.components.promote import promote as promote_step
 from finetuner.components.train import train
-from finetuner.cluster import gpu_step, s3_step
 from finetuner.defaults import CLUSTER_DEFAULTS as C
 from finetuner.defaults import PIPELINE_DEFAULTS as D
 

@@ -7,7 +7,14 @@ import pytest
 from finetuner import storage
 from finetuner.errors import FinetunerError
 from finetuner.export import MANIFEST
-from finetuner.promote import decide, latest_uri, monitored_metric, promote, run_output
+from finetuner.promote import (
+    check_metric_name,
+    decide,
+    latest_uri,
+    monitored_metric,
+    promote,
+    run_output,
+)
 
 
 def metrics(ndcg: float, k: int = 10) -> dict:
@@ -96,6 +103,11 @@ def test_monitored_metric_names():
     assert monitored_metric("auto", scored) == "spearman"
     with pytest.raises(FinetunerError, match=r"promotion_metric.*'recall@10'.*mrr@10, ndcg@10"):
         monitored_metric("recall", metrics(0.5))
+    # KFP hands a dict's numbers back as floats.
+    assert monitored_metric("auto", {**metrics(0.5), "k": 10.0}) == "ndcg@10"
+    check_metric_name("mrr@5")
+    with pytest.raises(FinetunerError, match="unknown metric 'ndgc'; valid: auto, precision"):
+        check_metric_name("ndgc")
 
 
 def test_decide_and_bad_min_delta(tmp_path):

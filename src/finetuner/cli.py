@@ -123,6 +123,69 @@ def compile_command(args) -> None:
         print(f"wrote {path}")
 
 
+def _cluster_arguments(args) -> tuple:
+    from finetuner import submit
+
+    pipeline = args.pipeline or submit.default_pipeline()
+    return pipeline, submit.parse_arguments(args.params, submit.pipeline_parameters(pipeline))
+
+
+def submit_command(args) -> None:
+    from finetuner import submit
+
+    pipeline, arguments = _cluster_arguments(args)
+    run_id = submit.submit(
+        args.host,
+        args.experiment,
+        arguments,
+        pipeline,
+        namespace=args.namespace,
+        token=args.token,
+        run_name=args.run_name,
+        pipeline_root=args.pipeline_root,
+        service_account=args.service_account,
+    )
+    print(f"run {run_id}")
+
+
+def schedule_command(args) -> None:
+    from finetuner import submit
+
+    pipeline, arguments = _cluster_arguments(args)
+    recurring_id = submit.schedule(
+        args.host,
+        args.experiment,
+        args.name,
+        args.cron,
+        arguments,
+        pipeline,
+        max_concurrency=args.max_concurrency,
+        namespace=args.namespace,
+        token=args.token,
+        pipeline_root=args.pipeline_root,
+        service_account=args.service_account,
+        no_catchup=not args.catchup,
+    )
+    print(f"recurring run {recurring_id}")
+
+
+def _add_cluster_flags(p) -> None:
+    p.add_argument("--host", required=True, help="the KFP API, e.g. http://ml-pipeline-ui:80")
+    p.add_argument("--experiment", required=True, help="experiment name (created if missing)")
+    p.add_argument("--namespace", help="the Kubeflow profile namespace (multi-user installs)")
+    p.add_argument("--token", help="bearer token (default: the environment's KFP auth, if any)")
+    p.add_argument("--pipeline", help="compiled pipeline YAML (default: the finetune pipeline)")
+    p.add_argument("--pipeline-root", help="s3:// root of the step artifacts (default: KFP's)")
+    p.add_argument("--service-account", help="Kubernetes service account of the steps")
+    p.add_argument(
+        "params",
+        nargs="*",
+        metavar="NAME=VALUE",
+        help="pipeline parameters, typed as the pipeline declares them: epochs=5, "
+        "promote=true, loss_options='{\"margin\": 0.1}'",
+    )
+
+
 def s3_server_command(args) -> None:
     from finetuner import s3server
 
@@ -304,6 +367,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--gpu-image", help="step image of the train step, e.g. REGISTRY/finetuner-gpu:TAG"
     )
     p.set_defaults(func=compile_command)
+
+    p = sub.add_parser(
+        "submit",
+        help="start a run of the pipeline on a KFP cluster",
+        description="Start a run of a compiled pipeline on Kubeflow Pipelines, with the "
+        "parameters typed as the pipeline declares them.",
+    )
+    _add_cluster_flags(p)
+    p.add_argument("--run-name", help="the run's name in the UI")
+    p.set_defaults(func=submit_command)
+
+    p = sub.add_parser(
+        "schedule",
+        help="create a recurring run of the pipeline on a KFP cluster",
+        description="Create a recurring run (a scheduled retrain) on Kubeflow Pipelines.",
+    )
+    _add_cluster_flags(p)
+    p.add_argument(
+        "--cron",
+        required=True,
+        help="KFP cron, 6 fields with seconds first: '0 0 3 * * *' is 03:00 daily",
+    )
+    p.add_argument("--name", default="finetune-retrain", help="the recurring run's name")
+    p.add_argument("--max-concurrency", type=int, default=1, help="runs of it that may overlap")
+    p.add_argument("--catchup", action="store_true", help="also start the runs missed while paused")
+    p.set_defaults(func=schedule_command)
 
     p = sub.add_parser(
         "s3-server", help="run a local S3 server (SeaweedFS) on loopback", add_help=False

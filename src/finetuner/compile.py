@@ -64,7 +64,9 @@ def set_images(spec: dict, image: str | None = None, gpu_image: str | None = Non
 
 def check_image(flag: str, image: str | None) -> None:
     if image is not None and (not image.strip() or any(c.isspace() for c in image)):
-        raise FinetunerError(f"{flag}: {image!r} is not an image reference, e.g. REGISTRY/NAME:TAG.")
+        raise FinetunerError(
+            f"{flag}: {image!r} is not an image reference, e.g. REGISTRY/NAME:TAG."
+        )
 
 
 def compile_pipeline(func, path: Path, image=None, gpu_image=None) -> Path:
@@ -75,7 +77,8 @@ def compile_pipeline(func, path: Path, image=None, gpu_image=None) -> Path:
     spec, *platform = yaml.safe_load_all(path.read_text())
     spec = set_images(add_literals(spec), image, gpu_image)
     path.write_text(
-        header + yaml.safe_dump_all([spec, *platform], sort_keys=True, explicit_start=bool(platform))
+        header
+        + yaml.safe_dump_all([spec, *platform], sort_keys=True, explicit_start=bool(platform))
     )
     return path
 

@@ -44,13 +44,25 @@ def monitored_metric(name: str, metrics: dict) -> str:
     if name == "auto":
         name = "spearman" if metrics.get("kind") == "scored" else "ndcg"
     if name not in after and "@" not in name:
-        name = f"{name}@{metrics['k']}"
+        name = f"{name}@{int(metrics['k'])}"  # KFP hands k back as a float
     if name not in after:
         raise FinetunerError(
             f"parameter promotion_metric: this run has no metric {name!r}; "
             f"it has {', '.join(sorted(after))} (or auto)."
         )
     return name
+
+
+def check_metric_name(name: str) -> None:
+    """Fail before training on a name no evaluation can report."""
+    from finetuner.metrics import METRICS
+
+    valid = [*METRICS, "spearman", "pearson"]
+    if name != "auto" and name.split("@")[0] not in valid:
+        raise FinetunerError(
+            f"parameter promotion_metric: unknown metric {name!r}; valid: auto, "
+            f"{', '.join(valid)} (retrieval metrics may end in @k)."
+        )
 
 
 def decide(new: float, current: float | None, min_delta: float) -> tuple[bool, str]:

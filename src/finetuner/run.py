@@ -43,14 +43,14 @@ def preflight(params: dict) -> dict:
     from finetuner.catalogue import ModelSpec
     from finetuner.data import check_val_split
     from finetuner.export import check_output_free
-    from finetuner.promote import run_output
+    from finetuner.promote import check_metric_name, run_output
     from finetuner.steps import CHOICES, catalogue_lookup, train_choices
     from finetuner.train import TrainConfig
 
     unknown = set(params) - set(DEFAULTS) - set(CLUSTER_DEFAULTS) - {"train_data", "output_uri"}
     if unknown:
         raise FinetunerError(f"unknown parameter(s): {', '.join(sorted(unknown))}.")
-    params = {**DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
+    params = {**DEFAULTS, **CLUSTER_DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
     spec = catalogue_lookup(
         params["model"],
         params["pooler"],
@@ -71,6 +71,7 @@ def preflight(params: dict) -> dict:
         **train_choices({k: params[k] for k in CHOICES}),
     ).validate()
     check_choices(config)
+    check_metric_name(params["promotion_metric"])
     opts = formats.options(params["data_options"])
     check_val_split(params["val_split"], has_eval_data=bool(params["eval_data"]))
     if params["eval_k"] < 1:

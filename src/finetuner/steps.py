@@ -163,9 +163,7 @@ def export(model_dir: str, metrics: dict, output_uri: str) -> dict:
     return run_export(models.load(model_dir), metrics, output_uri)
 
 
-def promote(
-    manifest_uri: str, metrics: dict, enabled: bool, metric: str, min_delta: float
-) -> dict:
+def promote(manifest_uri: str, metrics: dict, enabled: bool, metric: str, min_delta: float) -> dict:
     """The promotion gate after export (finetuner.promote); prints its decision."""
     from finetuner import promote as gate
     from finetuner import storage
