@@ -61,9 +61,28 @@ def test_compile_with_images_sets_every_step(tmp_path, capsys):
     assert images(next(yaml.safe_load_all(path.read_text())))["train"] == GPU_IMAGE
 
 
-def test_compile_refuses_a_bad_image(tmp_path, capsys):
+def test_compile_refuses_a_bad_image_or_claim_name(tmp_path, capsys):
     assert main(["compile", "--output-dir", str(tmp_path), "--gpu-image", "my image"]) == 2
     assert "--gpu-image: 'my image' is not an image reference" in capsys.readouterr().err
+    assert main(["compile", "--output-dir", str(tmp_path), "--model-cache-pvc", "Cache_1"]) == 2
+    assert "--model-cache-pvc: 'Cache_1' is not a PersistentVolumeClaim name" in (
+        capsys.readouterr().err
+    )
+
+
+def test_model_cache_claim_mounts_in_every_step(tmp_path):
+    (path,) = compile_pipelines(tmp_path, model_cache_pvc="finetuner-model-cache")
+    _, platform = yaml.safe_load_all(path.read_text())
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert {name.removeprefix("exec-") for name in executors} == S3_STEPS
+    for config in executors.values():
+        parsed = json_format.ParseDict(config, k8s_pb.KubernetesExecutorConfig())
+        (mount,) = parsed.pvc_mount
+        assert mount.mount_path == "/models"
+        assert mount.pvc_name_parameter.runtime_value.constant.string_value == (
+            "finetuner-model-cache"
+        )
+        assert parsed.secret_as_env  # added to, not replaced
 
 
 def test_train_runs_on_a_gpu_node_from_parameters(compiled):

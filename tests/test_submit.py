@@ -120,10 +120,12 @@ def test_submit_sends_typed_arguments(kfp_api, capsys):
     assert {auth for *_, auth in kfp_api.requests} == {"Bearer t0ken"}
 
 
-def test_schedule_sends_cron_and_concurrency(kfp_api, capsys):
+def test_schedule_sends_cron_and_concurrency(kfp_api, capsys, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("sa-token\n")  # as a projected service account token is mounted
     code = main(["schedule", "--host", host(kfp_api), "--experiment", "retrains", "--namespace",
                  "team-a", "--cron", "0 0 3 * * *", "--max-concurrency", "2", "--name",
-                 "minilm-nightly", *PARAMS])  # fmt: skip
+                 "minilm-nightly", "--token-file", str(token), *PARAMS])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     assert "recurring run rr-1" in capsys.readouterr().out
     (experiment,) = posted(kfp_api, "/experiments")
@@ -135,6 +137,7 @@ def test_schedule_sends_cron_and_concurrency(kfp_api, capsys):
     assert job["experiment_id"] == "exp-1"
     assert job["runtime_config"]["parameters"]["epochs"] == 5
     assert job["runtime_config"]["parameters"]["loss_options"] == {"margin": 0.1}
+    assert {auth for *_, auth in kfp_api.requests} == {"Bearer sa-token"}
 
 
 @pytest.mark.parametrize(

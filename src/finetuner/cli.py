@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from finetuner.errors import FinetunerError
 
@@ -119,7 +120,8 @@ def mirror_models_command(args) -> None:
 def compile_command(args) -> None:
     from finetuner.compile import compile_pipelines
 
-    for path in compile_pipelines(args.output_dir, args.image, args.gpu_image):
+    paths = compile_pipelines(args.output_dir, args.image, args.gpu_image, args.model_cache_pvc)
+    for path in paths:
         print(f"wrote {path}")
 
 
@@ -128,6 +130,17 @@ def _cluster_arguments(args) -> tuple:
 
     pipeline = args.pipeline or submit.default_pipeline()
     return pipeline, submit.parse_arguments(args.params, submit.pipeline_parameters(pipeline))
+
+
+def _token(args) -> str | None:
+    if not args.token_file:
+        return args.token
+    try:
+        return Path(args.token_file).read_text().strip()
+    except OSError as exc:
+        raise FinetunerError(
+            f"--token-file: cannot read {args.token_file} ({exc.strerror})."
+        ) from None
 
 
 def submit_command(args) -> None:
@@ -140,7 +153,7 @@ def submit_command(args) -> None:
         arguments,
         pipeline,
         namespace=args.namespace,
-        token=args.token,
+        token=_token(args),
         run_name=args.run_name,
         pipeline_root=args.pipeline_root,
         service_account=args.service_account,
@@ -161,7 +174,7 @@ def schedule_command(args) -> None:
         pipeline,
         max_concurrency=args.max_concurrency,
         namespace=args.namespace,
-        token=args.token,
+        token=_token(args),
         pipeline_root=args.pipeline_root,
         service_account=args.service_account,
         no_catchup=not args.catchup,
@@ -173,7 +186,13 @@ def _add_cluster_flags(p) -> None:
     p.add_argument("--host", required=True, help="the KFP API, e.g. http://ml-pipeline-ui:80")
     p.add_argument("--experiment", required=True, help="experiment name (created if missing)")
     p.add_argument("--namespace", help="the Kubeflow profile namespace (multi-user installs)")
-    p.add_argument("--token", help="bearer token (default: the environment's KFP auth, if any)")
+    token = p.add_mutually_exclusive_group()
+    token.add_argument("--token", help="bearer token of the KFP API")
+    token.add_argument(
+        "--token-file",
+        help="read the bearer token from this file, e.g. a pod's projected service account "
+        "token /var/run/secrets/kubeflow/pipelines/token",
+    )
     p.add_argument("--pipeline", help="compiled pipeline YAML (default: the finetune pipeline)")
     p.add_argument("--pipeline-root", help="s3:// root of the step artifacts (default: KFP's)")
     p.add_argument("--service-account", help="Kubernetes service account of the steps")
@@ -365,6 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--gpu-image", help="step image of the train step, e.g. REGISTRY/finetuner-gpu:TAG"
+    )
+    p.add_argument(
+        "--model-cache-pvc",
+        help="mount this PersistentVolumeClaim at /models, the model cache, in every step "
+        "(manifests/components/model-cache)",
     )
     p.set_defaults(func=compile_command)
 
