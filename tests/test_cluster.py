@@ -168,3 +168,14 @@ def test_ui_descriptions_outputs_and_caching(compiled):
     assert tasks["preprocess"].caching_options.enable_cache
     for step in ("train", "export", "promote"):
         assert not tasks[step].caching_options.enable_cache, step
+
+
+def test_local_runs_do_not_retry():
+    from finetuner.pipelines.finetune import finetune
+    from finetuner.run import without_retries
+
+    def train_retries(pipeline):
+        return pipeline.component_spec.implementation.graph.root.dag.tasks["train"].retry_policy
+
+    assert train_retries(without_retries(finetune)).max_retry_count == 0
+    assert train_retries(finetune).max_retry_count == 3  # the cluster's pipeline is untouched

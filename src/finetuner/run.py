@@ -142,6 +142,8 @@ def run_pipeline(params: dict, pipeline_root: str | None = None) -> Run:
         with warnings.catch_warnings():
             # Our step images are not named "python*"; they run here as plain subprocesses.
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+            # The cluster's resource requests and Kubernetes settings (finetuner.cluster).
+            warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
             without_retries(finetune)(**params)
     except RuntimeError as exc:
         raise FinetunerError(
