@@ -182,3 +182,20 @@ def test_the_packaged_pipeline_is_the_compiled_one():
 
     repo = Path(__file__).resolve().parent.parent / "pipelines" / "finetune.yaml"
     assert default_pipeline().read_text() == repo.read_text()
+
+
+def test_an_unreachable_host_is_named(capsys, monkeypatch, tmp_path):
+    import socket
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with socket.socket() as sock:  # a loopback port with nothing listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code = main(["submit", "--host", f"http://127.0.0.1:{port}", "--experiment", "x",
+                 "--namespace", "ns", *PARAMS[:2]])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and f"KFP API at http://127.0.0.1:{port}: could not connect" in err
+    assert main(["submit", "--host", "kfp.example.com", "--experiment", "x", *PARAMS[:2]]) == 2
+    assert "--host: 'kfp.example.com' must start with http:// or https://" in (
+        capsys.readouterr().err
+    )
