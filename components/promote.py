@@ -19,8 +19,8 @@ def promote(
 
     result = steps.promote(export["manifest"], metrics, enabled, promotion_metric, min_delta)
     promotion.log_metric("promoted", int(result["promoted"]))
-    promotion.log_metric(f"new/{result['metric']}", result["new"])
-    if result["current"] is not None:
-        promotion.log_metric(f"current/{result['metric']}", result["current"])
+    for key in ("new", "current"):
+        if result[key] is not None:
+            promotion.log_metric(f"{key}/{result['metric']}", result[key])
     promotion.metadata["reason"] = result["reason"]
     return result

@@ -90,8 +90,9 @@ def test_an_incomplete_latest_counts_as_nothing_promoted(tmp_path):
 
 def test_off_promotes_nothing(tmp_path):
     fake_export(str(tmp_path / "run"), metrics(0.5), {"m.bin": "new"})
-    result = promote(str(tmp_path / "run"), metrics(0.5), enabled=False)
-    assert not result["promoted"] and "off" in result["reason"]
+    # Off, a metric that this data lacks cannot fail the run.
+    result = promote(str(tmp_path / "run"), metrics(0.5), enabled=False, metric="spearman")
+    assert not result["promoted"] and "off" in result["reason"] and result["new"] is None
     assert not (tmp_path / "latest").exists()
 
 

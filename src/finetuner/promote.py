@@ -112,10 +112,10 @@ def promote(
     """Run the gate for a finished export; the decision, with its reason."""
     if min_delta < 0:
         raise FinetunerError(f"parameter promotion_min_delta: must be >= 0, got {min_delta}.")
+    if not enabled:  # nothing to check: a metric name that fits no data cannot fail a run
+        return _result(False, "promotion is off (promote=false)", "", None, None, "")
     name = monitored_metric(metric, metrics)
     new = float(metrics["after"][name])
-    if not enabled:
-        return _result(False, "promotion is off (promote=false)", name, new, None, "")
     latest = latest_uri(export_uri)
     current = current_metrics(latest)
     old = None

@@ -170,5 +170,6 @@ def promote(manifest_uri: str, metrics: dict, enabled: bool, metric: str, min_de
 
     result = gate.promote(storage.parent(manifest_uri), metrics, enabled, metric, min_delta)
     verb = "promoted to " + result["latest"] if result["promoted"] else "not promoted"
-    print(f"{verb}: {result['metric']} {result['reason']}", flush=True)
+    subject = f"{result['metric']} " if result["metric"] else ""
+    print(f"{verb}: {subject}{result['reason']}", flush=True)
     return result
