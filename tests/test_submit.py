@@ -65,7 +65,7 @@ def kfp_api(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeKFP)
     server.requests, server.experiments, server.fail_with = [], [], None
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield server
     server.shutdown()
