@@ -127,5 +127,13 @@ def test_the_example_schedule_is_a_valid_finetuner_schedule():
     assert flags["token-file"] == f"{mount['mountPath']}/{source['path']}"
     ((_, account),) = resources("ServiceAccount")
     assert pod["serviceAccountName"] == account["metadata"]["name"]
+    # It schedules the pipeline that its init container compiles against the step images.
+    (compile_step,) = pod["initContainers"]
+    assert compile_step["command"] == ["finetuner", "compile"]
+    compile_flags = dict(a[2:].split("=", 1) for a in compile_step["args"])
+    assert flags["pipeline"] == f"{compile_flags['output-dir']}/finetune.yaml"
+    assert {"image", "gpu-image"} <= set(compile_flags)
+    shared = {m["name"] for m in compile_step["volumeMounts"]}
+    assert shared & {m["name"] for m in container["volumeMounts"] if m["mountPath"] == "/tmp"}
     ((_, binding),) = resources("RoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "finetuner"}]
