@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM := false
 # Real data and meshes that the tests use, from Debian's archive.
 DEB_PACKAGES := assimp-testmodels dataset-fashion-mnist wordnet-base
 
-.PHONY: run test lint compile s3 bench images sample-data clean system-packages
+.PHONY: run test lint compile s3 bench images constraints sample-data clean system-packages
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,11 +51,19 @@ bench: $(STAMP)
 sample-data: system-packages
 	$(PYTHON) examples/make_wordnet_pairs.py --out examples/wordnet_pairs.csv
 
-# The step images named in components/__init__.py.
+# The step images: `make images REGISTRY=registry.example.com/ml TAG=1.0`, then compile the
+# pipelines against them with `finetuner compile --image ... --gpu-image ...` (README).
+REGISTRY ?= ghcr.io/finetuner-kfp
+TAG ?= 0.1.0
 images:
 	@tool=$$(command -v docker || command -v podman) || { echo "neither docker nor podman is installed"; exit 1; }; \
-	$$tool build -f images/Dockerfile -t ghcr.io/finetuner-kfp/finetuner:0.1.0 . && \
-	$$tool build -f images/Dockerfile.gpu -t ghcr.io/finetuner-kfp/finetuner-gpu:0.1.0 .
+	$$tool build -f images/Dockerfile -t $(REGISTRY)/finetuner:$(TAG) . && \
+	$$tool build -f images/Dockerfile.gpu -t $(REGISTRY)/finetuner-gpu:$(TAG) .
+
+# Pins every package of the step images at the versions installed here.
+constraints: $(STAMP)
+	{ sed -n '1,2p' images/constraints.txt; $(BIN)/pip freeze --exclude-editable; } > images/constraints.tmp
+	mv images/constraints.tmp images/constraints.txt
 
 clean:
 	rm -rf $(VENV) .s3data .local-pipeline-root runs

@@ -5,9 +5,10 @@ from finetuner.components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def export(model: Input[Model], metrics: dict, output_uri: str) -> dict:
+def export(model: Input[Model], metrics: dict, output_uri: str, run_id: str) -> dict:
     """Publish safetensors, a sentence-transformers folder, checked ONNX, metrics and a model
-    card to output_uri, with the manifest written last."""
+    card to output_uri ({run_id} in it: this run's id), with the manifest written last."""
     from finetuner import steps
+    from finetuner.promote import run_output
 
-    return steps.export(model.path, metrics, output_uri)
+    return steps.export(model.path, metrics, run_output(output_uri, run_id))

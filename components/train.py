@@ -39,6 +39,7 @@ def train(
     early_stopping_patience: int,
     early_stopping_options: dict,
     num_gpus: int,
+    run_id: str,
     model: Output[Model],
     train_metrics: Output[Metrics],
 ):
@@ -46,6 +47,7 @@ def train(
     evaluating after each epoch, with checkpoints under output_uri that a restarted step
     resumes from; data-parallel over num_gpus GPUs through torchrun."""
     from finetuner import steps
+    from finetuner.promote import run_output
 
     result = steps.train(
         model_spec,
@@ -58,7 +60,7 @@ def train(
         seed,
         sampler,
         num_items_per_class,
-        output_uri,
+        run_output(output_uri, run_id),
         checkpoint_every,
         {
             "loss_options": loss_options,

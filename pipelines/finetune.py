@@ -1,12 +1,16 @@
-"""The `finetune` pipeline: catalogue-lookup -> preprocess -> train -> evaluate -> export."""
+"""The `finetune` pipeline: catalogue-lookup -> preprocess -> train -> evaluate -> export
+-> promote."""
 
 from kfp import dsl
 
+from finetuner.cluster import gpu_step, s3_step
 from finetuner.components.catalogue_lookup import catalogue_lookup
 from finetuner.components.evaluate import evaluate
 from finetuner.components.export import export
 from finetuner.components.preprocess import preprocess
+from finetuner.components.promote import promote as promote_step
 from finetuner.components.train import train
+from finetuner.defaults import CLUSTER_DEFAULTS as C
 from finetuner.defaults import PIPELINE_DEFAULTS as D
 
 
@@ -54,9 +58,18 @@ def finetune(
     best_model_mode: str = D["best_model_mode"],
     early_stopping_patience: int = D["early_stopping_patience"],
     early_stopping_options: dict = D["early_stopping_options"],
-    num_gpus: int = D["num_gpus"],
     eval_k: int = D["eval_k"],
     seed: int = D["seed"],
+    promote: bool = C["promote"],
+    promotion_metric: str = C["promotion_metric"],
+    promotion_min_delta: float = C["promotion_min_delta"],
+    s3_secret_name: str = C["s3_secret_name"],
+    gpu_type: str = C["gpu_type"],
+    gpu_count: int = C["gpu_count"],
+    node_selector: dict = C["node_selector"],
+    tolerations: list = C["tolerations"],
+    train_cpu: str = C["train_cpu"],
+    train_memory: str = C["train_memory"],
 ):
     """Fine-tune an embedding model from the catalogue on (query, document) pairs.
 
@@ -64,7 +77,9 @@ def finetune(
         train_data: Training data, s3:// or a path: CSV of query,document pairs (text,image
             for CLIP), item,label rows or text1,text2,score rows; or JSONL or Parquet with
             those column names.
-        output_uri: Where the model is exported (s3://bucket/prefix/ or a folder).
+        output_uri: Where the model is exported (s3://bucket/prefix/ or a folder); {run_id}
+            in it becomes the run's id, e.g. s3://bucket/models/minilm/{run_id} for a
+            schedule, whose runs each need a new folder.
         model: Catalogue name of the backbone (see `finetuner describe-models`).
         eval_data: CSV of held-out pairs; empty to hold out val_split of train_data.
         val_split: Fraction of the queries held out for evaluation when eval_data is empty.
@@ -111,8 +126,6 @@ def finetune(
             monitored metric; 0: never stop early.
         early_stopping_options: monitor (default: best_model_metric, else ndcg@eval_k),
             mode, min_delta and baseline, e.g. {"min_delta": 0.001}.
-        num_gpus: GPUs of the train step's node; above 1 it trains data-parallel, one
-            process per GPU through torchrun (batch_size is per GPU).
         checkpoint_every: Steps between training checkpoints (also one at each epoch's
             end), kept under output_uri/checkpoints/ until the model is trained: a
             restarted or rerun train step resumes from the newest.
@@ -122,6 +135,22 @@ def finetune(
             with the same model and model options; empty: start from the pretrained weights.
         eval_k: The cut-off k of the retrieval metrics (ndcg@k, mrr@k, ...).
         seed: Seed of the split, shuffling and initialisation.
+        promote: Promotion gate: copy the export to latest/ beside it (the folder above
+            output_uri) when promotion_metric beats the model promoted there.
+        promotion_metric: The metric the gate compares, e.g. ndcg, mrr@10, spearman; auto:
+            ndcg@eval_k, or spearman for scored data.
+        promotion_min_delta: The least improvement of promotion_metric that promotes.
+        s3_secret_name: Kubernetes Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+            AWS_ENDPOINT_URL and AWS_DEFAULT_REGION for every step that reads or writes S3.
+        gpu_type: Accelerator resource of the train step, e.g. nvidia.com/gpu.
+        gpu_count: GPUs of the train step; above 1 it trains data-parallel, one process
+            per GPU through torchrun (batch_size is per GPU).
+        node_selector: Node labels the train step must run on, e.g.
+            {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}.
+        tolerations: Taints the train step tolerates, as Kubernetes toleration objects, e.g.
+            [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}].
+        train_cpu: CPU request of the train step, e.g. 4 or 3500m.
+        train_memory: Memory request of the train step, e.g. 32Gi.
     """
     lookup = catalogue_lookup(
         model=model,
@@ -175,9 +204,11 @@ def finetune(
         best_model_mode=best_model_mode,
         early_stopping_patience=early_stopping_patience,
         early_stopping_options=early_stopping_options,
-        num_gpus=num_gpus,
+        num_gpus=gpu_count,
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
     )
     trained.set_caching_options(False)
+    gpu_step(trained, gpu_type, gpu_count, node_selector, tolerations, train_cpu, train_memory)
     evaluated = evaluate(
         model_spec=lookup.output,
         model=trained.outputs["model"],
@@ -185,6 +216,21 @@ def finetune(
         k=eval_k,
     )
     exported = export(
-        model=trained.outputs["model"], metrics=evaluated.outputs["Output"], output_uri=output_uri
+        model=trained.outputs["model"],
+        metrics=evaluated.outputs["Output"],
+        output_uri=output_uri,
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
     )
     exported.set_caching_options(False)
+    gate = promote_step(
+        export=exported.output,
+        metrics=evaluated.outputs["Output"],
+        enabled=promote,
+        promotion_metric=promotion_metric,
+        min_delta=promotion_min_delta,
+    )
+    gate.set_caching_options(False)
+    # Every step that may read or write s3:// URIs; evaluate reads only KFP artifacts,
+    # but model weights may come from an S3 mirror.
+    for task in (lookup, data, trained, evaluated, exported, gate):
+        s3_step(task, s3_secret_name)

@@ -26,9 +26,10 @@ def test_compiled_yaml_is_current(tmp_path):
 
 
 def test_compiled_yaml_parses_strictly_with_dropdowns_and_descriptions():
-    spec = json_format.ParseDict(
-        yaml.safe_load((PIPELINES / "finetune.yaml").read_text()), pipeline_spec_pb2.PipelineSpec()
-    )
+    pipeline, platform = yaml.safe_load_all((PIPELINES / "finetune.yaml").read_text())
+    spec = json_format.ParseDict(pipeline, pipeline_spec_pb2.PipelineSpec())
+    # Strict: an unknown field in the Kubernetes settings fails here, not on the cluster.
+    json_format.ParseDict(platform, pipeline_spec_pb2.PlatformSpec())
     parameters = spec.root.input_definitions.parameters
     literals = {name: [v.string_value for v in parameters[name].literals] for name in parameters}
     trainable = [e.name for e in CATALOGUE if e.task in PIPELINE_TASKS]
@@ -45,11 +46,13 @@ def test_compiled_yaml_parses_strictly_with_dropdowns_and_descriptions():
                  "seed"):  # fmt: skip
         assert parameters[name].description, name
     tasks = spec.root.dag.tasks
-    assert set(tasks) == {"catalogue-lookup", "preprocess", "train", "evaluate", "export"}
+    assert set(tasks) == {
+        "catalogue-lookup", "preprocess", "train", "evaluate", "export", "promote"
+    }  # fmt: skip
     assert not tasks["train"].caching_options.enable_cache
 
 
-def test_local_pipeline_run_end_to_end_on_s3(s3, pairs_csv, tmp_path):
+def test_local_pipeline_run_end_to_end_on_s3(s3, s3_server, pairs_csv, tmp_path):
     train_uri = f"s3://{s3}/data/pairs.csv"
     storage.upload_file(pairs_csv(80), train_uri)
     output = f"s3://{s3}/runs/e2e/"
@@ -59,12 +62,18 @@ def test_local_pipeline_run_end_to_end_on_s3(s3, pairs_csv, tmp_path):
             sys.executable, "-m", "finetuner", "run", "--model", "minilm-l6-en",
             "--train-data", train_uri, "--val-split", "0.25", "--epochs", "1",
             "--batch-size", "16", "--max-length", "32", "--output", output,
-            "--summary-json", str(summary_path),
+            "--summary-json", str(summary_path), "--promote",
         ],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "[train] step" in result.stdout + result.stderr  # progress from the train step
+    # The steps read the credentials from their environment and never print them.
+    assert s3_server.secret_key not in result.stdout + result.stderr
+    # The first promotion: latest/ beside the export now holds the same model.
+    assert "promoted to " + f"s3://{s3}/runs/latest" in result.stdout + result.stderr
+    latest = json.loads(storage.read_text(f"s3://{s3}/runs/latest/manifest.json"))
+    assert latest == json.loads(storage.read_text(output + "manifest.json"))
 
     summary = json.loads(summary_path.read_text())
     for stage in ("before", "after"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from finetuner.errors import FinetunerError
 
@@ -89,11 +90,14 @@ def run_command(args) -> None:
         "sampler": args.sampler,
         "num_items_per_class": args.num_items_per_class,
         "checkpoint_every": args.checkpoint_every,
-        "num_gpus": args.num_gpus,
+        "gpu_count": args.num_gpus,
         **{name: getattr(args, name) for name in CHOICE_FLAGS},
         "eval_k": args.eval_k,
         "seed": args.seed,
         "output_uri": args.output,
+        "promote": args.promote,
+        "promotion_metric": args.promotion_metric,
+        "promotion_min_delta": args.promotion_min_delta,
     }
     run = run_pipeline(params, pipeline_root=args.pipeline_root)
     if args.summary_json:
@@ -118,8 +122,89 @@ def mirror_models_command(args) -> None:
 def compile_command(args) -> None:
     from finetuner.compile import compile_pipelines
 
-    for path in compile_pipelines(args.output_dir):
+    paths = compile_pipelines(args.output_dir, args.image, args.gpu_image, args.model_cache_pvc)
+    for path in paths:
         print(f"wrote {path}")
+
+
+def _cluster_arguments(args) -> tuple:
+    from finetuner import submit
+
+    pipeline = args.pipeline or submit.default_pipeline()
+    return pipeline, submit.parse_arguments(args.params, submit.pipeline_parameters(pipeline))
+
+
+def _token(args) -> str | None:
+    if not args.token_file:
+        return args.token
+    try:
+        return Path(args.token_file).read_text().strip()
+    except OSError as exc:
+        raise FinetunerError(
+            f"--token-file: cannot read {args.token_file} ({exc.strerror})."
+        ) from None
+
+
+def submit_command(args) -> None:
+    from finetuner import submit
+
+    pipeline, arguments = _cluster_arguments(args)
+    run_id = submit.submit(
+        args.host,
+        args.experiment,
+        arguments,
+        pipeline,
+        namespace=args.namespace,
+        token=_token(args),
+        run_name=args.run_name,
+        pipeline_root=args.pipeline_root,
+        service_account=args.service_account,
+    )
+    print(f"run {run_id}")
+
+
+def schedule_command(args) -> None:
+    from finetuner import submit
+
+    pipeline, arguments = _cluster_arguments(args)
+    recurring_id = submit.schedule(
+        args.host,
+        args.experiment,
+        args.name,
+        args.cron,
+        arguments,
+        pipeline,
+        max_concurrency=args.max_concurrency,
+        namespace=args.namespace,
+        token=_token(args),
+        pipeline_root=args.pipeline_root,
+        service_account=args.service_account,
+        no_catchup=not args.catchup,
+    )
+    print(f"recurring run {recurring_id}")
+
+
+def _add_cluster_flags(p) -> None:
+    p.add_argument("--host", required=True, help="the KFP API, e.g. http://ml-pipeline-ui:80")
+    p.add_argument("--experiment", required=True, help="experiment name (created if missing)")
+    p.add_argument("--namespace", help="the Kubeflow profile namespace (multi-user installs)")
+    token = p.add_mutually_exclusive_group()
+    token.add_argument("--token", help="bearer token of the KFP API")
+    token.add_argument(
+        "--token-file",
+        help="read the bearer token from this file, e.g. a pod's projected service account "
+        "token /var/run/secrets/kubeflow/pipelines/token",
+    )
+    p.add_argument("--pipeline", help="compiled pipeline YAML (default: the finetune pipeline)")
+    p.add_argument("--pipeline-root", help="s3:// root of the step artifacts (default: KFP's)")
+    p.add_argument("--service-account", help="Kubernetes service account of the steps")
+    p.add_argument(
+        "params",
+        nargs="*",
+        metavar="NAME=VALUE",
+        help="pipeline parameters, typed as the pipeline declares them: epochs=5, "
+        "promote=true, loss_options='{\"margin\": 0.1}'",
+    )
 
 
 def s3_server_command(args) -> None:
@@ -184,7 +269,7 @@ def json_object(text: str) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from finetuner.defaults import PIPELINE_DEFAULTS
+    from finetuner.defaults import CLUSTER_DEFAULTS, PIPELINE_DEFAULTS
 
     parser = argparse.ArgumentParser(
         prog="finetuner",
@@ -284,12 +369,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--num-gpus",
         type=int,
-        default=d["num_gpus"],
+        default=CLUSTER_DEFAULTS["gpu_count"],
         help="above 1: train data-parallel, one process per GPU (batch size per GPU)",
     )
     p.add_argument("--eval-k", type=int, default=d["eval_k"], help="cut-off of the metrics")
     p.add_argument("--seed", type=int, default=d["seed"])
-    p.add_argument("--output", help="export location (default: runs/<model>-<time>)")
+    p.add_argument(
+        "--output",
+        help="export location (default: runs/<model>-<time>); {run_id} in it: the run's time",
+    )
+    p.add_argument(
+        "--promote",
+        action="store_true",
+        help="promotion gate: copy the export to latest/ beside it when --promotion-metric "
+        "beats the model there by --promotion-min-delta",
+    )
+    p.add_argument(
+        "--promotion-metric",
+        default=CLUSTER_DEFAULTS["promotion_metric"],
+        help="e.g. ndcg, mrr@10, spearman; auto: ndcg@k, or spearman for scored data",
+    )
+    p.add_argument(
+        "--promotion-min-delta",
+        type=float,
+        default=CLUSTER_DEFAULTS["promotion_min_delta"],
+        help="the least improvement that promotes",
+    )
     p.add_argument("--summary-json", help="write metrics and artifact URIs to this file")
     p.add_argument("--pipeline-root", help="keep the step artifacts here (default: temporary)")
     p.set_defaults(func=run_command)
@@ -306,7 +411,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="compile the pipelines to KFP IR YAML")
     p.add_argument("--output-dir", default="pipelines", help="where the YAML goes")
+    p.add_argument(
+        "--image", help="step image of the CPU steps, e.g. REGISTRY/finetuner:TAG (default: ours)"
+    )
+    p.add_argument(
+        "--gpu-image", help="step image of the train step, e.g. REGISTRY/finetuner-gpu:TAG"
+    )
+    p.add_argument(
+        "--model-cache-pvc",
+        help="mount this PersistentVolumeClaim at /models, the model cache, in every step "
+        "(manifests/components/model-cache)",
+    )
     p.set_defaults(func=compile_command)
+
+    p = sub.add_parser(
+        "submit",
+        help="start a run of the pipeline on a KFP cluster",
+        description="Start a run of a compiled pipeline on Kubeflow Pipelines, with the "
+        "parameters typed as the pipeline declares them.",
+    )
+    _add_cluster_flags(p)
+    p.add_argument("--run-name", help="the run's name in the UI")
+    p.set_defaults(func=submit_command)
+
+    p = sub.add_parser(
+        "schedule",
+        help="create a recurring run of the pipeline on a KFP cluster",
+        description="Create a recurring run (a scheduled retrain) on Kubeflow Pipelines.",
+    )
+    _add_cluster_flags(p)
+    p.add_argument(
+        "--cron",
+        required=True,
+        help="KFP cron, 6 fields with seconds first: '0 0 3 * * *' is 03:00 daily",
+    )
+    p.add_argument("--name", default="finetune-retrain", help="the recurring run's name")
+    p.add_argument("--max-concurrency", type=int, default=1, help="runs of it that may overlap")
+    p.add_argument("--catchup", action="store_true", help="also start the runs missed while paused")
+    p.set_defaults(func=schedule_command)
 
     p = sub.add_parser(
         "s3-server", help="run a local S3 server (SeaweedFS) on loopback", add_help=False

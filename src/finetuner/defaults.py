@@ -39,7 +39,23 @@ PIPELINE_DEFAULTS = {
     "best_model_mode": "auto",
     "early_stopping_patience": 0,
     "early_stopping_options": {},
-    "num_gpus": 1,
     "eval_k": 10,
     "seed": 42,
+}
+
+# Parameters of the pipeline on a cluster: the promotion gate and the Kubernetes settings
+# (finetuner.cluster). kfp.local ignores the Kubernetes ones.
+CLUSTER_DEFAULTS = {
+    "promote": False,
+    "promotion_metric": "auto",
+    "promotion_min_delta": 0.0,
+    "s3_secret_name": "finetuner-s3",
+    "gpu_type": "nvidia.com/gpu",
+    "gpu_count": 1,
+    "node_selector": {},
+    # Most clusters add the toleration of the GPU taint to pods that request GPUs themselves
+    # (the ExtendedResourceToleration admission plugin); other taints go here.
+    "tolerations": [],
+    "train_cpu": "4",
+    "train_memory": "16Gi",
 }

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from finetuner import storage
+from finetuner.defaults import CLUSTER_DEFAULTS
 from finetuner.defaults import PIPELINE_DEFAULTS as DEFAULTS
 from finetuner.errors import FinetunerError
 
@@ -42,13 +43,14 @@ def preflight(params: dict) -> dict:
     from finetuner.catalogue import ModelSpec
     from finetuner.data import check_val_split
     from finetuner.export import check_output_free
+    from finetuner.promote import check_metric_name, run_output
     from finetuner.steps import CHOICES, catalogue_lookup, train_choices
     from finetuner.train import TrainConfig
 
-    unknown = set(params) - set(DEFAULTS) - {"train_data", "output_uri"}
+    unknown = set(params) - set(DEFAULTS) - set(CLUSTER_DEFAULTS) - {"train_data", "output_uri"}
     if unknown:
         raise FinetunerError(f"unknown parameter(s): {', '.join(sorted(unknown))}.")
-    params = {**DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
+    params = {**DEFAULTS, **CLUSTER_DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
     spec = catalogue_lookup(
         params["model"],
         params["pooler"],
@@ -70,11 +72,12 @@ def preflight(params: dict) -> dict:
         **train_choices({k: params[k] for k in CHOICES}),
     ).validate()
     check_choices(config)
+    check_metric_name(params["promotion_metric"])
     opts = formats.options(params["data_options"])
     check_val_split(params["val_split"], has_eval_data=bool(params["eval_data"]))
     from finetuner.distributed import check_processes
 
-    check_processes(params["num_gpus"])
+    check_processes(params["gpu_count"])
     if params["eval_k"] < 1:
         raise FinetunerError(f"parameter eval_k: must be >= 1, got {params['eval_k']}.")
     for name in ("train_data", "eval_data"):
@@ -90,6 +93,8 @@ def preflight(params: dict) -> dict:
             # What the callbacks watch must be reported each epoch.
             config.monitors(kind if config.evaluate_every_epoch else None)
     params["output_uri"] = params.get("output_uri") or default_output(params["model"])
+    # Resolved here, so that this process knows where the export lands.
+    params["output_uri"] = run_output(params["output_uri"], time.strftime("%Y%m%d-%H%M%S"))
     check_output_free(params["output_uri"])
     return params
 
@@ -149,7 +154,9 @@ def run_pipeline(params: dict, pipeline_root: str | None = None) -> Run:
         with warnings.catch_warnings():
             # Our step images are not named "python*"; they run here as plain subprocesses.
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-            finetune(**params)
+            # The cluster's resource requests and Kubernetes settings (finetuner.cluster).
+            warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
+            without_retries(finetune)(**params)
     except RuntimeError as exc:
         raise FinetunerError(
             f"the pipeline failed ({exc}); the failing step's log is above. "
@@ -164,6 +171,17 @@ def run_pipeline(params: dict, pipeline_root: str | None = None) -> Run:
         "params": params,
     }
     return Run(status="FINISHED", artifact_uri=output, summary=summary)
+
+
+def without_retries(pipeline):
+    """A copy of the pipeline whose steps do not retry. On a cluster a retry outlives an
+    evicted or preempted pod; here a failure repeats itself, after minutes of backoff."""
+    import copy
+
+    local = copy.deepcopy(pipeline)
+    for task in local.component_spec.implementation.graph.root.dag.tasks.values():
+        task.ClearField("retry_policy")
+    return local
 
 
 def fit(

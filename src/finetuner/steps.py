@@ -218,3 +218,15 @@ def export(model_dir: str, metrics: dict, output_uri: str) -> dict:
     from finetuner.export import export as run_export
 
     return run_export(models.load(model_dir), metrics, output_uri)
+
+
+def promote(manifest_uri: str, metrics: dict, enabled: bool, metric: str, min_delta: float) -> dict:
+    """The promotion gate after export (finetuner.promote); prints its decision."""
+    from finetuner import promote as gate
+    from finetuner import storage
+
+    result = gate.promote(storage.parent(manifest_uri), metrics, enabled, metric, min_delta)
+    verb = "promoted to " + result["latest"] if result["promoted"] else "not promoted"
+    subject = f"{result['metric']} " if result["metric"] else ""
+    print(f"{verb}: {subject}{result['reason']}", flush=True)
+    return result

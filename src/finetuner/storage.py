@@ -361,6 +361,17 @@ def delete_prefix(uri_prefix: str | os.PathLike) -> None:
             _client().delete_objects(Bucket=bucket, Delete={"Objects": keys[start : start + 1000]})
 
 
+def delete(uri: str | os.PathLike) -> None:
+    """Delete one file; nothing happens if there is none."""
+    if not is_s3(uri):
+        with _local_errors("deleting", uri):
+            _local(uri).unlink(missing_ok=True)
+        return
+    bucket, key = split_s3(str(uri))
+    with _s3_errors("deleting", str(uri)):
+        _client().delete_object(Bucket=bucket, Key=key)
+
+
 def is_empty_prefix(uri: str | os.PathLike) -> bool:
     """True if no file lies under the folder (or the local folder does not exist)."""
     if not is_s3(uri):

@@ -1,0 +1,69 @@
+"""Kubernetes settings of the pipeline steps on a KFP cluster, in one place for every pipeline.
+
+Each function takes a task inside a `@dsl.pipeline` body and returns it. kfp.local ignores the
+Kubernetes part of them (it warns and runs the step as a plain subprocess), so the same
+pipeline runs on this machine and on a cluster.
+"""
+
+from __future__ import annotations
+
+# The keys of the S3 Secret, each set as the environment variable of the same name: boto3
+# and our storage module read them there.
+S3_SECRET_KEYS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION",
+)
+
+# Compile-time settings: the SDK takes only literals for these (see README, "Run on Kubeflow").
+SHM_SIZE = "8Gi"  # /dev/shm for the DataLoader workers; it counts against the pod's memory
+TRAIN_RETRIES = 3
+RETRY_BACKOFF = "60s"  # then x2 per try: 60 s, 120 s, 240 s
+RETRY_BACKOFF_FACTOR = 2.0
+RETRY_BACKOFF_MAX = "1800s"
+
+
+def s3_step(task, secret_name):
+    """Give a step that reads or writes s3:// URIs its credentials and endpoint, from the
+    Kubernetes Secret `secret_name` (a pipeline parameter or a string); nothing of the
+    Secret's values reaches the compiled pipeline."""
+    from kfp import kubernetes
+
+    return kubernetes.use_secret_as_env(
+        task, secret_name=secret_name, secret_key_to_env={k: k for k in S3_SECRET_KEYS}
+    )
+
+
+def gpu_step(
+    task,
+    gpu_type,
+    gpu_count,
+    node_selector,
+    tolerations,
+    cpu_request,
+    memory_request,
+):
+    """Run a training step on a GPU node: the accelerator type and count, a node selector
+    (a dict parameter) and tolerations (a list parameter), CPU and memory requests, a
+    memory-backed /dev/shm for the DataLoader workers, and retries with backoff, which
+    resume from the step's last checkpoint."""
+    from kfp import kubernetes
+
+    task.set_accelerator_type(gpu_type)
+    task.set_accelerator_limit(gpu_count)
+    task.set_cpu_request(cpu_request)
+    task.set_memory_request(memory_request)
+    kubernetes.add_node_selector_json(task, node_selector)
+    kubernetes.add_toleration_json(task, tolerations)
+    # Docker's default /dev/shm is 64 MB, too small for the workers' shared tensors.
+    kubernetes.empty_dir_mount(
+        task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=SHM_SIZE
+    )
+    task.set_retry(
+        TRAIN_RETRIES,
+        backoff_duration=RETRY_BACKOFF,
+        backoff_factor=RETRY_BACKOFF_FACTOR,
+        backoff_max_duration=RETRY_BACKOFF_MAX,
+    )
+    return task
