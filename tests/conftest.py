@@ -142,3 +142,16 @@ def fashion_pairs(tmp_path):
         return tmp_path / "pairs.csv"
 
     return make
+
+
+@pytest.fixture
+def tiny_model(tiny_bert, tmp_path):
+    """The real text model code on a tiny random BERT: fast enough to train twice."""
+    from finetuner.catalogue import lookup
+    from finetuner.models import TextModel
+
+    folder = tiny_bert(tmp_path / "tiny")
+    spec = lookup("minilm-l6-en", max_length=24).model_copy(
+        update={"weights": str(folder), "output_dim": 32}
+    )
+    return lambda: TextModel.pretrained(spec)

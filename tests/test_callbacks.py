@@ -12,24 +12,13 @@ from finetuner.callback import (
     WiSEFTCallback,
     callback_params,
 )
-from finetuner.catalogue import lookup
 from finetuner.errors import FinetunerError
 from finetuner.evaluate import evaluate
-from finetuner.models import TextModel
 from finetuner.plots import history_svg
 from finetuner.steps import evaluation_html
 from finetuner.train import TrainConfig, train
 
 CONFIG = dict(epochs=3, batch_size=8, learning_rate=1e-3, log_every=100)
-
-
-@pytest.fixture
-def tiny_model(tiny_bert, tmp_path):
-    folder = tiny_bert(tmp_path / "tiny")
-    spec = lookup("minilm-l6-en", max_length=24).model_copy(
-        update={"weights": str(folder), "output_dim": 32}
-    )
-    return lambda: TextModel.pretrained(spec)
 
 
 @pytest.fixture

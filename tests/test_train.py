@@ -10,16 +10,6 @@ from finetuner.samplers import random_batches as batches
 from finetuner.train import TrainConfig, train
 
 
-@pytest.fixture
-def tiny_model(tiny_bert, tmp_path):
-    """The real text model code on a tiny random BERT: fast enough to train twice."""
-    folder = tiny_bert(tmp_path / "tiny")
-    spec = lookup("minilm-l6-en", max_length=24).model_copy(
-        update={"weights": str(folder), "output_dim": 32}
-    )
-    return lambda: TextModel.pretrained(spec)
-
-
 def test_batches_cover_every_pair_once_and_drop_a_lonely_last():
     out = batches(65, 16, torch.Generator().manual_seed(0))
     assert [len(b) for b in out] == [16, 16, 16, 16]  # the 65th pair alone is dropped
