@@ -156,7 +156,7 @@ class STEncoder:
     def __init__(self, model):
         self.model = model
 
-    def encode(self, texts, batch_size=64):
+    def encode(self, texts, batch_size=64, device="cpu"):
         import numpy as np
 
         emb = self.model.encode(

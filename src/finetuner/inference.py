@@ -53,7 +53,8 @@ class OnnxModel:
         pixels = np.stack([self.transform(load_image(uri)).numpy() for uri in items])
         return {"images": pixels}
 
-    def encode(self, items: list, batch_size: int = 64) -> np.ndarray:
+    def encode(self, items: list, batch_size: int = 64, device: str = "cpu") -> np.ndarray:
+        # `device` keeps the models' encode signature; onnxruntime runs on its CPU provider.
         out = [
             self.session.run(None, self._feeds(items[start : start + batch_size]))[0]
             for start in range(0, len(items), batch_size)
