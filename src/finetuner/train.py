@@ -124,6 +124,10 @@ def batch_loss(
     if kind == "scored":
         scores = torch.tensor([r[2] for r in rows], device=device, dtype=torch.float32)
         return loss_fn(first, second, scores)
+    if kind == "margins":  # (query, positive, negative, margin): text only
+        negative = _embed(document_side, rows, 2, prepared, device, buckets)
+        margins = torch.tensor([r[3] for r in rows], device=device, dtype=torch.float32)
+        return loss_fn(first, second, negative, margins)
     return loss_fn(first, second)
 
 
