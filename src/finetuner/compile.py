@@ -6,7 +6,12 @@ from pathlib import Path
 
 import yaml
 
-PIPELINES = {"finetune": "finetuner.pipelines.finetune:finetune"}
+PIPELINES = {
+    "finetune": "finetuner.pipelines.finetune:finetune",
+    "synthesize_and_finetune": (
+        "finetuner.pipelines.synthesize_and_finetune:synthesize_and_finetune"
+    ),
+}
 
 
 def choices() -> dict[str, list[str]]:
@@ -23,6 +28,9 @@ def choices() -> dict[str, list[str]]:
         "pooler": list(get_args(TextOptions.model_fields["pooler"].annotation)),
         "loss": list(LOSSES),
         "sampler": list(SAMPLERS),
+        # synthesize_and_finetune's models of the synthesis
+        "relation_miner": [entry.name for entry in CATALOGUE if entry.task == "text-to-text"],
+        "cross_encoder": [entry.name for entry in CATALOGUE if entry.family == "cross-encoder"],
     }
 
 

@@ -146,10 +146,10 @@ def loss_for(family: str, name: str, kind: str | None = None) -> str:
             f"{kind}. Valid losses for {kind} data: "
             f"{', '.join(n for n in KIND_LOSSES[kind] if n != CLIP_LOSS)}."
         )
-    if kind == "margins" and family != "text":
+    if (name == MARGIN_MSE or kind == "margins") and family != "text":
         raise FinetunerError(
-            f"parameter loss: query,positive,negative,margin rows train text models only, "
-            f"with {MARGIN_MSE}."
+            f"parameter loss: {MARGIN_MSE} and its query,positive,negative,margin rows train "
+            f"text models only; this is a {family} model."
         )
     if kind is None:
         return name

@@ -121,8 +121,8 @@ def miner_spec(models: SynthesisModels, max_length: int):
     if entry.task != "text-to-text":
         valid = [e.name for e in CATALOGUE if e.task == "text-to-text"]
         raise FinetunerError(
-            f"parameter relation_miner: {entry.name} is a {entry.task} model; the relation "
-            f"miner embeds texts. Valid relation miners: {', '.join(valid)}."
+            f"parameter relation_miner: {entry.name} ({entry.task}) is not a text model; the "
+            f"relation miner embeds texts. Valid relation miners: {', '.join(valid)}."
         )
     return lookup(entry.name, max_length=max_length, weights=models.relation_miner_weights)
 
@@ -138,8 +138,8 @@ def cross_encoder_source(name: str, weights: str = "") -> str:
     if entry.family != "cross-encoder":
         valid = [e.name for e in CATALOGUE if e.family == "cross-encoder"]
         raise FinetunerError(
-            f"parameter cross_encoder: {entry.name} is a {entry.task} model, not a "
-            f"cross-encoder. Valid cross-encoders: {', '.join(valid)}."
+            f"parameter cross_encoder: {entry.name} ({entry.task}) is not a cross-encoder. "
+            f"Valid cross-encoders: {', '.join(valid)}."
         )
     return resolve_source(entry, weights=weights)
 
