@@ -261,6 +261,26 @@ def test_bad_input_fails_clearly_and_writes_nothing(cli, tmp_path, make, args, m
     assert not output.exists()
 
 
+def test_texts_are_read_from_csv_jsonl_and_parquet_and_deduplicated(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from finetuner import formats
+
+    opts = formats.options({})
+    text_file(tmp_path / "q.csv", 'query\n"a, with a comma"\n b \n"a, with a comma"\n\nb\n')
+    text_file(tmp_path / "q.jsonl", '{"id": 1, "query": "a"}\n\n{"id": 2, "query": 7}\n')
+    pq.write_table(pa.table({"body": ["x", "y", "x"]}), tmp_path / "q.parquet")
+    got = {name: synthesis.read_texts(str(tmp_path / name), "query_data", opts)
+           for name in ("q.csv", "q.jsonl", "q.parquet")}  # fmt: skip
+    assert got["q.csv"] == synthesis.Texts(["a, with a comma", "b"], rows=4, duplicates=2)
+    assert got["q.jsonl"] == synthesis.Texts(["a", "7"], rows=2, duplicates=0)
+    assert got["q.parquet"] == synthesis.Texts(["x", "y"], rows=3, duplicates=1)
+    text_file(tmp_path / "bad.jsonl", '{"body": "a"}\n')
+    with pytest.raises(FinetunerError, match=r"bad.jsonl: no text column among \['body'\]"):
+        synthesis.read_texts(str(tmp_path / "bad.jsonl"), "query_data", opts)
+
+
 def test_an_existing_output_is_never_overwritten(cli, tmp_path):
     (tmp_path / "out.csv").write_text("mine\n")
     code, err, output = cli()
