@@ -217,8 +217,9 @@ def read_texts(uri: str, what: str, opts) -> Texts:
 
 
 class RunningTopK:
-    """The k best corpus rows per query, merged chunk by chunk with torch.topk: memory is
-    queries x (k + chunk) scores for one query block at a time, whatever the corpus size.
+    """The k best corpus rows per query, merged chunk by chunk with torch.topk: it keeps
+    queries x k scores and ids, and works on QUERY_BLOCK x (k + chunk) scores at a time,
+    whatever the corpus size.
 
     `self_index[i]` is the corpus row that query i must not find (its own text), or -1."""
 
