@@ -119,7 +119,7 @@ def test_cross_encoder_without_weights_names_the_places_tried(monkeypatch, tmp_p
         synthesis.cross_encoder_source(CROSS_ENCODER)
     message = str(err.value)
     assert "hf:cross-encoder/ms-marco-MiniLM-L-6-v2" in message and "mirror-models" in message
-    with pytest.raises(FinetunerError, match="holds no config.json"):
+    with pytest.raises(FinetunerError, match="cross_encoder_weights: .* holds no config.json"):
         synthesis.cross_encoder_source(CROSS_ENCODER, weights=str(tmp_path))
     with pytest.raises(FinetunerError, match="is not a cross-encoder. Valid cross-encoders: "):
         synthesis.cross_encoder_source(MINILM)
@@ -403,29 +403,53 @@ def test_compiled_pipeline_parses_strictly_with_its_steps_and_dropdowns():
         assert parameters[name].description, name
 
 
-def test_synthesize_and_finetune_pipeline_end_to_end(s3, texts, cross_encoder_dir):
+def test_synthesize_and_finetune_refuses_bad_input_before_the_pipeline(
+    texts, cross_encoder_dir, tmp_path, capsys
+):
+    base = ["synthesize-and-finetune", "--query-data", str(texts["queries"]),
+            "--corpus-data", str(texts["corpus"]), "--output", str(tmp_path / "out"),
+            "--relation-miner", MINILM,
+            "--cross-encoder-weights", str(cross_encoder_dir)]  # fmt: skip
+    for extra, message in [
+        (["--model", "efficientnet-lite0"], "MarginMSELoss and its query,positive,negative,"
+         "margin rows train text models only; this is a cnn model"),
+        (["--num-relations", "42"], "num_relations: 42 is more than the 41 distinct"),
+        (["--cross-encoder-weights", str(tmp_path)],
+         r"parameter cross_encoder_weights: .* holds no config.json"),
+        (["--relation-miner-weights", str(tmp_path)],
+         r"parameter relation_miner_weights: .* holds no config.json"),
+    ]:  # fmt: skip
+        assert main([*base, *extra]) == 2
+        assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_synthesize_and_finetune_pipeline_end_to_end(s3, texts, cross_encoder_dir, tmp_path):
+    """`finetuner synthesize-and-finetune`: the pipeline through kfp.local, S3 in and out."""
+    import pyarrow.parquet as pq
+
     from finetuner import inference
-    from finetuner.run_synthesis import run_synthesis_pipeline
     from finetuner.steps import SYNTHESIZED
 
     for name in ("queries", "corpus"):
         storage.upload_file(texts[name], f"s3://{s3}/data/{name}.csv")
-    output = f"s3://{s3}/runs/synth/"
-    run = run_synthesis_pipeline({
-        "query_data": f"s3://{s3}/data/queries.csv", "corpus_data": f"s3://{s3}/data/corpus.csv",
-        "output_uri": output, "model": MINILM, "relation_miner": MINILM,
-        "cross_encoder_weights": str(cross_encoder_dir), "num_relations": 4,
-        "val_split": 0.25, "batch_size": 9, "max_length": 32, "eval_k": 3,
-    })  # fmt: skip
-    assert run.status == "FINISHED"
-    assert set(run.metrics()["after"]) >= {"ndcg@3", "mrr@3"}
-    synthesized = storage.local_copy(run.summary["artifacts"]["synthesized"])
-    assert run.summary["artifacts"]["synthesized"] == output + SYNTHESIZED
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(synthesized)
+    output, summary = f"s3://{s3}/runs/synth/", tmp_path / "summary.json"
+    code = main([
+        "synthesize-and-finetune", "--query-data", f"s3://{s3}/data/queries.csv",
+        "--corpus-data", f"s3://{s3}/data/corpus.csv", "--output", output,
+        "--model", MINILM, "--relation-miner", MINILM,
+        "--cross-encoder-weights", str(cross_encoder_dir), "--num-relations", "4",
+        "--val-split", "0.25", "--batch-size", "9", "--max-length", "32", "--eval-k", "3",
+        "--summary-json", str(summary),
+    ])  # fmt: skip
+    assert code == 0
+    result = json.loads(summary.read_text())
+    assert set(result["metrics"]["after"]) >= {"ndcg@3", "mrr@3"}
+    assert result["artifacts"]["synthesized"] == output + SYNTHESIZED
+    table = pq.read_table(storage.local_copy(output + SYNTHESIZED))
     assert table.column_names == ["query", "positive", "negative", "margin"]
     assert table.num_rows == 12 * 3
+    assert set(table.column("positive").to_pylist()) <= set(texts["corpus_texts"])
     manifest = json.loads(storage.read_text(output + "manifest.json"))
     assert manifest["metrics"]["kind"] == "margins" and manifest["metrics"]["rows"] == 9
     model = inference.get_model(output)

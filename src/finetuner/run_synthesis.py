@@ -15,6 +15,15 @@ from finetuner import storage
 from finetuner.errors import FinetunerError
 from finetuner.run import Run
 
+# The pipeline's parameters other than output_uri, as `finetuner synthesize-and-finetune`
+# flags.
+PARAMETERS = (
+    "query_data", "corpus_data", "model", "relation_miner", "cross_encoder",
+    "relation_miner_weights", "cross_encoder_weights", "num_relations", "data_options",
+    "val_split", "epochs", "batch_size", "learning_rate", "pooler", "max_length",
+    "model_options", "weights", "checkpoint_every", "eval_k", "seed",
+)  # fmt: skip
+
 
 def preflight(params: dict) -> dict:
     """The pipeline's parameters, completed with its defaults and checked."""

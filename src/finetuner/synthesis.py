@@ -116,6 +116,7 @@ def check_num_relations(num_relations) -> int:
 def miner_spec(models: SynthesisModels, max_length: int):
     """The relation miner's ModelSpec: a text-to-text model of the catalogue."""
     from finetuner.catalogue import CATALOGUE, get_entry, lookup
+    from finetuner.weights import check_weights
 
     entry = get_entry(models.relation_miner)
     if entry.task != "text-to-text":
@@ -124,6 +125,8 @@ def miner_spec(models: SynthesisModels, max_length: int):
             f"parameter relation_miner: {entry.name} ({entry.task}) is not a text model; the "
             f"relation miner embeds texts. Valid relation miners: {', '.join(valid)}."
         )
+    if models.relation_miner_weights:  # named as this parameter, not as run's `weights`
+        check_weights(entry, models.relation_miner_weights, "relation_miner_weights")
     return lookup(entry.name, max_length=max_length, weights=models.relation_miner_weights)
 
 
@@ -132,7 +135,7 @@ def cross_encoder_source(name: str, weights: str = "") -> str:
     backbone: `weights` if given, else `$FINETUNER_MODEL_MIRROR/<name>/`, else the hub id
     (its local cache when HF_HUB_OFFLINE is set)."""
     from finetuner.catalogue import CATALOGUE, get_entry
-    from finetuner.weights import resolve_source
+    from finetuner.weights import check_weights, resolve_source
 
     entry = get_entry(name)
     if entry.family != "cross-encoder":
@@ -141,7 +144,9 @@ def cross_encoder_source(name: str, weights: str = "") -> str:
             f"parameter cross_encoder: {entry.name} ({entry.task}) is not a cross-encoder. "
             f"Valid cross-encoders: {', '.join(valid)}."
         )
-    return resolve_source(entry, weights=weights)
+    if weights:
+        return check_weights(entry, weights, "cross_encoder_weights")
+    return resolve_source(entry)
 
 
 def load_cross_encoder(source: str, max_length: int = DEFAULT_MAX_LENGTH, device=None):

@@ -69,13 +69,13 @@ def _upstream(entry) -> tuple[str, bool]:
     return f"hf:{entry.upstream}", _hub_cached(entry.upstream)
 
 
-def check_weights(entry, uri: str) -> str:
+def check_weights(entry, uri: str, parameter: str = "weights") -> str:
     """A model folder given for an entry (`--weights`): it must hold the family's files."""
     marker = MIRROR_MARKER.get(entry.family, "config.json")
     folder = uri.rstrip("/") + "/"
     if not storage.exists(storage.join(folder, marker)):
         raise FinetunerError(
-            f"parameter weights: {folder} holds no {marker}, so it is not a {entry.name} model "
+            f"parameter {parameter}: {folder} holds no {marker}, so it is not a {entry.name} model "
             f"folder. It needs the layout of a model mirror's {entry.name}/ folder "
             f"(`finetuner mirror-models {entry.name} --to URI` writes one)."
         )
