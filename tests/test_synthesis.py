@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from finetuner import storage, synthesis
+from finetuner import storage, synthesis, weights
 from finetuner.cli import main
 from finetuner.errors import FinetunerError
 from finetuner.synthesis import SynthesisModels, synthesize
@@ -114,11 +114,14 @@ def test_cross_encoder_loads_from_an_s3_mirror_through_the_resolver(
 
 def test_cross_encoder_without_weights_names_the_places_tried(monkeypatch, tmp_path):
     monkeypatch.delenv("FINETUNER_MODEL_MIRROR", raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty hub cache
+    monkeypatch.setattr(weights, "_hub_cached", lambda repo_id: False)  # not in the cache
     with pytest.raises(FinetunerError) as err:
         synthesis.cross_encoder_source(CROSS_ENCODER)
     message = str(err.value)
+    assert message.startswith("parameter cross_encoder: no pretrained weights for cross")
     assert "hf:cross-encoder/ms-marco-MiniLM-L-6-v2" in message and "mirror-models" in message
+    with pytest.raises(FinetunerError, match="parameter relation_miner: no pretrained weights"):
+        synthesis.miner_spec(synthesis.DATA_SYNTHESIS_EN, 128)  # sbert-base-en
     with pytest.raises(FinetunerError, match="cross_encoder_weights: .* holds no config.json"):
         synthesis.cross_encoder_source(CROSS_ENCODER, weights=str(tmp_path))
     with pytest.raises(FinetunerError, match="is not a cross-encoder. Valid cross-encoders: "):

@@ -32,6 +32,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -113,6 +114,17 @@ def check_num_relations(num_relations) -> int:
     return num_relations
 
 
+@contextmanager
+def _named(parameter: str):
+    """Errors of the shared resolvers, said of this parameter where they name none."""
+    try:
+        yield
+    except FinetunerError as exc:
+        if str(exc).startswith("parameter "):
+            raise
+        raise FinetunerError(f"parameter {parameter}: {exc}") from None
+
+
 def miner_spec(models: SynthesisModels, max_length: int):
     """The relation miner's ModelSpec: a text-to-text model of the catalogue."""
     from finetuner.catalogue import CATALOGUE, get_entry, lookup
@@ -127,7 +139,8 @@ def miner_spec(models: SynthesisModels, max_length: int):
         )
     if models.relation_miner_weights:  # named as this parameter, not as run's `weights`
         check_weights(entry, models.relation_miner_weights, "relation_miner_weights")
-    return lookup(entry.name, max_length=max_length, weights=models.relation_miner_weights)
+    with _named("relation_miner"):
+        return lookup(entry.name, max_length=max_length, weights=models.relation_miner_weights)
 
 
 def cross_encoder_source(name: str, weights: str = "") -> str:
@@ -146,7 +159,8 @@ def cross_encoder_source(name: str, weights: str = "") -> str:
         )
     if weights:
         return check_weights(entry, weights, "cross_encoder_weights")
-    return resolve_source(entry)
+    with _named("cross_encoder"):
+        return resolve_source(entry)
 
 
 def load_cross_encoder(source: str, max_length: int = DEFAULT_MAX_LENGTH, device=None):
@@ -432,12 +446,13 @@ def synthesize(
     self_index = [doc_index.get(q, -1) for q in queries.texts]
     in_corpus = sum(i >= 0 for i in self_index)
     _log(
-        f"{len(queries.texts)} queries ({queries.duplicates} duplicates dropped), "
-        f"{len(corpus.texts)} documents ({corpus.duplicates} duplicates dropped)"
+        f"queries: {len(queries.texts)} ({queries.duplicates} duplicates dropped); "
+        f"documents: {len(corpus.texts)} ({corpus.duplicates} duplicates dropped)"
     )
     if in_corpus:
         _log(
-            f"{in_corpus} queries are also corpus documents: each is left out of its own candidates"
+            f"queries that are also corpus documents: {in_corpus} (each is left out of its "
+            "own candidates)"
         )
 
     import torch
