@@ -270,19 +270,25 @@ class RunningTopK:
             self.scores[block] = top.values
             self.indices[block] = torch.gather(merged_ids, 1, top.indices)
 
-    def candidates(self) -> list[list[int]]:
-        """Each query's candidates, best first; fewer than k where its own text was left out
-        of a corpus no bigger than k."""
-        valid = self.scores > -float("inf")
-        return [row[mask].tolist() for row, mask in zip(self.indices, valid, strict=True)]
+    def candidates(self, start: int = 0, stop: int | None = None) -> list[list[int]]:
+        """The candidates of queries start..stop, best first; fewer than k where a query's
+        own text was left out of a corpus no bigger than k. As lists for a slice at a time:
+        Python ints cost far more memory than the tensor."""
+        indices, scores = self.indices[start:stop], self.scores[start:stop]
+        valid = scores > -float("inf")
+        return [row[mask].tolist() for row, mask in zip(indices, valid, strict=True)]
+
+    def count(self) -> int:
+        """How many candidates were found, over all queries."""
+        return int((self.scores > -float("inf")).sum())
 
 
 def mine(
     miner, queries: list[str], corpus: list[str], k: int, self_index: list[int],
     batch_size: int = 64, chunk: int = CORPUS_CHUNK, timings: dict | None = None,
     device: str = "cpu",
-) -> list[list[int]]:  # fmt: skip
-    """The relation miner's top-k corpus rows for each query, best first (exact cosine)."""
+) -> RunningTopK:  # fmt: skip
+    """The relation miner's top-k corpus rows for each query (exact cosine)."""
     import torch
 
     from finetuner.progress import Progress
@@ -306,7 +312,8 @@ def mine(
         progress.step(step, len(emb))
     timings["seconds_embed_corpus"] = embed
     timings["seconds_top_k"] = rank
-    return top.candidates()
+    top.queries = None  # the query embeddings are not needed past mining
+    return top
 
 
 def score_pairs(cross_encoder, pairs: list[tuple[str, str]], batch_size: int = 64):
@@ -464,7 +471,7 @@ def synthesize(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     timings: dict = {}
     miner = families.pretrained(spec)
-    candidates = mine(
+    top = mine(
         miner, queries.texts, corpus.texts, num_relations, self_index, batch_size,
         timings=timings, device=device,
     )  # fmt: skip
@@ -482,7 +489,7 @@ def synthesize(
                 block = []
                 for q, found in zip(
                     queries.texts[start : start + SCORE_BLOCK],
-                    candidates[start : start + SCORE_BLOCK],
+                    top.candidates(start, start + SCORE_BLOCK),
                     strict=True,
                 ):
                     if len(found) < 2:  # its own text left out of a corpus of two
@@ -508,7 +515,7 @@ def synthesize(
                 "out of a corpus of two); give a bigger corpus."
             )
         publish(local, output)
-    mined = sum(len(c) for c in candidates)
+    mined = top.count()
     mine_seconds = timings["seconds_embed_corpus"] + timings["seconds_top_k"]
     counts = {
         "query_rows": queries.rows,
