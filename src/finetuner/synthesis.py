@@ -341,6 +341,41 @@ def margin_rows(query: str, candidates: list[str], scores) -> list[tuple]:
     ]
 
 
+def score_and_write(
+    cross_encoder, queries: list[str], corpus: list[str], top: RunningTopK, writer,
+    batch_size: int = 64,
+) -> tuple[int, int, float]:  # fmt: skip
+    """Score each query's candidates and write its rows, SCORE_BLOCK queries at a time;
+    the pairs scored, the queries skipped (fewer than two candidates) and the seconds spent
+    scoring."""
+    from finetuner.progress import Progress
+
+    scored = skipped = 0
+    seconds = 0.0
+    blocks = range(0, len(queries), SCORE_BLOCK)
+    progress = Progress(len(blocks), every=1, label="synthesize: score")
+    for step, start in enumerate(blocks, 1):
+        block = []
+        stop = start + SCORE_BLOCK
+        for query, found in zip(queries[start:stop], top.candidates(start, stop), strict=True):
+            if len(found) < 2:  # its own text left out of a corpus of two
+                skipped += 1
+                continue
+            block.append((query, [corpus[i] for i in found]))
+        pairs = [(query, doc) for query, docs in block for doc in docs]
+        started = time.perf_counter()
+        scores = score_pairs(cross_encoder, pairs, batch_size)
+        seconds += time.perf_counter() - started
+        scored += len(pairs)
+        rows, at = [], 0
+        for query, docs in block:
+            rows += margin_rows(query, docs, scores[at : at + len(docs)])
+            at += len(docs)
+        writer.write(rows)
+        progress.step(step, len(pairs))
+    return scored, skipped, seconds
+
+
 # ---------------------------------------------------------------- writing
 
 
@@ -465,7 +500,6 @@ def synthesize(
     import torch
 
     from finetuner import models as families
-    from finetuner.progress import Progress
 
     torch.manual_seed(seed)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -477,36 +511,13 @@ def synthesize(
     )  # fmt: skip
     del miner
     cross_encoder = load_cross_encoder(ce_source, max_length, device)
-    scored = skipped = 0
-    score_seconds = 0.0
     with tempfile.TemporaryDirectory(prefix="finetuner-synthesis-") as tmp:
         local = Path(tmp) / f"margins{PurePosixPath(output).suffix.lower()}"
         writer = RowWriter(local, fmt)
         try:
-            blocks = range(0, len(queries.texts), SCORE_BLOCK)
-            progress = Progress(len(blocks), every=1, label="synthesize: score")
-            for step, start in enumerate(blocks, 1):
-                block = []
-                for q, found in zip(
-                    queries.texts[start : start + SCORE_BLOCK],
-                    top.candidates(start, start + SCORE_BLOCK),
-                    strict=True,
-                ):
-                    if len(found) < 2:  # its own text left out of a corpus of two
-                        skipped += 1
-                        continue
-                    block.append((q, [corpus.texts[i] for i in found]))
-                pairs = [(q, doc) for q, docs in block for doc in docs]
-                t0 = time.perf_counter()
-                scores = score_pairs(cross_encoder, pairs, batch_size)
-                score_seconds += time.perf_counter() - t0
-                scored += len(pairs)
-                rows, at = [], 0
-                for q, docs in block:
-                    rows += margin_rows(q, docs, scores[at : at + len(docs)])
-                    at += len(docs)
-                writer.write(rows)
-                progress.step(step, len(pairs))
+            scored, skipped, score_seconds = score_and_write(
+                cross_encoder, queries.texts, corpus.texts, top, writer, batch_size
+            )
         finally:
             writer.close()
         if writer.rows == 0:
