@@ -11,4 +11,6 @@ def export(model: Input[Model], metrics: dict, output_uri: str, run_id: str) -> 
     from finetuner import steps
     from finetuner.promote import run_output
 
-    return steps.export(model.path, metrics, run_output(output_uri, run_id))
+    uris = steps.export(model.path, metrics, run_output(output_uri, run_id))
+    # KFP cannot pass a None inside a dict to the next step (no ONNX file for PointNet++).
+    return {name: uri for name, uri in uris.items() if uri is not None}

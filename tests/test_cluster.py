@@ -55,9 +55,13 @@ def test_compile_with_images_sets_every_step(tmp_path, capsys):
     used = images(next(yaml.safe_load_all(text)))
     assert used.pop("train") == gpu_image and set(used.values()) == {image}
     assert IMAGE not in text and GPU_IMAGE not in text  # nowhere else either
+    synthesis = (tmp_path / "synthesize_and_finetune.yaml").read_text()
+    used = images(next(yaml.safe_load_all(synthesis)))
+    assert used.pop("train") == used.pop("synthesize-pairs") == gpu_image
+    assert set(used.values()) == {image}
 
     # Only one given: the other keeps its default.
-    (path,) = compile_pipelines(tmp_path / "cpu-only", image=image)
+    path, _ = compile_pipelines(tmp_path / "cpu-only", image=image)  # finetune first
     assert images(next(yaml.safe_load_all(path.read_text())))["train"] == GPU_IMAGE
 
 
@@ -71,7 +75,7 @@ def test_compile_refuses_a_bad_image_or_claim_name(tmp_path, capsys):
 
 
 def test_model_cache_claim_mounts_in_every_step(tmp_path):
-    (path,) = compile_pipelines(tmp_path, model_cache_pvc="finetuner-model-cache")
+    path, _ = compile_pipelines(tmp_path, model_cache_pvc="finetuner-model-cache")  # finetune first
     _, platform = yaml.safe_load_all(path.read_text())
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert {name.removeprefix("exec-") for name in executors} == S3_STEPS
@@ -146,10 +150,10 @@ def test_no_credential_reaches_the_compiled_yaml(tmp_path, monkeypatch):
     }
     for name, value in secrets.items():
         monkeypatch.setenv(name, value)
-    (path,) = compile_pipelines(tmp_path)
-    text = path.read_text()
-    for value in secrets.values():
-        assert value not in text
+    for path in compile_pipelines(tmp_path):
+        text = path.read_text()
+        for value in secrets.values():
+            assert value not in text
 
 
 def test_ui_descriptions_outputs_and_caching(compiled):

@@ -100,7 +100,10 @@ BAD_FILES = {
                     "line 1, column 2: 'document' is a dict"),
     "no known columns": ("a.jsonl", '{"foo": "q", "bar": "d"}\n', {},
                          "no column for 'query' among"),
-    "four columns": ("a.csv", "a,b,c,d\n", {}, "line 1: expected 2 columns .* found 4"),
+    "five columns": ("a.csv", "a,b,c,d,e\n", {}, "line 1: expected 2 columns .* or 4 "
+                     r"\(query,positive,negative,margin\), found 5"),
+    "margin text": ("m.csv", "q,p,n,0.5\nq,p,n2,big\n", {}, r"line 2, column 4 \(margin\): "
+                    "'big' is not a finite number"),
     "field too long": ("a.csv", "q,0123456789x\n", {"max_field_chars": 10},
                        r"line 1, column 2 \(document\): 11 characters, more than the limit of 10"),
 }  # fmt: skip

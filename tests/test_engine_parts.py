@@ -235,12 +235,12 @@ def test_miner_options_reach_the_miner():
             "needs labeled data.*Valid losses "
             "for pairs: MultipleNegativesRankingLoss, TripletMarginLoss, or a parameter-free",
         ),  # fmt: skip
+        (lambda: loss_for("cnn", "MarginMSELoss"), "train text models only; this is a cnn"),
         (
-            lambda: loss_for("text", "MarginMSELoss"),
-            "needs query,positive,negative,margin rows "
-            r"\(data synthesis\)",
+            lambda: loss_for("text", "MarginMSELoss", "pairs"),
+            "query,positive,negative,margin rows, which `finetuner synthesize` makes.*Valid "
+            "losses for pairs data: MultipleNegativesRankingLoss",
         ),  # fmt: skip
-        (lambda: loss_for("text", "MarginMSELoss", "pairs"), "query,positive,negative,margin"),
         (
             lambda: loss_for("text", "ContrastiveLoss", "scored"),
             "Valid losses for scored data: CoSENTLoss, CosineSimilarityLoss",
@@ -265,6 +265,7 @@ def test_loss_names_resolve_by_kind():
     assert loss_for("text", "ProxyAnchorLoss", "labeled") == "ProxyAnchorLoss"
     assert loss_for("text", "ProxyAnchorLoss") == "ProxyAnchorLoss"  # kind not known yet
     assert loss_for("text", "MultipleNegativesRankingLoss", "margins") == "MarginMSELoss"
+    assert loss_for("text", "MarginMSELoss") == "MarginMSELoss"  # kind not known yet
     assert loss_for("clip", "MultipleNegativesRankingLoss", "pairs") == "CLIPLoss"
 
 

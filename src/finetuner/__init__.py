@@ -1,7 +1,7 @@
 """Fine-tune embedding models for search on your own infrastructure.
 
 The Python API follows Jina AI's Finetuner: `describe_models`, `list_model_options`, `fit`,
-`get_model` and `encode`. Attributes load lazily, so `import finetuner` stays fast.
+`get_model`, `encode` and `synthesize`. Attributes load lazily, so `import finetuner` stays fast.
 """
 
 from importlib import import_module
@@ -15,6 +15,9 @@ _API = {
     "Run": "finetuner.run",
     "get_model": "finetuner.inference",
     "encode": "finetuner.inference",
+    "synthesize": "finetuner.synthesis",
+    "SynthesisModels": "finetuner.synthesis",
+    "DATA_SYNTHESIS_EN": "finetuner.synthesis",
     "FinetunerError": "finetuner.errors",
 }
 __all__ = sorted(_API)

@@ -112,6 +112,46 @@ def run_command(args) -> None:
             console.print(f"{label:>11}: {value}")
 
 
+def synthesize_command(args) -> None:
+    from finetuner.synthesis import SynthesisModels, synthesize
+
+    models = SynthesisModels(
+        args.relation_miner, args.cross_encoder, args.relation_miner_weights,
+        args.cross_encoder_weights,
+    )  # fmt: skip
+    result = synthesize(
+        args.query_data, args.corpus_data, models, args.num_relations, args.output,
+        max_length=args.max_length, batch_size=args.batch_size,
+        data_options=data_options(args), seed=args.seed,
+    )  # fmt: skip
+    if args.summary_json:
+        with open(args.summary_json, "w") as f:
+            json.dump({"output": result.output, "counts": result.counts}, f, indent=2)
+    c = result.counts
+    print(
+        f"wrote {c['rows']} rows (query,positive,negative,margin) for {c['queries']} queries "
+        f"to {result.output}\ntrain on them: finetuner run --train-data {result.output} "
+        "--loss MarginMSELoss"
+    )
+
+
+def synthesize_and_finetune_command(args) -> None:
+    from rich.console import Console
+
+    from finetuner.run_synthesis import PARAMETERS, run_synthesis_pipeline
+
+    params = {name: getattr(args, name) for name in PARAMETERS}
+    params["output_uri"] = args.output
+    run = run_synthesis_pipeline(params, pipeline_root=args.pipeline_root)
+    if args.summary_json:
+        with open(args.summary_json, "w") as f:
+            json.dump({k: run.summary[k] for k in ("metrics", "artifacts")}, f, indent=2)
+    console = Console(stderr=False)
+    console.print(metrics_table(run.metrics()))
+    for name, uri in run.summary["artifacts"].items():
+        console.print(f"{name:>11}: {uri}")
+
+
 def mirror_models_command(args) -> None:
     from finetuner.weights import mirror_model
 
@@ -398,6 +438,105 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary-json", help="write metrics and artifact URIs to this file")
     p.add_argument("--pipeline-root", help="keep the step artifacts here (default: temporary)")
     p.set_defaults(func=run_command)
+
+    from finetuner.synthesis import DATA_SYNTHESIS_EN, DEFAULT_MAX_LENGTH, DEFAULT_NUM_RELATIONS
+
+    p = sub.add_parser(
+        "synthesize",
+        help="make MarginMSE training data from unlabelled queries and a corpus",
+        description="Data synthesis: a relation miner retrieves each query's top "
+        "NUM_RELATIONS corpus documents (exact top-k, in chunks); a cross-encoder scores "
+        "them; the best-scored is the positive, the others hard negatives. Writes "
+        "query,positive,negative,margin rows (margin = score(positive) - score(negative), "
+        "scores being the cross-encoder's probabilities) that `finetuner run --loss "
+        "MarginMSELoss` trains on. Input files hold one text per row: a one-column CSV, or "
+        "JSONL or Parquet with a 'text' column. Duplicate texts are dropped and counted; a "
+        "query that is also a corpus document is left out of its own candidates.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--query-data", required=True, help="the queries, one per row (s3:// or path)")
+    p.add_argument("--corpus-data", required=True, help="the documents, one per row")
+    p.add_argument(
+        "--relation-miner",
+        default=DATA_SYNTHESIS_EN.relation_miner,
+        help="catalogue name of the text model that mines candidates",
+    )
+    p.add_argument(
+        "--cross-encoder",
+        default=DATA_SYNTHESIS_EN.cross_encoder,
+        help="catalogue name of the cross-encoder that scores them",
+    )
+    p.add_argument(
+        "--relation-miner-weights",
+        default="",
+        help="a model folder for the relation miner (mirror layout; default: the mirror, a "
+        "package, or upstream)",
+    )
+    p.add_argument(
+        "--cross-encoder-weights",
+        default="",
+        help="a cross-encoder folder (as CrossEncoder.save writes; default: the mirror or "
+        "upstream)",
+    )
+    p.add_argument(
+        "--num-relations",
+        type=int,
+        default=DEFAULT_NUM_RELATIONS,
+        help="candidates per query: one positive and NUM_RELATIONS - 1 negatives",
+    )
+    p.add_argument(
+        "--output",
+        help="where the rows go: a .csv, .jsonl or .parquet file, s3:// or a path (default: "
+        "runs/synthesis-<time>.parquet); never overwritten",
+    )
+    p.add_argument(
+        "--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="tokens per text (pair)"
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="texts or pairs per forward pass")
+    p.add_argument(
+        "--data-options",
+        type=json_object,
+        default={},
+        help="how the files are read, as JSON: format, dialect, encoding, size, "
+        "max_bad_rows, max_field_chars",
+    )
+    p.add_argument("--max-bad-rows", type=int, help="bad rows to skip before failing (default 0)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--summary-json", help="write the output URI and the counts to this file")
+    p.set_defaults(func=synthesize_command)
+
+    p = sub.add_parser(
+        "synthesize-and-finetune",
+        help="run the synthesize_and_finetune pipeline on this machine (kfp.local)",
+        description="Synthesize MarginMSE rows from queries and a corpus (as `finetuner "
+        "synthesize`), then fine-tune MODEL on them (as `finetuner run --loss MarginMSELoss`),"
+        " evaluate and export: the synthesize_and_finetune pipeline, run with kfp.local.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--query-data", required=True, help="the queries, one per row")
+    p.add_argument("--corpus-data", required=True, help="the documents, one per row")
+    p.add_argument("--output", required=True, help="export location (s3:// or a folder)")
+    p.add_argument("--model", default=d["model"], help="catalogue name of the model to train")
+    p.add_argument("--relation-miner", default=DATA_SYNTHESIS_EN.relation_miner)
+    p.add_argument("--cross-encoder", default=DATA_SYNTHESIS_EN.cross_encoder)
+    p.add_argument("--relation-miner-weights", default="", help="a model folder")
+    p.add_argument("--cross-encoder-weights", default="", help="a cross-encoder folder")
+    p.add_argument("--num-relations", type=int, default=DEFAULT_NUM_RELATIONS)
+    p.add_argument("--data-options", type=json_object, default={}, help="as for synthesize")
+    p.add_argument("--val-split", type=float, default=d["val_split"], help="held-out queries")
+    p.add_argument("--epochs", type=int, default=d["epochs"])
+    p.add_argument("--batch-size", type=int, default=d["batch_size"])
+    p.add_argument("--learning-rate", type=float, default=d["learning_rate"])
+    p.add_argument("--pooler", default=d["pooler"], help="mean, cls, max or GeM")
+    p.add_argument("--max-length", type=int, default=d["max_length"], help="tokens per text")
+    p.add_argument("--model-options", type=json_object, default={}, help="as for run")
+    p.add_argument("--weights", default=d["weights"], help="the model's weights, as for run")
+    p.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"])
+    p.add_argument("--eval-k", type=int, default=d["eval_k"], help="cut-off of the metrics")
+    p.add_argument("--seed", type=int, default=d["seed"])
+    p.add_argument("--summary-json", help="write metrics and artifact URIs to this file")
+    p.add_argument("--pipeline-root", help="keep the step artifacts here (default: temporary)")
+    p.set_defaults(func=synthesize_and_finetune_command)
 
     p = sub.add_parser(
         "mirror-models",

@@ -13,7 +13,12 @@ import yaml
 
 from finetuner.errors import FinetunerError
 
-PIPELINES = {"finetune": "finetuner.pipelines.finetune:finetune"}
+PIPELINES = {
+    "finetune": "finetuner.pipelines.finetune:finetune",
+    "synthesize_and_finetune": (
+        "finetuner.pipelines.synthesize_and_finetune:synthesize_and_finetune"
+    ),
+}
 
 
 def choices() -> dict[str, list[str]]:
@@ -30,6 +35,9 @@ def choices() -> dict[str, list[str]]:
         "pooler": list(get_args(TextOptions.model_fields["pooler"].annotation)),
         "loss": list(LOSSES),
         "sampler": list(SAMPLERS),
+        # synthesize_and_finetune's models of the synthesis
+        "relation_miner": [entry.name for entry in CATALOGUE if entry.task == "text-to-text"],
+        "cross_encoder": [entry.name for entry in CATALOGUE if entry.family == "cross-encoder"],
     }
 
 

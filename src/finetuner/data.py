@@ -231,6 +231,18 @@ class EvalSet:
         return cls(list(by_query), corpus, list(by_query.values()))
 
     @classmethod
+    def from_margins(cls, rows: list[tuple]) -> EvalSet:
+        """(query, positive, negative, margin) rows: each query is to find its positive
+        in a corpus of all positives and negatives, the hard negatives among them."""
+        pairs = list(dict.fromkeys((q, p) for q, p, _, _ in rows))
+        corpus = list(dict.fromkeys([*(p for _, p in pairs), *(n for _, _, n, _ in rows)]))
+        doc_index = {d: i for i, d in enumerate(corpus)}
+        by_query: dict[str, set[int]] = {}
+        for q, p in pairs:
+            by_query.setdefault(q, set()).add(doc_index[p])
+        return cls(list(by_query), corpus, list(by_query.values()))
+
+    @classmethod
     def from_labeled(cls, rows: list[tuple[str, str]]) -> EvalSet:
         """Every item with another of its label is a query; a label alone has nothing to
         find and is left out as a query (it stays in the corpus)."""

@@ -3,7 +3,7 @@
 Rows come from `formats.read_rows`. Each is checked for the model (items that are images,
 meshes or vectors are resolved and checked) and for its kind; a bad row is skipped and
 counted while there are at most `max_bad_rows`, and one more fails the run, listing the
-first ones. Duplicates are dropped, and a share of the queries (pairs), first texts
+first ones. Duplicates are dropped, and a share of the queries (pairs, margins), first texts
 (scored) or items (labeled) is held out for evaluation. Memory stays flat: rows go to
 Parquet shards as they come, and only a 64-bit digest per row and per query is kept.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from finetuner import formats
 from finetuner.errors import FinetunerError
-from finetuner.formats import KINDS, BadRow, DataOptions
+from finetuner.formats import KINDS, NUMBER_ROLES, BadRow, DataOptions
 
 KIND_KEY = b"finetuner.kind"
 ROWS_PER_SHARD = 250_000
@@ -88,11 +88,11 @@ class RowChecker:
         values = []
         for column, role in enumerate(KINDS[self.kind], 1):
             value = row.values[column - 1]
-            if role == "score":
+            if role in NUMBER_ROLES:
                 score = _score(value)
                 if score is None:
                     what = f"'{value[:40]}' is not a finite number"
-                    raise BadRowError(f"{self._where(row.line, column)} (score): {what}.")
+                    raise BadRowError(f"{self._where(row.line, column)} ({role}): {what}.")
                 values.append(score)
                 continue
             value = value.strip()
@@ -183,6 +183,11 @@ def _check_kind(uri: str, kind: str, spec) -> None:
         raise FinetunerError(
             f"{uri} holds {kind} rows; CLIP models train on text,image pairs only."
         )
+    if kind == "margins" and spec.family != "text":
+        raise FinetunerError(
+            f"{uri} holds query,positive,negative,margin rows (data synthesis), which train "
+            f"text models only; {spec.name} is a {spec.family} model."
+        )
 
 
 # ---------------------------------------------------------------- writing shards
@@ -191,9 +196,10 @@ def _check_kind(uri: str, kind: str, spec) -> None:
 def _schema(kind: str):
     import pyarrow as pa
 
-    columns = [pa.field(name, pa.string()) for name in KINDS[kind]]
-    if kind == "scored":
-        columns[2] = pa.field("score", pa.float64())
+    columns = [
+        pa.field(name, pa.float64() if name in NUMBER_ROLES else pa.string())
+        for name in KINDS[kind]
+    ]
     return pa.schema(columns, metadata={KIND_KEY: kind.encode()})
 
 

@@ -1,4 +1,5 @@
-"""Evaluation: exact cosine top-k retrieval scored with IR metrics (pairs, labeled data),
+"""Evaluation: exact cosine top-k retrieval scored with IR metrics (pairs, labeled and
+margins data: a query's positive among all positives and hard negatives),
 or the rank correlation of cosines with the scores (scored data)."""
 
 from __future__ import annotations
@@ -91,4 +92,6 @@ def evaluate_dataset(model, data, k: int = 10, device: str = "cpu") -> dict[str,
         return correlation(model, rows, device=device)
     if data.kind == "labeled":
         return evaluate(model, EvalSet.from_labeled(rows), k, device=device)
+    if data.kind == "margins":
+        return evaluate(model, EvalSet.from_margins(rows), k, device=device)
     return evaluate(model, EvalSet.from_pairs(rows), k, device=device)

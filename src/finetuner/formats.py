@@ -1,9 +1,11 @@
 """Training data files, read row by row: Finetuner's CSV, JSON Lines and Parquet.
 
-Three kinds of data, as Finetuner had them:
+Four kinds of data; the first three as Finetuner had them:
 - pairs: (query, document), e.g. a question and its answer, or a text and an image;
 - labeled: (item, label), items of one label being alike (CSV: `is_labeled`);
-- scored: (text1, text2, score), a similarity score for two items.
+- scored: (text1, text2, score), a similarity score for two items;
+- margins: (query, positive, negative, margin), a teacher's score(positive) -
+  score(negative) for MarginMSELoss, as `finetuner synthesize` writes them.
 
 A reader yields each row's fields in the kind's column order, with the line (CSV, JSONL)
 or row number (Parquet) it came from, or a BadRow saying what is wrong with it; the
@@ -32,7 +34,10 @@ KINDS: dict[str, tuple[str, ...]] = {
     "pairs": ("query", "document"),
     "labeled": ("item", "label"),
     "scored": ("text1", "text2", "score"),
+    "margins": ("query", "positive", "negative", "margin"),
 }
+# The columns that hold a number, not an item.
+NUMBER_ROLES = ("score", "margin")
 # Other names a JSONL or Parquet column may have, per role.
 ALIASES: dict[str, tuple[str, ...]] = {
     "query": ("query", "anchor", "question", "text"),
@@ -42,6 +47,9 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "text1": ("text1", "sentence1"),
     "text2": ("text2", "sentence2"),
     "score": ("score",),
+    "positive": ("positive",),
+    "negative": ("negative",),
+    "margin": ("margin",),
 }
 # A first CSV row made of these names is a header, not data.
 HEADER_NAMES = {name for names in ALIASES.values() for name in names} | {"text1", "text2"}
@@ -157,7 +165,9 @@ def read_rows(uri: str, opts: DataOptions) -> tuple[str, Iterator[Row | BadRow]]
 
 
 def _expected(opts: DataOptions) -> str:
-    return "item,label" if opts.is_labeled else "query,document (or text1,text2,score)"
+    if opts.is_labeled:
+        return "item,label"
+    return "query,document (or text1,text2,score, or query,positive,negative,margin)"
 
 
 def _no_data(uri: str, opts: DataOptions) -> FinetunerError:
@@ -212,14 +222,15 @@ def _csv_rows(uri: str, f, opts: DataOptions) -> tuple[str, Iterator[Row | BadRo
     start, values = first
     header = {v.strip().lower() for v in values} <= HEADER_NAMES
     width = len(values)
-    kind = "scored" if width == 3 else "labeled" if opts.is_labeled else "pairs"
-    if width not in (2, 3):
+    kind = {3: "scored", 4: "margins"}.get(width, "labeled" if opts.is_labeled else "pairs")
+    if width not in (2, 3, 4):
         f.close()
         delimiter = repr(dialect.delimiter)
         raise FinetunerError(
-            f"{uri}, line {start}: expected 2 columns (query,document or item,label) or 3 "
-            f"(text1,text2,score), found {width} with delimiter {delimiter}. Quote fields "
-            "that contain the delimiter, or set data_options.dialect."
+            f"{uri}, line {start}: expected 2 columns (query,document or item,label), 3 "
+            f"(text1,text2,score) or 4 (query,positive,negative,margin), found {width} with "
+            f"delimiter {delimiter}. Quote fields that contain the delimiter, or set "
+            "data_options.dialect."
         )
 
     def rows() -> Iterator[Row | BadRow]:
@@ -283,7 +294,9 @@ def _has_undecodable(value: str) -> bool:
 def _columns(names: list[str], uri: str, opts: DataOptions) -> tuple[str, list[str]]:
     """The kind of a table with these column names, and the column of each role."""
     present = set(names)
-    if "score" in present:
+    if "margin" in present:
+        kind = "margins"
+    elif "score" in present:
         kind = "scored"
     elif "label" in present:
         kind = "labeled"
@@ -295,7 +308,8 @@ def _columns(names: list[str], uri: str, opts: DataOptions) -> tuple[str, list[s
         if match is None:
             raise FinetunerError(
                 f"{uri}: no column for '{role}' among {sorted(present)}. Named columns: "
-                "query,document (or text,image); item,label; or text1,text2,score."
+                "query,document (or text,image); item,label; text1,text2,score; or "
+                "query,positive,negative,margin."
             )
         chosen.append(match)
     return kind, chosen
@@ -350,7 +364,7 @@ def _named_row(line: int, values: list, columns: list[str]) -> Row | BadRow:
             if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in value):
                 return BadRow(line, column, f"'{name}' is a list but not of numbers")
             value = " ".join(repr(float(x)) for x in value)
-        elif isinstance(value, float) and name == "score":
+        elif isinstance(value, float) and name in NUMBER_ROLES:
             value = repr(value) if math.isfinite(value) else str(value)
         elif not isinstance(value, str | int | float) or isinstance(value, bool):
             return BadRow(line, column, f"'{name}' is a {type(value).__name__}, not a value")
@@ -378,3 +392,98 @@ def _parquet_rows(uri: str, path, opts: DataOptions) -> tuple[str, Iterator[Row 
             raise _no_data(uri, opts)
 
     return kind, rows()
+
+
+# ---------------------------------------------------------------- one text per row
+
+# The column that holds the texts of a JSONL or Parquet file of queries or documents.
+TEXT_COLUMNS = ("text", "query", "document", "question", "passage", "sentence", "content")
+
+
+def read_texts(uri: str, opts: DataOptions) -> Iterator[Row | BadRow]:
+    """The rows of a file of texts, one text per row (queries or documents, for data
+    synthesis): a one-column CSV (a first row `text`, `query` or `document` is a header),
+    or JSONL or Parquet with a column named as in TEXT_COLUMNS (or Parquet's only column).
+
+    A CSV is read with the excel dialect unless data_options.dialect says otherwise: a
+    sniffer would take the commas in the texts for delimiters."""
+    fmt = detect_format(uri, opts.format)
+    if fmt == "parquet":
+        rows = _parquet_texts(uri, storage.local_copy(uri))
+    else:
+        text = io.TextIOWrapper(
+            storage.open_binary(uri),
+            encoding=opts.encoding,
+            errors="surrogateescape",
+            newline="" if fmt == "csv" else None,
+        )
+        rows = _csv_texts(uri, text, opts) if fmt == "csv" else _jsonl_texts(uri, text)
+    return itertools.islice(rows, opts.size) if opts.size else rows
+
+
+def _csv_texts(uri: str, f, opts: DataOptions) -> Iterator[Row | BadRow]:
+    dialect = csv.excel if opts.dialect == "auto" else _dialect(uri, "", opts)
+    csv.field_size_limit(1 << 30)
+    with f:
+        lines = iter(f)
+        first = next(lines, None)
+        if first is None:
+            return
+        if first.startswith("\ufeff"):
+            first = first[1:]
+        reader = csv.reader(itertools.chain([first], lines), dialect, strict=True)
+        header = True
+        for start, fields in _records(reader, uri):
+            if header and len(fields) == 1 and fields[0].strip().lower() in TEXT_COLUMNS:
+                header = False
+                continue
+            header = False
+            if len(fields) != 1:
+                yield BadRow(
+                    start,
+                    None,
+                    f"expected one text per row, found {len(fields)} fields: quote texts that "
+                    f"contain the delimiter {dialect.delimiter!r}, or give JSONL",
+                )
+                continue
+            yield _csv_row(start, fields, 1, opts.encoding)
+
+
+def _text_column(names: list[str], uri: str) -> str:
+    match = next((n for n in TEXT_COLUMNS if n in names), None)
+    if match is None:
+        raise FinetunerError(
+            f"{uri}: no text column among {sorted(names)}. Name it one of "
+            f"{', '.join(TEXT_COLUMNS)}."
+        )
+    return match
+
+
+def _jsonl_texts(uri: str, f) -> Iterator[Row | BadRow]:
+    with f:
+        column = None
+        for n, text in enumerate(f, 1):
+            if not text.strip():
+                continue
+            value = _json_object(n, text)
+            if isinstance(value, BadRow):
+                yield value
+                continue
+            column = column or _text_column(list(value), uri)
+            yield _named_row(n, [value.get(column)], [column])
+
+
+def _parquet_texts(uri: str, path) -> Iterator[Row | BadRow]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
+        raise FinetunerError(f"{uri}: not a readable Parquet file ({exc}).") from None
+    names = parquet.schema_arrow.names
+    column = names[0] if len(names) == 1 else _text_column(names, uri)
+    number = 0
+    for batch in parquet.iter_batches(batch_size=8192, columns=[column]):
+        for value in batch.column(column).to_pylist():
+            number += 1
+            yield _named_row(number, [value], [column])

