@@ -14,6 +14,7 @@ from finetuner.components.train import train
 from finetuner.defaults import CLUSTER_DEFAULTS as C
 from finetuner.defaults import PIPELINE_DEFAULTS as D
 from finetuner.losses import MARGIN_MSE
+from finetuner.steps import CHOICES
 from finetuner.synthesis import DATA_SYNTHESIS_EN, DEFAULT_NUM_RELATIONS
 
 
@@ -139,28 +140,11 @@ def synthesize_and_finetune(
         num_items_per_class=D["num_items_per_class"],
         output_uri=output_uri,
         checkpoint_every=checkpoint_every,
-        loss_options={},
-        miner="",
-        miner_options={},
-        optimizer=D["optimizer"],
-        optimizer_options={},
-        layerwise_decay=D["layerwise_decay"],
-        scheduler=D["scheduler"],
-        scheduler_options={},
-        num_warmup_steps=D["num_warmup_steps"],
-        scheduler_step=D["scheduler_step"],
-        wiseft_alpha=D["wiseft_alpha"],
-        loss_optimizer=D["loss_optimizer"],
-        loss_optimizer_options={},
-        loss_learning_rate=D["loss_learning_rate"],
-        evaluate_every_epoch=D["evaluate_every_epoch"],
         eval_k=eval_k,
-        best_model_metric=D["best_model_metric"],
-        best_model_mode=D["best_model_mode"],
-        early_stopping_patience=D["early_stopping_patience"],
-        early_stopping_options={},
         num_gpus=gpu_count,
         run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        # The other choices of the train step keep finetune's defaults here.
+        **{name: D[name] for name in CHOICES if name != "eval_k"},
     )
     trained.set_caching_options(False)
     gpu_step(trained, gpu_type, gpu_count, node_selector, tolerations, train_cpu, train_memory)

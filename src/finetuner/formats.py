@@ -153,15 +153,20 @@ def read_rows(uri: str, opts: DataOptions) -> tuple[str, Iterator[Row | BadRow]]
     if fmt == "parquet":
         kind, rows = _parquet_rows(uri, storage.local_copy(uri), opts)
     else:
-        text = io.TextIOWrapper(
-            storage.open_binary(uri),
-            encoding=opts.encoding,
-            # Decoding never fails here: bad bytes become surrogates, reported with their field.
-            errors="surrogateescape",
-            newline="" if fmt == "csv" else None,
-        )
+        text = _open_text(uri, fmt, opts)
         kind, rows = (_csv_rows if fmt == "csv" else _jsonl_rows)(uri, text, opts)
     return kind, itertools.islice(rows, opts.size) if opts.size else rows
+
+
+def _open_text(uri: str, fmt: str, opts: DataOptions):
+    """A CSV or JSONL file as text, decoded as it downloads."""
+    return io.TextIOWrapper(
+        storage.open_binary(uri),
+        encoding=opts.encoding,
+        # Decoding never fails here: bad bytes become surrogates, reported with their field.
+        errors="surrogateescape",
+        newline="" if fmt == "csv" else None,
+    )
 
 
 def _expected(opts: DataOptions) -> str:
@@ -411,12 +416,7 @@ def read_texts(uri: str, opts: DataOptions) -> Iterator[Row | BadRow]:
     if fmt == "parquet":
         rows = _parquet_texts(uri, storage.local_copy(uri))
     else:
-        text = io.TextIOWrapper(
-            storage.open_binary(uri),
-            encoding=opts.encoding,
-            errors="surrogateescape",
-            newline="" if fmt == "csv" else None,
-        )
+        text = _open_text(uri, fmt, opts)
         rows = _csv_texts(uri, text, opts) if fmt == "csv" else _jsonl_texts(uri, text)
     return itertools.islice(rows, opts.size) if opts.size else rows
 
