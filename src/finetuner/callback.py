@@ -178,8 +178,9 @@ class WiSEFTCallback:
         return {"wiseft_alpha": self.alpha}
 
 
-CALLBACKS = (EvaluationCallback, BestModelCheckpoint, EarlyStopping, TrainingCheckpoint)
-CALLBACKS += (WiSEFTCallback,)
+CALLBACKS = (
+    EvaluationCallback, BestModelCheckpoint, EarlyStopping, TrainingCheckpoint, WiSEFTCallback,
+)  # fmt: skip
 
 
 def callback_params(callbacks: list) -> dict:
