@@ -223,12 +223,7 @@ class EvalSet:
 
     @classmethod
     def from_pairs(cls, pairs: list[Pair]) -> EvalSet:
-        corpus = list(dict.fromkeys(d for _, d in pairs))
-        doc_index = {d: i for i, d in enumerate(corpus)}
-        by_query: dict[str, set[int]] = {}
-        for q, d in pairs:
-            by_query.setdefault(q, set()).add(doc_index[d])
-        return cls(list(by_query), corpus, list(by_query.values()))
+        return cls._relevant(pairs, list(dict.fromkeys(d for _, d in pairs)))
 
     @classmethod
     def from_margins(cls, rows: list[tuple]) -> EvalSet:
@@ -236,10 +231,15 @@ class EvalSet:
         in a corpus of all positives and negatives, the hard negatives among them."""
         pairs = list(dict.fromkeys((q, p) for q, p, _, _ in rows))
         corpus = list(dict.fromkeys([*(p for _, p in pairs), *(n for _, _, n, _ in rows)]))
+        return cls._relevant(pairs, corpus)
+
+    @classmethod
+    def _relevant(cls, pairs: list[Pair], corpus: list[str]) -> EvalSet:
+        """Each query's documents among `corpus`, by their place in it."""
         doc_index = {d: i for i, d in enumerate(corpus)}
         by_query: dict[str, set[int]] = {}
-        for q, p in pairs:
-            by_query.setdefault(q, set()).add(doc_index[p])
+        for q, d in pairs:
+            by_query.setdefault(q, set()).add(doc_index[d])
         return cls(list(by_query), corpus, list(by_query.values()))
 
     @classmethod
