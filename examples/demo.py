@@ -3,8 +3,12 @@
 Starts a local S3 server (SeaweedFS on loopback, data in .s3data/), uploads the WordNet
 sample pairs, runs the finetune pipeline with kfp.local on minilm-l6-en, and prints the
 metrics before and after fine-tuning and where the exported model is.
+
+`make cluster-run` passes --image and --gpu-image: the pipeline is then compiled against
+those step images and every step runs in its container, as on a cluster.
 """
 
+import argparse
 import os
 import sys
 import time
@@ -22,6 +26,11 @@ BUCKET = "finetuner"
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image", help="run every step in this image (the CPU steps)")
+    parser.add_argument("--gpu-image", help="the train step's image (default: --image)")
+    args = parser.parse_args()
+    images = (args.image, args.gpu_image or args.image) if args.image else None
     console = Console()
     console.print("[bold]Starting the local S3 server (SeaweedFS, 127.0.0.1)[/bold]")
     server = s3server.start(ROOT / ".s3data")
@@ -32,7 +41,8 @@ def main() -> int:
         storage.upload_file(ROOT / "examples" / "wordnet_pairs.csv", train_data)
         output = f"s3://{BUCKET}/runs/minilm-l6-en-{time.strftime('%Y%m%d-%H%M%S')}/"
         console.print(f"S3 endpoint {server.endpoint}; training data {train_data}")
-        console.print("[bold]Running the finetune pipeline with kfp.local[/bold]")
+        where = f", each step in its image ({', '.join(images)})" if images else ""
+        console.print(f"[bold]Running the finetune pipeline with kfp.local{where}[/bold]")
         run = run_pipeline(
             {
                 "model": "minilm-l6-en",
@@ -43,7 +53,8 @@ def main() -> int:
                 "learning_rate": 5e-5,
                 "max_length": 64,
                 "output_uri": output,
-            }
+            },
+            images=images,
         )
     except FinetunerError as exc:
         console.print(f"[red]error:[/red] {exc}")

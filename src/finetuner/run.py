@@ -7,6 +7,7 @@ one clear message and before anything is written; the steps validate again on a 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -139,39 +140,75 @@ def check_data(uri: str, spec, opts, config, val_split: float | None = None) -> 
     return kind
 
 
-def run_locally(pipeline, params: dict, pipeline_root: str | None = None) -> dict:
-    """Run a pipeline with kfp.local's SubprocessRunner in this environment; the manifest
-    of the export it published at params["output_uri"]."""
+def run_locally(
+    pipeline, params: dict, pipeline_root: str | None = None, images: tuple | None = None
+) -> dict:
+    """Run a pipeline with kfp.local; the manifest of the export it published at
+    params["output_uri"]. Without `images`, every step runs in this environment
+    (SubprocessRunner). With `images` (CPU image, GPU image), the pipeline is compiled against
+    them and each step runs in its image, hardened, as on a cluster (finetuner.containers)."""
+    from contextlib import nullcontext
+
     from kfp import local
 
+    from finetuner import containers
+
     root = pipeline_root or tempfile.mkdtemp(prefix="finetuner-kfp-")
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root)
-    try:
-        with warnings.catch_warnings():
-            # Our step images are not named "python*"; they run here as plain subprocesses.
-            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-            # The cluster's resource requests and Kubernetes settings (finetuner.cluster).
-            warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
-            without_retries(pipeline)(**params)
-    except RuntimeError as exc:
-        raise FinetunerError(
-            f"the pipeline failed ({exc}); the failing step's log is above. "
-            f"Step outputs are kept in {root}."
-        ) from None
+    with containers.docker_api() if images else nullcontext():
+        if images:
+            containers.check_images(*images)
+            os.chmod(root, 0o777)  # the steps' user writes their outputs here
+            pipeline = compiled(pipeline, Path(root), images)
+            runner = containers.runner()
+        else:
+            runner = local.SubprocessRunner(use_venv=False)
+        local.init(runner=runner, pipeline_root=root)
+        try:
+            with warnings.catch_warnings():
+                # Our step images are not named "python*"; they run here as plain subprocesses.
+                warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+                # The cluster's resource requests and Kubernetes settings (finetuner.cluster).
+                warnings.filterwarnings(
+                    "ignore", message=".*no effect in the current local runner.*"
+                )
+                without_retries(pipeline)(**params)
+        except RuntimeError as exc:
+            raise FinetunerError(
+                f"the pipeline failed ({exc}); the failing step's log is above. "
+                f"Step outputs are kept in {root}."
+            ) from None
     manifest = storage.read_text(storage.join(params["output_uri"], "manifest.json"))
     if pipeline_root is None:
         shutil.rmtree(root, ignore_errors=True)
     return json.loads(manifest)
 
 
-def run_pipeline(params: dict, pipeline_root: str | None = None) -> Run:
-    """Run the finetune pipeline through kfp.local in this environment."""
+def compiled(pipeline, folder: Path, images: tuple):
+    """The pipeline as a cluster gets it: compiled to YAML against the step images, as
+    `finetuner compile --image --gpu-image` writes it, and loaded back."""
+    from kfp import components
+
+    from finetuner.compile import compile_pipeline
+
+    path = compile_pipeline(pipeline, folder / f"{pipeline.name}.yaml", *images)
+    return components.load_component_from_file(str(path))
+
+
+def run_pipeline(
+    params: dict, pipeline_root: str | None = None, images: tuple | None = None
+) -> Run:
+    """Run the finetune pipeline through kfp.local: in this environment, or with `images`
+    (CPU image, GPU image) each step in its image (see run_locally)."""
     params = preflight(params)
+    if images:
+        from finetuner.containers import check_uris
+
+        check_uris(params, ("train_data", "eval_data", "weights", "model_artifact", "output_uri"))
     from finetuner.export import artifact_uris
     from finetuner.pipelines.finetune import finetune
 
     output = params["output_uri"]
-    manifest = run_locally(finetune, params, pipeline_root)
+    manifest = run_locally(finetune, params, pipeline_root, images)
     summary = {
         "metrics": {k: manifest["metrics"][k] for k in ("before", "after")},
         "artifacts": artifact_uris(output, manifest),

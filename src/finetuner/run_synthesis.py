@@ -79,15 +79,23 @@ def preflight(params: dict) -> dict:
     return params
 
 
-def run_synthesis_pipeline(params: dict, pipeline_root: str | None = None) -> Run:
-    """Run synthesize_and_finetune through kfp.local's SubprocessRunner."""
+def run_synthesis_pipeline(
+    params: dict, pipeline_root: str | None = None, images: tuple | None = None
+) -> Run:
+    """Run synthesize_and_finetune through kfp.local: in this environment, or with `images`
+    (CPU image, GPU image) each step in its image (finetuner.run.run_locally)."""
     params = preflight(params)
+    if images:
+        from finetuner.containers import check_uris
+
+        check_uris(params, ("query_data", "corpus_data", "output_uri"))
+        check_uris(params, tuple(name for name in params if name.endswith("weights")))
     from finetuner.export import artifact_uris
     from finetuner.pipelines.synthesize_and_finetune import synthesize_and_finetune
     from finetuner.steps import SYNTHESIZED
 
     output = params["output_uri"]
-    manifest = run_locally(synthesize_and_finetune, params, pipeline_root)
+    manifest = run_locally(synthesize_and_finetune, params, pipeline_root, images)
     summary = {
         "metrics": {k: manifest["metrics"][k] for k in ("before", "after")},
         "artifacts": {

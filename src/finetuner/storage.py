@@ -493,9 +493,11 @@ def _stamp(path: Path, last_modified) -> None:
 def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir)
+    from finetuner.cachedir import writable
+
     if os.environ.get("FINETUNER_CACHE"):
-        return Path(os.environ["FINETUNER_CACHE"]).expanduser()
-    return Path.home() / ".cache" / "finetuner" / "s3"
+        return writable(Path(os.environ["FINETUNER_CACHE"]).expanduser())
+    return writable(Path.home() / ".cache" / "finetuner" / "s3")
 
 
 def local_copy(uri: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
