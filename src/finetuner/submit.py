@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from finetuner.errors import FinetunerError
+from finetuner.errors import FinetunerError, add_secret, add_url_secrets, redact
 
 _TYPES = {
     "STRING": "a string",
@@ -115,9 +115,12 @@ def check_cron(cron: str) -> str:
 
 
 def client(host: str, namespace: str | None = None, token: str | None = None):
-    """A kfp.Client for `host`; failures to reach it become one clear error."""
+    """A kfp.Client for `host`; failures to reach it become one clear error. The token, and
+    any in the host's userinfo, are kept out of every message."""
+    add_secret(token)
+    add_url_secrets(host)
     if not host.startswith(("http://", "https://")):
-        raise FinetunerError(f"--host: {host!r} must start with http:// or https://.")
+        raise FinetunerError(redact(f"--host: {host!r} must start with http:// or https://."))
     import warnings
 
     import kfp
@@ -150,7 +153,7 @@ class _api_errors:
             detail = f"could not connect ({exc})"
         else:
             return False
-        raise FinetunerError(f"KFP API at {self.host}: {detail}") from None
+        raise FinetunerError(redact(f"KFP API at {self.host}: {detail}")) from None
 
 
 def submit(
