@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,27 +142,62 @@ def check_data(uri: str, spec, opts, config, val_split: float | None = None) -> 
 
 def run_locally(pipeline, params: dict, pipeline_root: str | None = None) -> dict:
     """Run a pipeline with kfp.local's SubprocessRunner in this environment; the manifest
-    of the export it published at params["output_uri"]."""
+    of the export it published at params["output_uri"]. A failed step's own error is the
+    run's (finetuner.failures)."""
+    import os
+    import sys
+
     from kfp import local
 
-    root = pipeline_root or tempfile.mkdtemp(prefix="finetuner-kfp-")
+    from finetuner.failures import FAILURE_FILE, step_failure
+
+    root = os.path.abspath(pipeline_root or tempfile.mkdtemp(prefix="finetuner-kfp-"))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root)
+    # Absolute: the steps run in folders of their own.
+    record = Path(root, "step-failure.json")
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.unlink(missing_ok=True)
+    saved = os.environ.get(FAILURE_FILE)
+    os.environ[FAILURE_FILE] = str(record)  # the steps inherit this process's environment
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), plain_kfp_logs():
             # Our step images are not named "python*"; they run here as plain subprocesses.
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
             # The cluster's resource requests and Kubernetes settings (finetuner.cluster).
             warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
             without_retries(pipeline)(**params)
     except RuntimeError as exc:
-        raise FinetunerError(
-            f"the pipeline failed ({exc}); the failing step's log is above. "
-            f"Step outputs are kept in {root}."
-        ) from None
+        print(f"The step outputs are kept in {root}.", file=sys.stderr, flush=True)
+        raise step_failure(exc, record) from None
+    finally:
+        if saved is None:
+            os.environ.pop(FAILURE_FILE, None)
+        else:
+            os.environ[FAILURE_FILE] = saved
     manifest = storage.read_text(storage.join(params["output_uri"], "manifest.json"))
     if pipeline_root is None:
         shutil.rmtree(root, ignore_errors=True)
     return json.loads(manifest)
+
+
+@contextmanager
+def plain_kfp_logs():
+    """kfp.local colours its log lines whatever they go to: not when stderr is no terminal."""
+    import sys
+
+    from kfp.local import logging_utils
+
+    colours = dict(vars(logging_utils.Color))
+    if not sys.stderr.isatty():
+        for name, value in colours.items():
+            if isinstance(value, str) and value.startswith("\033"):
+                setattr(logging_utils.Color, name, "")
+    try:
+        yield
+    finally:
+        for name, value in colours.items():
+            if isinstance(value, str) and value.startswith("\033"):
+                setattr(logging_utils.Color, name, value)
 
 
 def run_pipeline(params: dict, pipeline_root: str | None = None) -> Run:
