@@ -103,3 +103,79 @@ def test_a_narrow_terminal_gets_a_block_per_row():
     lines = console.export_text().splitlines()
     assert lines[:3] == ["image models", "efficientnet-base", "  task: image-to-image"]
     assert all(len(line) <= 40 for line in lines)
+
+
+class EchoServer:
+    """A loopback HTTP server that refuses every request, echoing its headers and path in
+    the error body, as some API gateways do."""
+
+    def __enter__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Echo(BaseHTTPRequestHandler):
+            def refuse(self):
+                body = f"denied {self.command} {self.path}\n{self.headers}".encode()
+                self.send_response(401)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_HEAD = refuse
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+TOKEN = "tok-7f3a9c2e51"
+PASSWORD = "pw-c0ffee42"
+
+
+@pytest.mark.parametrize("command", ["submit", "schedule"])
+def test_tokens_never_reach_a_message(command, tmp_path):
+    with EchoServer() as server:
+        args = [command, "--host", f"http://admin:{PASSWORD}@127.0.0.1:{server.port}/"]
+        args += ["--experiment", "e", "--token", TOKEN, "train_data=x", "output_uri=y"]
+        if command == "schedule":
+            args += ["--cron", "0 0 3 * * *"]
+        result = finetuner(*args, env={"TMPDIR": str(tmp_path)})
+    assert_one_error_line(result, 2)
+    assert "401" in result.stderr and "Bearer ***" in result.stderr  # the echo, redacted
+    for secret in (TOKEN, PASSWORD):
+        assert secret not in result.stdout + result.stderr
+
+
+def test_the_s3_endpoints_userinfo_never_reaches_a_message(tmp_path):
+    with EchoServer() as server:
+        env = {
+            "AWS_ENDPOINT_URL": f"http://admin:{PASSWORD}@127.0.0.1:{server.port}",
+            "AWS_ACCESS_KEY_ID": "key",
+            "AWS_SECRET_ACCESS_KEY": "secret-" + TOKEN,
+            "AWS_CONFIG_FILE": str(tmp_path / "none"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        }
+        result = finetuner("run", "--train-data", "s3://bucket/pairs.csv", env=env)
+    assert_one_error_line(result, 2)
+    assert f"127.0.0.1:{server.port}" in result.stderr
+    for secret in (TOKEN, PASSWORD):
+        assert secret not in result.stdout + result.stderr
+
+
+def test_redact():
+    from finetuner.errors import add_secret, redact
+
+    add_secret("user:s3cr3t-pass")
+    assert redact("at https://u:p@h.example/x and ftp://tok@h/") == (
+        "at https://***@h.example/x and ftp://***@h/"
+    )
+    assert redact("Basic dXNlcjpzM2NyM3QtcGFzcw== user%3As3cr3t-pass") == "Basic *** ***"

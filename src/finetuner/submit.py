@@ -129,7 +129,18 @@ def client(host: str, namespace: str | None = None, token: str | None = None):
         warnings.simplefilter("ignore", FutureWarning)  # kfp's note on backend versions
         with _api_errors(host):
             kwargs = {"namespace": namespace} if namespace else {}
-            return kfp.Client(host=host, existing_token=token or None, **kwargs)
+            return _client_class(kfp)(host=host, existing_token=token or None, **kwargs)
+
+
+def _client_class(kfp):
+    class Client(kfp.Client):
+        """kfp.Client, whose start-up health check asks once and lets a refusal through:
+        kfp's retries 5 times over 25 s, logging each traceback (and the server's reply)."""
+
+        def get_kfp_healthz(self, sleep_duration: int = 5):
+            return self._healthz_api.healthz_service_get_healthz()
+
+    return Client
 
 
 class _api_errors:
@@ -148,7 +159,8 @@ class _api_errors:
         from urllib3.exceptions import HTTPError
 
         if isinstance(exc, ApiException):
-            detail = f"HTTP {exc.status} {exc.reason}: {(exc.body or '')[:500]}"
+            body = " ".join(str(exc.body or "").split())  # one line, whatever the server sent
+            detail = f"HTTP {exc.status} {exc.reason}: {body[:500]}"
         elif isinstance(exc, HTTPError | TimeoutError | OSError):
             detail = f"could not connect ({exc})"
         else:
