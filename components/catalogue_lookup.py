@@ -16,9 +16,12 @@ def catalogue_lookup(
     model_artifact: str,
 ) -> dict:
     """Validate the backbone and its options against the catalogue; output the ModelSpec."""
-    from finetuner import steps
+    from finetuner.failures import reported
 
-    return steps.catalogue_lookup(
-        model, pooler, pooler_p, pooler_eps, max_length, loss, model_options, weights,
-        model_artifact,
-    )  # fmt: skip
+    with reported("catalogue-lookup"):
+        from finetuner import steps
+
+        return steps.catalogue_lookup(
+            model, pooler, pooler_p, pooler_eps, max_length, loss, model_options, weights,
+            model_artifact,
+        )  # fmt: skip

@@ -14,13 +14,16 @@ def evaluate(
     report: Output[HTML],
 ) -> dict:
     """Retrieval metrics@k of the pretrained and the fine-tuned model, for the UI and export."""
-    from pathlib import Path
+    from finetuner.failures import reported
 
-    from finetuner import steps
+    with reported("evaluate"):
+        from pathlib import Path
 
-    result = steps.evaluate(model_spec, model.path, eval_dataset.path, k)
-    for stage in ("before", "after"):
-        for name, value in result[stage].items():
-            metrics.log_metric(f"{stage}/{name}", value)
-    Path(report.path).write_text(steps.evaluation_html(result))
-    return result
+        from finetuner import steps
+
+        result = steps.evaluate(model_spec, model.path, eval_dataset.path, k)
+        for stage in ("before", "after"):
+            for name, value in result[stage].items():
+                metrics.log_metric(f"{stage}/{name}", value)
+        Path(report.path).write_text(steps.evaluation_html(result))
+        return result

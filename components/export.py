@@ -8,9 +8,12 @@ from finetuner.components import IMAGE
 def export(model: Input[Model], metrics: dict, output_uri: str, run_id: str) -> dict:
     """Publish safetensors, a sentence-transformers folder, checked ONNX, metrics and a model
     card to output_uri ({run_id} in it: this run's id), with the manifest written last."""
-    from finetuner import steps
-    from finetuner.promote import run_output
+    from finetuner.failures import reported
 
-    uris = steps.export(model.path, metrics, run_output(output_uri, run_id))
-    # KFP cannot pass a None inside a dict to the next step (no ONNX file for PointNet++).
-    return {name: uri for name, uri in uris.items() if uri is not None}
+    with reported("export"):
+        from finetuner import steps
+        from finetuner.promote import run_output
+
+        uris = steps.export(model.path, metrics, run_output(output_uri, run_id))
+        # KFP cannot pass a None inside a dict to the next step (no ONNX file for PointNet++).
+        return {name: uri for name, uri in uris.items() if uri is not None}

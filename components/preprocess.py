@@ -17,16 +17,19 @@ def preprocess(
     data_report: Output[Markdown],
 ) -> dict:
     """Check the data (CSV, JSONL or Parquet; s3:// or local), split it, write Parquet."""
-    from finetuner import steps
+    from finetuner.failures import reported
 
-    return steps.preprocess(
-        model_spec,
-        train_data,
-        eval_data,
-        val_split,
-        seed,
-        data_options,
-        train_dataset.path,
-        eval_dataset.path,
-        data_report.path,
-    )
+    with reported("preprocess"):
+        from finetuner import steps
+
+        return steps.preprocess(
+            model_spec,
+            train_data,
+            eval_data,
+            val_split,
+            seed,
+            data_options,
+            train_dataset.path,
+            eval_dataset.path,
+            data_report.path,
+        )

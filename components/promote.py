@@ -15,12 +15,15 @@ def promote(
 ) -> dict:
     """Promote the export to latest/ beside it when the monitored metric improves by at least
     min_delta; the decision and its reason go to the run's metrics."""
-    from finetuner import steps
+    from finetuner.failures import reported
 
-    result = steps.promote(export["manifest"], metrics, enabled, promotion_metric, min_delta)
-    promotion.log_metric("promoted", int(result["promoted"]))
-    for key in ("new", "current"):
-        if result[key] is not None:
-            promotion.log_metric(f"{key}/{result['metric']}", result[key])
-    promotion.metadata["reason"] = result["reason"]
-    return result
+    with reported("promote"):
+        from finetuner import steps
+
+        result = steps.promote(export["manifest"], metrics, enabled, promotion_metric, min_delta)
+        promotion.log_metric("promoted", int(result["promoted"]))
+        for key in ("new", "current"):
+            if result[key] is not None:
+                promotion.log_metric(f"{key}/{result['metric']}", result[key])
+        promotion.metadata["reason"] = result["reason"]
+        return result

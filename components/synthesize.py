@@ -24,20 +24,23 @@ def synthesize_pairs(
     """Mine candidates for each query with the relation miner, score them with the
     cross-encoder, and publish (query, positive, negative, margin) rows under output_uri;
     their URI. `{run_id}` in output_uri is this run's id."""
-    from finetuner import steps
-    from finetuner.promote import run_output
+    from finetuner.failures import reported
 
-    return steps.synthesize(
-        query_data,
-        corpus_data,
-        relation_miner,
-        cross_encoder,
-        relation_miner_weights,
-        cross_encoder_weights,
-        num_relations,
-        max_length,
-        data_options,
-        seed,
-        run_output(output_uri, run_id),
-        synthesis_report.path,
-    )
+    with reported("synthesize-pairs"):
+        from finetuner import steps
+        from finetuner.promote import run_output
+
+        return steps.synthesize(
+            query_data,
+            corpus_data,
+            relation_miner,
+            cross_encoder,
+            relation_miner_weights,
+            cross_encoder_weights,
+            num_relations,
+            max_length,
+            data_options,
+            seed,
+            run_output(output_uri, run_id),
+            synthesis_report.path,
+        )

@@ -46,50 +46,53 @@ def train(
     """Fine-tune the backbone on the training data (CUDA with bf16 when a GPU is present),
     evaluating after each epoch, with checkpoints under output_uri that a restarted step
     resumes from; data-parallel over num_gpus GPUs through torchrun."""
-    from finetuner import steps
-    from finetuner.promote import run_output
+    from finetuner.failures import reported
 
-    result = steps.train(
-        model_spec,
-        train_dataset.path,
-        model.path,
-        loss,
-        epochs,
-        batch_size,
-        learning_rate,
-        seed,
-        sampler,
-        num_items_per_class,
-        run_output(output_uri, run_id),
-        checkpoint_every,
-        {
-            "loss_options": loss_options,
-            "miner": miner,
-            "miner_options": miner_options,
-            "optimizer": optimizer,
-            "optimizer_options": optimizer_options,
-            "layerwise_decay": layerwise_decay,
-            "scheduler": scheduler,
-            "scheduler_options": scheduler_options,
-            "num_warmup_steps": num_warmup_steps,
-            "scheduler_step": scheduler_step,
-            "wiseft_alpha": wiseft_alpha,
-            "loss_optimizer": loss_optimizer,
-            "loss_optimizer_options": loss_optimizer_options,
-            "loss_learning_rate": loss_learning_rate,
-            "evaluate_every_epoch": evaluate_every_epoch,
-            "eval_k": eval_k,
-            "best_model_metric": best_model_metric,
-            "best_model_mode": best_model_mode,
-            "early_stopping_patience": early_stopping_patience,
-            "early_stopping_options": early_stopping_options,
-        },
-        eval_dataset.path,
-        num_gpus,
-    )
-    for name in ("steps", "samples_per_second", "final_loss", "epochs", "best_epoch"):
-        train_metrics.log_metric(name, result[name])
-    for epoch in result["history"]:  # each epoch's metrics, e.g. epoch2/ndcg@10
-        for name, value in epoch.items():
-            if name != "epoch":
-                train_metrics.log_metric(f"epoch{epoch['epoch']}/{name}", value)
+    with reported("train"):
+        from finetuner import steps
+        from finetuner.promote import run_output
+
+        result = steps.train(
+            model_spec,
+            train_dataset.path,
+            model.path,
+            loss,
+            epochs,
+            batch_size,
+            learning_rate,
+            seed,
+            sampler,
+            num_items_per_class,
+            run_output(output_uri, run_id),
+            checkpoint_every,
+            {
+                "loss_options": loss_options,
+                "miner": miner,
+                "miner_options": miner_options,
+                "optimizer": optimizer,
+                "optimizer_options": optimizer_options,
+                "layerwise_decay": layerwise_decay,
+                "scheduler": scheduler,
+                "scheduler_options": scheduler_options,
+                "num_warmup_steps": num_warmup_steps,
+                "scheduler_step": scheduler_step,
+                "wiseft_alpha": wiseft_alpha,
+                "loss_optimizer": loss_optimizer,
+                "loss_optimizer_options": loss_optimizer_options,
+                "loss_learning_rate": loss_learning_rate,
+                "evaluate_every_epoch": evaluate_every_epoch,
+                "eval_k": eval_k,
+                "best_model_metric": best_model_metric,
+                "best_model_mode": best_model_mode,
+                "early_stopping_patience": early_stopping_patience,
+                "early_stopping_options": early_stopping_options,
+            },
+            eval_dataset.path,
+            num_gpus,
+        )
+        for name in ("steps", "samples_per_second", "final_loss", "epochs", "best_epoch"):
+            train_metrics.log_metric(name, result[name])
+        for epoch in result["history"]:  # each epoch's metrics, e.g. epoch2/ndcg@10
+            for name, value in epoch.items():
+                if name != "epoch":
+                    train_metrics.log_metric(f"epoch{epoch['epoch']}/{name}", value)

@@ -14,11 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
-
-from finetuner import s3server, storage
-from finetuner.cli import metrics_table
-from finetuner.errors import FinetunerError
+from finetuner import s3server, storage, tables
+from finetuner.cli import internal_error, print_metrics
+from finetuner.errors import FinetunerError, redact
 from finetuner.run import run_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +29,7 @@ def main() -> int:
     parser.add_argument("--gpu-image", help="the train step's image (default: --image)")
     args = parser.parse_args()
     images = (args.image, args.gpu_image or args.image) if args.image else None
-    console = Console()
+    console = tables.console()
     console.print("[bold]Starting the local S3 server (SeaweedFS, 127.0.0.1)[/bold]")
     server = s3server.start(ROOT / ".s3data")
     try:
@@ -57,11 +55,14 @@ def main() -> int:
             images=images,
         )
     except FinetunerError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 2
+        print(f"error: {redact(exc)}", file=sys.stderr)
+        return exc.exit_status
+    except Exception as exc:
+        print(f"error: {redact(internal_error(exc))}", file=sys.stderr)
+        return 1
     finally:
         server.stop()
-    console.print(metrics_table(run.metrics()))
+    print_metrics(run.metrics(), console)
     console.print("[bold]Exported model[/bold]")
     for name, uri in run.summary["artifacts"].items():
         console.print(f"{name:>9}: {uri}")

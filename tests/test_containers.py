@@ -182,6 +182,38 @@ def test_local_paths_are_refused_when_steps_run_in_images(engine, tmp_path, caps
     assert "parameter train_data" in capsys.readouterr().err
 
 
+def test_synthesize_and_finetune_pipeline_runs_in_its_images(
+    engine, s3, texts, cross_encoder_dir, tmp_path, capfd
+):
+    """The synthesis pipeline's compiled YAML, every step in its image: the cross-encoder's
+    weights come from S3, as a cluster's would."""
+    from finetuner.inference import get_model
+
+    for name in ("queries", "corpus"):
+        storage.upload_file(texts[name], f"s3://{s3}/data/{name}.csv")
+    weights = f"s3://{s3}/models/cross-encoder/"
+    storage.upload_dir(cross_encoder_dir, weights)
+    output, summary = f"s3://{s3}/runs/synth/", tmp_path / "summary.json"
+    root = tmp_path / "root"
+    root.mkdir()
+    code = main([
+        "synthesize-and-finetune", "--query-data", f"s3://{s3}/data/queries.csv",
+        "--corpus-data", f"s3://{s3}/data/corpus.csv", "--output", output,
+        "--model", "minilm-l6-en", "--relation-miner", "minilm-l6-en",
+        "--cross-encoder-weights", weights, "--num-relations", "4", "--val-split", "0.25",
+        "--batch-size", "9", "--max-length", "32", "--eval-k", "3",
+        "--summary-json", str(summary), "--pipeline-root", str(root),
+        "--image", IMAGE, "--gpu-image", GPU_IMAGE,
+    ])  # fmt: skip
+    assert code == 0
+    result = json.loads(summary.read_text())
+    assert set(result["metrics"]["after"]) >= {"ndcg@3", "mrr@3"}
+    assert storage.exists(result["artifacts"]["synthesized"])
+    assert glob_one(root, "*/synthesize-pairs/*")
+    assert get_model(output).encode(["hotelier"]).shape == (1, 384)
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in capfd.readouterr().out
+
+
 def kill_train_after_first_checkpoint(checkpoints: str, found: dict) -> None:
     """Watch for the train step's container; SIGKILL it once a checkpoint is in S3, and
     keep what a retry needs: its command, environment and mounts."""

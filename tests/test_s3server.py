@@ -102,7 +102,7 @@ def test_startup_failure_shows_log(tmp_path, monkeypatch):
 
 def test_main_prints_exports(tmp_path):
     # Run the entry point as a user would, then stop it with SIGTERM.
-    command = [sys.executable, "-m", "finetuner.s3server", "--data-dir", str(tmp_path / "d")]
+    command = [sys.executable, "-m", "finetuner", "s3-server", "--data-dir", str(tmp_path / "d")]
     command += ["--port", "0", "--bucket", "demo"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     lines = []

@@ -5,64 +5,67 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-from finetuner.errors import FinetunerError
+from finetuner.errors import FinetunerError, redact
 
 
 def describe_models_command(args) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     from finetuner.catalogue import TASKS, describe_models
+    from finetuner.tables import console, print_table
 
     entries = describe_models(args.task)
-    console = Console()
+    out = console()
     # One table per task, as Finetuner's catalogue was laid out.
     for task in TASKS:
-        rows = [entry for entry in entries if entry.task == task]
-        if not rows:
-            continue
-        table = Table(title=f"{task} models", title_justify="left")
-        for column in ("name", "task", "output_dim", "architecture", "description"):
-            table.add_column(column, overflow="fold")
-        for entry in rows:
-            dim = str(entry.output_dim) if entry.output_dim else "set by options"
-            table.add_row(entry.name, entry.task, dim, entry.architecture, entry.description)
-        console.print(table)
+        rows = [
+            [e.name, e.task, str(e.output_dim) if e.output_dim else "set by options",
+             e.architecture, e.description]
+            for e in entries if e.task == task
+        ]  # fmt: skip
+        if rows:
+            columns = ["name", "task", "output_dim", "architecture", "description"]
+            print_table(f"{task} models", columns, rows, out=out)
 
 
 def list_model_options_command(args) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     from finetuner.catalogue import get_entry
     from finetuner.options import list_model_options
+    from finetuner.tables import print_table
 
-    rows = list_model_options(args.model)
-    table = Table(title=f"Options of {get_entry(args.model).name}", title_justify="left")
-    for column in ("option", "type", "default", "description"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*(row[c] for c in ("option", "type", "default", "description")))
-    Console().print(table if rows else f"{args.model} has no options.")
+    columns = ["option", "type", "default", "description"]
+    rows = [[row[c] for c in columns] for row in list_model_options(args.model)]
+    if rows:
+        print_table(f"Options of {get_entry(args.model).name}", columns, rows)
+    else:
+        print(f"{args.model} has no options.")
 
 
-def metrics_table(metrics: dict):
-    from rich.table import Table
-
+def print_metrics(metrics: dict, out) -> None:
+    """The before/after metrics of a run, as a table on `out`."""
     from finetuner.metrics import METRICS
+    from finetuner.tables import print_table
 
     order = [*METRICS, "spearman", "pearson"]  # retrieval, or the correlations of scored data
-    table = Table(title="Evaluation on the held-out data")
-    for column in ("metric", "pretrained", "fine-tuned", "change"):
-        table.add_column(column, justify="right" if column != "metric" else "left")
+    rows = []
     # Metrics come back from KFP in no particular order; show them in the usual one.
     for name in sorted(metrics["after"], key=lambda n: order.index(n.split("@")[0])):
         before, after = metrics["before"][name], metrics["after"][name]
-        table.add_row(name, f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}")
-    return table
+        rows.append([name, f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}"])
+    columns = ["metric", "pretrained", "fine-tuned", "change"]
+    print_table("Evaluation on the held-out data", columns, rows, right=columns[1:], out=out)
+
+
+def check_summary_json(path: str | None) -> None:
+    """--summary-json is written after a run of minutes: its folder must be there now."""
+    if path:
+        folder = Path(path).absolute().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise FinetunerError(
+                f"--summary-json: cannot write {path}: {folder} is not a writable folder."
+            )
 
 
 def add_image_flags(p) -> None:
@@ -89,9 +92,10 @@ def step_images(args) -> tuple[str, str] | None:
 
 
 def run_command(args) -> None:
-    from rich.console import Console
+    from rich.text import Text
 
     from finetuner.run import run_pipeline
+    from finetuner.tables import console
 
     params = {
         "model": args.model,
@@ -122,22 +126,24 @@ def run_command(args) -> None:
         "promotion_metric": args.promotion_metric,
         "promotion_min_delta": args.promotion_min_delta,
     }
+    check_summary_json(args.summary_json)
     run = run_pipeline(params, pipeline_root=args.pipeline_root, images=step_images(args))
     if args.summary_json:
         summary = {k: run.summary[k] for k in ("metrics", "artifacts")}
         with open(args.summary_json, "w") as f:
             json.dump(summary, f, indent=2)
-    console = Console(stderr=False)
-    console.print(metrics_table(run.metrics()))
+    out = console()
+    print_metrics(run.metrics(), out)
     for name, uri in run.summary["artifacts"].items():
         # A two-tower (CLIP) export has an ONNX file per tower.
         for label, value in uri.items() if isinstance(uri, dict) else [(name, uri)]:
-            console.print(f"{label:>11}: {value}")
+            out.print(Text(f"{label:>11}: {value}"), no_wrap=True, crop=False)
 
 
 def synthesize_command(args) -> None:
     from finetuner.synthesis import SynthesisModels, synthesize
 
+    check_summary_json(args.summary_json)
     models = SynthesisModels(
         args.relation_miner, args.cross_encoder, args.relation_miner_weights,
         args.cross_encoder_weights,
@@ -159,20 +165,22 @@ def synthesize_command(args) -> None:
 
 
 def synthesize_and_finetune_command(args) -> None:
-    from rich.console import Console
+    from rich.text import Text
 
     from finetuner.run_synthesis import PARAMETERS, run_synthesis_pipeline
+    from finetuner.tables import console
 
     params = {name: getattr(args, name) for name in PARAMETERS}
     params["output_uri"] = args.output
+    check_summary_json(args.summary_json)
     run = run_synthesis_pipeline(params, pipeline_root=args.pipeline_root, images=step_images(args))
     if args.summary_json:
         with open(args.summary_json, "w") as f:
             json.dump({k: run.summary[k] for k in ("metrics", "artifacts")}, f, indent=2)
-    console = Console(stderr=False)
-    console.print(metrics_table(run.metrics()))
+    out = console()
+    print_metrics(run.metrics(), out)
     for name, uri in run.summary["artifacts"].items():
-        console.print(f"{name:>11}: {uri}")
+        out.print(Text(f"{name:>11}: {uri}"), no_wrap=True, crop=False)
 
 
 def mirror_models_command(args) -> None:
@@ -273,7 +281,7 @@ def _add_cluster_flags(p) -> None:
 def s3_server_command(args) -> None:
     from finetuner import s3server
 
-    code = s3server.main(args.rest)
+    code = s3server.serve(args)
     if code:
         raise SystemExit(code)
 
@@ -334,7 +342,7 @@ def json_object(text: str) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     from finetuner.defaults import CLUSTER_DEFAULTS, PIPELINE_DEFAULTS
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="finetuner",
         description="Fine-tune embedding models for search, as a Kubeflow pipeline.",
     )
@@ -614,23 +622,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catchup", action="store_true", help="also start the runs missed while paused")
     p.set_defaults(func=schedule_command)
 
+    from finetuner import s3server
+
     p = sub.add_parser(
-        "s3-server", help="run a local S3 server (SeaweedFS) on loopback", add_help=False
+        "s3-server",
+        help="run a local S3 server (SeaweedFS) on loopback",
+        description="Run a local S3 server (SeaweedFS) on 127.0.0.1 in the foreground until "
+        "Ctrl-C or SIGTERM; it prints the AWS_* variables that point finetuner at it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    s3server.add_arguments(p)
     p.set_defaults(func=s3_server_command)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+class Parser(argparse.ArgumentParser):
+    """argparse, with its complaints in the form of every other failure: `error: ...`."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def internal_error(exc: BaseException) -> str:
+    """The one line that reports a fault of ours; its traceback goes to a log file."""
+    import tempfile
+    import traceback
+
+    summary = f"internal error: {type(exc).__name__}: {exc}"
     try:
+        fd, path = tempfile.mkstemp(prefix="finetuner-error-", suffix=".log")
+        with os.fdopen(fd, "w") as log:
+            log.write(redact("".join(traceback.format_exception(exc))))
+    except OSError as error:
+        return f"{summary} (no traceback kept: cannot write a log file: {error.strerror})"
+    return f"{summary} (the full traceback is in {path})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `finetuner` command: 0 when done, 2 for bad input, 1 for a fault of ours, each
+    failure as one `error: ...` line."""
+    try:
+        args = build_parser().parse_args(argv)
         args.func(args)
     except FinetunerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        print(f"error: {redact(exc)}", file=sys.stderr)
+        return exc.exit_status
     except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`finetuner describe-models | head`): nothing left to say.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:
+        print(f"error: {redact(internal_error(exc))}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -135,7 +135,12 @@ def compile_pipelines(
     check_image("--gpu-image", gpu_image)
     check_pvc_name(model_cache_pvc)
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FinetunerError(
+            f"--output-dir: cannot create {output_dir} ({exc.strerror})."
+        ) from None
     written = []
     for name, ref in PIPELINES.items():
         module, attr = ref.split(":")

@@ -19,15 +19,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from finetuner.errors import FinetunerError
+from finetuner.failures import FAILURE_FILE
 
-# What a step's container gets from this environment: the S3 settings and where weights are
-# mirrored. Nothing else leaks in (no HOME, no PATH of the host).
+# What a step's container gets from this environment: the S3 settings, where weights are
+# mirrored, and where a failing step records its error (a file under the pipeline root, which
+# the container sees at the same path). Nothing else leaks in (no HOME, no PATH of the host).
 PASSED_ENV = (
     "AWS_ENDPOINT_URL",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_DEFAULT_REGION",
     "FINETUNER_MODEL_MIRROR",
+    FAILURE_FILE,
 )
 # The step image's user (images/Dockerfile*).
 USER = "1000:1000"

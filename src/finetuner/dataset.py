@@ -11,7 +11,6 @@ Parquet shards as they come, and only a 64-bit digest per row and per query is k
 from __future__ import annotations
 
 import math
-import tempfile
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from pathlib import Path
 from finetuner import formats
 from finetuner.errors import FinetunerError
 from finetuner.formats import KINDS, NUMBER_ROLES, BadRow, DataOptions
+from finetuner.staging import stage_dir
 
 KIND_KEY = b"finetuner.kind"
 ROWS_PER_SHARD = 250_000
@@ -442,7 +442,7 @@ def preprocess(
 
     check_val_split(val_split, has_eval_data=bool(eval_data))
     stats, bad = Stats(), BadRows(opts.max_bad_rows)
-    with tempfile.TemporaryDirectory(prefix="finetuner-stage-") as tmp:
+    with stage_dir("stage") as tmp:
         kind, groups = stage([train_data], spec, opts, Path(tmp) / "train", stats, bad)
         if eval_data:
             eval_kind, _ = stage([eval_data], spec, opts, Path(tmp) / "eval", Stats(), bad)

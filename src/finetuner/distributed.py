@@ -14,11 +14,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from finetuner.errors import FinetunerError
+from finetuner.staging import stage_dir
 
 
 @dataclass
@@ -104,7 +104,7 @@ def launch(num_gpus: int, kwargs: dict) -> dict:
             file=sys.stderr,
             flush=True,
         )
-    with tempfile.TemporaryDirectory(prefix="finetuner-ddp-") as tmp:
+    with stage_dir("ddp") as tmp:
         payload, result = Path(tmp, "kwargs.json"), Path(tmp, "result.json")
         payload.write_text(json.dumps(kwargs))
         command = [

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import tempfile
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 
 from finetuner import storage
 from finetuner.errors import FinetunerError
+from finetuner.staging import stage_dir
 
 MANIFEST = "manifest.json"
 ONNX_FILE = "onnx/model.onnx"
@@ -180,8 +180,7 @@ def _sha256(path: Path) -> str:
 def export(model, metrics: dict, output_uri: str) -> dict:
     """Write everything to a local staging folder, check it, then publish to output_uri."""
     check_output_free(output_uri)
-    with tempfile.TemporaryDirectory(prefix="finetuner-export-") as tmp:
-        stage = Path(tmp)
+    with stage_dir("export") as stage:
         if model.spec.family == "text":
             write_sentence_transformers(model, stage / "model")
         else:

@@ -8,12 +8,11 @@ by at least `min_delta`, so a retrain on worse data never replaces a better mode
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 
 from finetuner import storage
 from finetuner.errors import FinetunerError
 from finetuner.export import MANIFEST
+from finetuner.staging import stage_dir
 
 LATEST = "latest"
 # `{run_id}` in output_uri becomes the run's id, so a schedule's runs each get a folder.
@@ -90,8 +89,7 @@ def publish(export_uri: str, latest: str) -> None:
     manifest = storage.read_text(storage.join(export_uri, MANIFEST))
     listed = {f["path"] for f in json.loads(manifest)["files"]}
     storage.delete(storage.join(latest, MANIFEST))
-    with tempfile.TemporaryDirectory(prefix="finetuner-promote-") as tmp:
-        stage = Path(tmp)
+    with stage_dir("promote") as stage:
         for path in sorted(listed):
             storage.download_file(storage.join(export_uri, path), stage / path)
         # Files of the previous model that the new one lacks would mix two models.

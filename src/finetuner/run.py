@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,25 +147,35 @@ def run_locally(
     """Run a pipeline with kfp.local; the manifest of the export it published at
     params["output_uri"]. Without `images`, every step runs in this environment
     (SubprocessRunner). With `images` (CPU image, GPU image), the pipeline is compiled against
-    them and each step runs in its image, hardened, as on a cluster (finetuner.containers)."""
+    them and each step runs in its image, hardened, as on a cluster (finetuner.containers).
+    A failed step's own error is the run's (finetuner.failures)."""
+    import sys
     from contextlib import nullcontext
 
     from kfp import local
 
     from finetuner import containers
+    from finetuner.failures import FAILURE_FILE, step_failure
 
-    root = pipeline_root or tempfile.mkdtemp(prefix="finetuner-kfp-")
-    with containers.docker_api() if images else nullcontext():
-        if images:
-            containers.check_images(*images)
-            os.chmod(root, 0o777)  # the steps' user writes their outputs here
-            pipeline = compiled(pipeline, Path(root), images)
-            runner = containers.runner()
-        else:
-            runner = local.SubprocessRunner(use_venv=False)
-        local.init(runner=runner, pipeline_root=root)
-        try:
-            with warnings.catch_warnings():
+    root = os.path.abspath(pipeline_root or tempfile.mkdtemp(prefix="finetuner-kfp-"))
+    # Absolute: the steps run in folders of their own. Under the root, which the steps'
+    # containers see at the same path.
+    record = Path(root, "step-failure.json")
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.unlink(missing_ok=True)
+    saved = os.environ.get(FAILURE_FILE)
+    os.environ[FAILURE_FILE] = str(record)  # the steps inherit this process's environment
+    try:
+        with containers.docker_api() if images else nullcontext():
+            if images:
+                containers.check_images(*images)
+                os.chmod(root, 0o777)  # the steps' user writes their outputs here
+                pipeline = compiled(pipeline, Path(root), images)
+                runner = containers.runner()
+            else:
+                runner = local.SubprocessRunner(use_venv=False)
+            local.init(runner=runner, pipeline_root=root)
+            with warnings.catch_warnings(), plain_kfp_logs():
                 # Our step images are not named "python*"; they run here as plain subprocesses.
                 warnings.filterwarnings("ignore", message=".*non-Python base image.*")
                 # The cluster's resource requests and Kubernetes settings (finetuner.cluster).
@@ -172,11 +183,14 @@ def run_locally(
                     "ignore", message=".*no effect in the current local runner.*"
                 )
                 without_retries(pipeline)(**params)
-        except RuntimeError as exc:
-            raise FinetunerError(
-                f"the pipeline failed ({exc}); the failing step's log is above. "
-                f"Step outputs are kept in {root}."
-            ) from None
+    except RuntimeError as exc:
+        print(f"The step outputs are kept in {root}.", file=sys.stderr, flush=True)
+        raise step_failure(exc, record) from None
+    finally:
+        if saved is None:
+            os.environ.pop(FAILURE_FILE, None)
+        else:
+            os.environ[FAILURE_FILE] = saved
     manifest = storage.read_text(storage.join(params["output_uri"], "manifest.json"))
     if pipeline_root is None:
         shutil.rmtree(root, ignore_errors=True)
@@ -192,6 +206,26 @@ def compiled(pipeline, folder: Path, images: tuple):
 
     path = compile_pipeline(pipeline, folder / f"{pipeline.name}.yaml", *images)
     return components.load_component_from_file(str(path))
+
+
+@contextmanager
+def plain_kfp_logs():
+    """kfp.local colours its log lines whatever they go to: not when stderr is no terminal."""
+    import sys
+
+    from kfp.local import logging_utils
+
+    colours = dict(vars(logging_utils.Color))
+    if not sys.stderr.isatty():
+        for name, value in colours.items():
+            if isinstance(value, str) and value.startswith("\033"):
+                setattr(logging_utils.Color, name, "")
+    try:
+        yield
+    finally:
+        for name, value in colours.items():
+            if isinstance(value, str) and value.startswith("\033"):
+                setattr(logging_utils.Color, name, value)
 
 
 def run_pipeline(

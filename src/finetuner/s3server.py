@@ -283,18 +283,27 @@ def _wait_until_ready(server: S3Server, timeout: float, log_start: int) -> bool:
     return False
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run a local S3 server in the foreground until Ctrl-C or SIGTERM."""
-    parser = argparse.ArgumentParser(
-        prog="finetuner s3-server",
-        description="Run a local S3 server (SeaweedFS) on 127.0.0.1 until Ctrl-C.",
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `finetuner s3-server`."""
+    parser.add_argument(
+        "--data-dir", default=".s3data", help="where the objects are kept (reused across runs)"
     )
-    parser.add_argument("--data-dir", default=".s3data", help="where the objects are kept")
-    parser.add_argument("--port", type=int, default=8333, help="S3 port (0: any free port)")
-    parser.add_argument("--access-key", default=DEFAULT_ACCESS_KEY)
-    parser.add_argument("--secret-key", default=DEFAULT_SECRET_KEY)
-    parser.add_argument("--bucket", action="append", default=[], help="bucket to create")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--port", type=int, default=8333, help="the S3 port on 127.0.0.1 (0: any free port)"
+    )
+    parser.add_argument("--access-key", default=DEFAULT_ACCESS_KEY, help="the S3 access key")
+    parser.add_argument("--secret-key", default=DEFAULT_SECRET_KEY, help="the S3 secret key")
+    parser.add_argument(
+        "--bucket",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a bucket to create (repeat the flag for more)",
+    )
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run a local S3 server in the foreground until Ctrl-C or SIGTERM; the exit status."""
 
     # SIGTERM (e.g. from `kill` or a supervisor) stops the server the same way Ctrl-C does.
     def on_sigterm(signum, frame):
@@ -314,12 +323,22 @@ def main(argv: list[str] | None = None) -> int:
             print("buckets: " + ", ".join(args.bucket))
         print("Press Ctrl-C to stop.", flush=True)
         status = server.process.wait()
-        print(f"SeaweedFS exited with status {status}; log: {server.log_path}", file=sys.stderr)
-        return status or 1
+        print(
+            f"error: SeaweedFS exited with status {status}; its log: {server.log_path}",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         return 0
     finally:
         server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m finetuner.s3server ARGS` is `finetuner s3-server ARGS`."""
+    from finetuner.cli import main as cli_main
+
+    return cli_main(["s3-server", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
-from finetuner.errors import FinetunerError
+from finetuner.errors import FinetunerError, redact
 
 # Files above the threshold travel as parallel multipart transfers. Module constants, so that a
 # test can lower them; they are read at every call.
@@ -138,17 +138,20 @@ def _client():
             except ValueError as error:  # e.g. an endpoint URL without http://
                 endpoint = os.environ.get("AWS_ENDPOINT_URL")
                 raise FinetunerError(
-                    f"cannot create an S3 client ({error}); check AWS_ENDPOINT_URL={endpoint!r}"
+                    redact(
+                        f"cannot create an S3 client ({error}); check AWS_ENDPOINT_URL={endpoint!r}"
+                    )
                 ) from error
             _clients[cache_key] = client
     return client
 
 
 def _endpoint() -> str:
+    """The endpoint, as messages show it: without userinfo."""
     try:
-        return _client().meta.endpoint_url
+        return redact(_client().meta.endpoint_url)
     except Exception:
-        return os.environ.get("AWS_ENDPOINT_URL") or "the default AWS endpoint"
+        return redact(os.environ.get("AWS_ENDPOINT_URL") or "the default AWS endpoint")
 
 
 def _transfer_config():
@@ -225,7 +228,7 @@ def _s3_errors(action: str, uri: str) -> Iterator[None]:
                 message = f"S3 error while {action} {uri} at endpoint {endpoint}: {error}"
         else:
             message = f"S3 error while {action} {uri} at endpoint {endpoint}: {error}"
-        raise FinetunerError(message) from error
+        raise FinetunerError(redact(message)) from error
 
 
 @contextmanager

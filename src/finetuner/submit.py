@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from finetuner.errors import FinetunerError
+from finetuner.errors import FinetunerError, add_secret, add_url_secrets, redact
 
 _TYPES = {
     "STRING": "a string",
@@ -115,9 +115,12 @@ def check_cron(cron: str) -> str:
 
 
 def client(host: str, namespace: str | None = None, token: str | None = None):
-    """A kfp.Client for `host`; failures to reach it become one clear error."""
+    """A kfp.Client for `host`; failures to reach it become one clear error. The token, and
+    any in the host's userinfo, are kept out of every message."""
+    add_secret(token)
+    add_url_secrets(host)
     if not host.startswith(("http://", "https://")):
-        raise FinetunerError(f"--host: {host!r} must start with http:// or https://.")
+        raise FinetunerError(redact(f"--host: {host!r} must start with http:// or https://."))
     import warnings
 
     import kfp
@@ -126,7 +129,18 @@ def client(host: str, namespace: str | None = None, token: str | None = None):
         warnings.simplefilter("ignore", FutureWarning)  # kfp's note on backend versions
         with _api_errors(host):
             kwargs = {"namespace": namespace} if namespace else {}
-            return kfp.Client(host=host, existing_token=token or None, **kwargs)
+            return _client_class(kfp)(host=host, existing_token=token or None, **kwargs)
+
+
+def _client_class(kfp):
+    class Client(kfp.Client):
+        """kfp.Client, whose start-up health check asks once and lets a refusal through:
+        kfp's retries 5 times over 25 s, logging each traceback (and the server's reply)."""
+
+        def get_kfp_healthz(self, sleep_duration: int = 5):
+            return self._healthz_api.healthz_service_get_healthz()
+
+    return Client
 
 
 class _api_errors:
@@ -145,12 +159,13 @@ class _api_errors:
         from urllib3.exceptions import HTTPError
 
         if isinstance(exc, ApiException):
-            detail = f"HTTP {exc.status} {exc.reason}: {(exc.body or '')[:500]}"
+            body = " ".join(str(exc.body or "").split())  # one line, whatever the server sent
+            detail = f"HTTP {exc.status} {exc.reason}: {body[:500]}"
         elif isinstance(exc, HTTPError | TimeoutError | OSError):
             detail = f"could not connect ({exc})"
         else:
             return False
-        raise FinetunerError(f"KFP API at {self.host}: {detail}") from None
+        raise FinetunerError(redact(f"KFP API at {self.host}: {detail}")) from None
 
 
 def submit(

@@ -38,6 +38,7 @@ from pathlib import Path, PurePosixPath
 
 from finetuner import storage
 from finetuner.errors import FinetunerError
+from finetuner.staging import stage_dir
 
 DEFAULT_NUM_RELATIONS = 10
 DEFAULT_MAX_LENGTH = 256
@@ -511,8 +512,8 @@ def synthesize(
     )  # fmt: skip
     del miner
     cross_encoder = load_cross_encoder(ce_source, max_length, device)
-    with tempfile.TemporaryDirectory(prefix="finetuner-synthesis-") as tmp:
-        local = Path(tmp) / f"margins{PurePosixPath(output).suffix.lower()}"
+    with stage_dir("synthesis") as tmp:
+        local = tmp / f"margins{PurePosixPath(output).suffix.lower()}"
         writer = RowWriter(local, fmt)
         try:
             scored, skipped, score_seconds = score_and_write(

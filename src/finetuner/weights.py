@@ -24,6 +24,7 @@ from pathlib import Path
 
 from finetuner import storage
 from finetuner.errors import FinetunerError
+from finetuner.staging import stage_dir
 
 MIRROR_ENV = "FINETUNER_MODEL_MIRROR"
 
@@ -140,23 +141,19 @@ def mirror_model(name: str, to: str) -> str:
         source = resolve_source(entry, use_mirror=False)
         storage.upload_dir(local_path(source), target)
     elif entry.family == "cnn":
-        import tempfile
-
         from finetuner.models.folder import WEIGHTS_FILE, save_weights
         from finetuner.models.vision import build_cnn
 
         source = resolve_source(entry, use_mirror=False)
         weights = "package" if source.startswith("package:") else "upstream"
-        with tempfile.TemporaryDirectory() as tmp:
+        with stage_dir("mirror") as tmp:
             save_weights(build_cnn(entry.name, weights), f"{tmp}/{WEIGHTS_FILE}")
             storage.upload_file(f"{tmp}/{WEIGHTS_FILE}", target + WEIGHTS_FILE)
     elif entry.family == "clip":
-        import tempfile
-
         from finetuner.models.clip import UPSTREAM, build_clip, save_clip
 
         resolve_source(entry, use_mirror=False)  # fails with the places tried, offline
-        with tempfile.TemporaryDirectory() as tmp:
+        with stage_dir("mirror") as tmp:
             storage.upload_dir(save_clip(build_clip(entry.name, UPSTREAM), tmp), target)
     else:
         raise FinetunerError(

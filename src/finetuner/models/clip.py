@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import json
-import tempfile
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -32,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from finetuner.errors import FinetunerError
+from finetuner.staging import stage_dir
 
 # Finetuner name -> (open_clip architecture, open_clip pretrained tag)
 CLIP_MODELS: dict[str, tuple[str, str]] = {
@@ -135,9 +135,9 @@ def _text_cfg(cfg: dict):
     if "hf_config" not in cfg:
         yield text_cfg
         return
-    with tempfile.TemporaryDirectory() as folder:
+    with stage_dir("clip-config") as folder:
         (Path(folder) / "config.json").write_text(json.dumps(cfg["hf_config"]))
-        yield dict(text_cfg, hf_model_name=folder, hf_model_pretrained=False)
+        yield dict(text_cfg, hf_model_name=str(folder), hf_model_pretrained=False)
 
 
 def _build_text(cfg: dict) -> nn.Module:
