@@ -88,3 +88,11 @@ def test_constraints_pin_what_pyproject_pins():
         if normal.get(name.lower().replace("_", "-")) != version
     }
     assert mismatched == {}, "stale: run `make constraints`"
+
+
+def test_both_images_share_every_instruction_below_their_build_args():
+    """Only the defaults of BASE_IMAGE and TORCH_INDEX_URL differ, so the images can't drift
+    apart, and a build that gives both the same arguments builds the layers once."""
+    cpu, gpu = (instructions(path) for path in DOCKERFILES)
+    assert [k for k, _ in cpu[:3]] == ["ARG", "FROM", "ARG"] == [k for k, _ in gpu[:3]]
+    assert cpu[3:] == gpu[3:]
