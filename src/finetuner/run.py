@@ -155,10 +155,10 @@ def check_data(
     _, sampler = resolve_sampler(config, spec.family, kind)
     # Counts of the whole file: a held-out split only lowers them (preprocess checks the
     # train part after it).
-    check_shape(
-        config, sampler, len(seen), labels if kind == "labeled" else None,
-        len(queries), len(documents),
-    )  # fmt: skip
+    if kind == "labeled":
+        check_shape(config, sampler, len(seen), labels)
+    else:
+        check_shape(config, sampler, len(seen), None, len(queries), len(documents))
     return kind
 
 
