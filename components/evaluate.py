@@ -23,7 +23,7 @@ def evaluate(
 
         result = steps.evaluate(model_spec, model.path, eval_dataset.path, k)
         for stage in ("before", "after"):
-            for name, value in result[stage].items():
+            for name, value in steps.loggable(result[stage]).items():
                 metrics.log_metric(f"{stage}/{name}", value)
         Path(report.path).write_text(steps.evaluation_html(result))
         return result

@@ -90,9 +90,10 @@ def train(
             eval_dataset.path,
             num_gpus,
         )
-        for name in ("steps", "samples_per_second", "final_loss", "epochs", "best_epoch"):
-            train_metrics.log_metric(name, result[name])
+        names = ("steps", "samples_per_second", "final_loss", "epochs", "best_epoch")
+        for name, value in steps.loggable({name: result[name] for name in names}).items():
+            train_metrics.log_metric(name, value)
         for epoch in result["history"]:  # each epoch's metrics, e.g. epoch2/ndcg@10
-            for name, value in epoch.items():
+            for name, value in steps.loggable(epoch).items():
                 if name != "epoch":
                     train_metrics.log_metric(f"epoch{epoch['epoch']}/{name}", value)

@@ -298,3 +298,20 @@ def test_labeled_eval_finds_the_other_items_of_a_label_not_itself():
     corpus = np.eye(4, dtype=np.float32)
     ranked = top_k(corpus[[0, 2]], corpus, 3, exclude=ev.self_index)
     assert 0 not in ranked[0] and 2 not in ranked[1]
+
+
+def test_preprocess_checks_what_training_and_evaluation_need_after_the_split(tmp_path):
+    """On a cluster preprocess is the first check: a held-out split whose labeled eval
+    rows have no label twice, or that leaves one train row, fails there."""
+    spec = lookup("mlp", model_options={"input_size": 2})
+    labeled = tmp_path / "labeled.csv"
+    # Ten labels of two items, and ten items alone: the held-out items are drawn one by one.
+    labeled.write_text("".join(f"{i} 0,label {i % 10 if i < 20 else i}\n" for i in range(30)))
+    opts = DataOptions(is_labeled=True)
+    with pytest.raises(FinetunerError, match="no label of the eval data has two items"):
+        dataset.preprocess(spec, str(labeled), "", 0.1, 0, opts, tmp_path / "a", tmp_path / "b")
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("1 2,3 4\n5 6,7 8\n")
+    with pytest.raises(FinetunerError, match=r"1 train row\(s\) after duplicates and the held"):
+        dataset.preprocess(spec, str(pairs), "", 0.5, 0, DataOptions(), tmp_path / "c",
+                           tmp_path / "d")  # fmt: skip

@@ -86,7 +86,10 @@ def test_an_unknown_key_in_a_group_names_the_group_and_its_keys():
     )
     with pytest.raises(FinetunerError, match="parameter pooler_options.p: must be > 0"):
         validate_options(get_entry("resnet-base"), pooler_options={"p": 0})
-    with pytest.raises(FinetunerError, match=r"preprocess_options: expected a dict like \{num_"):
+    with pytest.raises(
+        FinetunerError,
+        match=r"preprocess_options: invalid value \[64\]: expected a dict like \{num_",
+    ):
         validate_options(get_entry("pointnet-base"), preprocess_options=[64])
 
 
@@ -98,7 +101,9 @@ def test_freeze_needs_output_dim():
             "parameter freeze: freeze trains only the projection head and needs output_dim"
         )
         assert validate_options(get_entry(name), output_dim=64, freeze=True).freeze
-    with pytest.raises(FinetunerError, match="parameter output_dim: Input should be greater"):
+    with pytest.raises(
+        FinetunerError, match="parameter output_dim: invalid value 0: Input should be greater"
+    ):
         validate_options(get_entry("minilm-l6-en"), output_dim=0)
 
 

@@ -173,3 +173,81 @@ def test_wiseft_blends_the_fine_tuned_with_the_pretrained_weights():
         assert not torch.equal(tuned[name], value)
         torch.testing.assert_close(none[name], value)
         torch.testing.assert_close(half[name], (tuned[name] + value) / 2)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"batch_size": 1}, "parameter batch_size: invalid value 1. Valid: an integer >= 2 "
+         "(in-batch negatives and positives need two or more rows in a batch)."),
+        ({"learning_rate": float("nan")}, "parameter learning_rate: invalid value nan. Valid: "
+         "a number in (0, 1)"),
+        ({"warmup_ratio": 1}, "parameter warmup_ratio: invalid value 1. Valid: a number in "
+         "[0, 1)"),
+        ({"num_items_per_class": 1}, "parameter num_items_per_class: invalid value 1. Valid: "
+         "an integer >= 2 (the class sampler gives each item another of its label"),
+        ({"wiseft_alpha": 1.5}, "parameter wiseft_alpha: invalid value 1.5. Valid: a number "
+         "in [0, 1]"),
+        ({"max_steps": 0}, "parameter max_steps: invalid value 0. Valid: an integer >= 1, or "
+         "None (None: no limit)."),
+        ({"epochs": 2.5}, "parameter epochs: invalid value 2.5. Valid: an integer >= 1."),
+        ({"max_grad_norm": 0}, "parameter max_grad_norm: invalid value 0. Valid: a number > 0"),
+    ],
+)  # fmt: skip
+def test_messages_state_the_valid_range_and_why(change, message):
+    with pytest.raises(FinetunerError) as caught:
+        TrainConfig(**change).validate()
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+def _vector_pairs(poisoned: int | None = None, n: int = 12) -> list[tuple[str, str]]:
+    rows = [(f"{i} {i % 3}", f"{i + 1} {i % 3}") for i in range(n)]
+    if poisoned is not None:  # a row that preprocess would refuse: NaN once read
+        rows[poisoned] = ("nan 1", rows[poisoned][1])
+    return rows
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    import re
+
+    from finetuner import checkpoints, dataset, models
+
+    spec = lookup("mlp", model_options={"input_size": 2, "hidden_sizes": [8]})
+    folder = str(tmp_path / "checkpoints")
+    config = TrainConfig(
+        batch_size=2, learning_rate=1e-2, sampler="random", checkpoint_dir=folder,
+        checkpoint_every=1, log_every=1000, seed=3,
+    )  # fmt: skip
+    model = models.pretrained(spec)
+    with pytest.raises(FinetunerError) as caught:
+        train(model, dataset.from_rows(_vector_pairs(poisoned=7), "pairs"), config)
+    message = str(caught.value)
+    found = re.match(r"training stopped at step (\d+) \(epoch 1, batch \d+\): the loss is nan, "
+                     r"not a finite number\. Nothing is exported; the last checkpoint is kept\.",
+                     message)  # fmt: skip
+    assert found, message
+    step = int(found.group(1))
+    assert step > 1  # this seed puts the poisoned row in a later batch
+    assert checkpoints.complete_steps(folder)[-1] == step - 1
+    weights = checkpoints.latest(folder)["model"]
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    # The weights in memory did not take the bad step in either.
+    assert all(torch.isfinite(p).all() for p in model.embedder.parameters())
+
+
+def test_the_train_step_checks_the_data_before_it_loads_the_model(tmp_path):
+    from finetuner import dataset, steps
+
+    dataset.write([(f"item {i}", f"label {i}") for i in range(6)], tmp_path / "train", "labeled")
+    spec = lookup("mlp", model_options={"input_size": 2}).model_dump()
+    with pytest.raises(FinetunerError, match="no label of the train data has two items"):
+        steps.train(spec, str(tmp_path / "train"), str(tmp_path / "model"), "TripletMarginLoss",
+                    1, 4, 1e-3, 0)  # fmt: skip
+    assert not (tmp_path / "model").exists()
+
+
+def test_only_finite_metrics_are_logged():
+    from finetuner.steps import loggable
+
+    metrics = {"a": float("nan"), "b": 0.5, "c": float("inf"), "d": 3, "e": None, "f": True}
+    assert loggable(metrics) == {"b": 0.5, "d": 3}

@@ -7,6 +7,8 @@ it and the code that wants a list of pairs."""
 from __future__ import annotations
 
 import math
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -71,23 +73,42 @@ def resolve_media(data_uri: str, line: int, column: int, ref: str, limits=None) 
                 "(no '..', not absolute) or an s3:// or http(s):// URI."
             )
         target = storage.join(storage.parent(data_uri), ref)
-        if not storage.is_s3(target) and not _inside(target, storage.parent(data_uri)):
-            raise FinetunerError(
-                f"{where}: '{ref}' leads outside the data file's folder through a symbolic "
-                "link; media must lie inside it."
-            )
+        if not storage.is_s3(target):
+            _check_local_media(where, ref, target, storage.parent(data_uri))
+            return target
     if not storage.exists(target):
         raise FinetunerError(f"{where}: {target} does not exist.")
     return target
 
 
-def _inside(path: str, folder: str) -> bool:
-    """Whether a local path, with its symbolic links followed, lies inside folder."""
-    return Path(path).resolve().is_relative_to(Path(folder).resolve())
+def _check_local_media(where: str, ref: str, target: str, folder: str) -> None:
+    """A local media file must be a readable regular file inside the data file's folder,
+    its symbolic links followed."""
+    try:
+        inside = Path(target).resolve(strict=True).is_relative_to(Path(folder).resolve())
+        info = os.stat(target)
+    except FileNotFoundError:
+        raise BadItem(f"{where}: {target} does not exist.") from None
+    except RuntimeError:  # Python < 3.13 reports a symlink loop so
+        raise BadItem(f"{where}: {target} is a loop of symbolic links.") from None
+    except (OSError, ValueError) as exc:  # a loop (3.13), a too long name, a NUL byte
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise BadItem(f"{where}: cannot read {target} ({reason}).") from None
+    if not inside:
+        raise FinetunerError(
+            f"{where}: '{ref}' leads outside the data file's folder through a symbolic "
+            "link; media must lie inside it."
+        )
+    if stat.S_ISDIR(info.st_mode):
+        raise BadItem(f"{where}: {target} is a folder; expected an image or mesh file.")
+    if not stat.S_ISREG(info.st_mode):
+        raise BadItem(f"{where}: {target} is not a regular file (a named pipe, device or socket).")
 
 
 def vector_checker(size: int):
     """Checks a vector field: `size` numbers separated by spaces."""
+
+    import numpy as np
 
     def check(data_uri: str, line: int, column: int, value: str) -> str:
         try:
@@ -98,6 +119,18 @@ def vector_checker(size: int):
             raise FinetunerError(
                 f"{data_uri}, line {line}, column {column}: expected a vector of {size} finite "
                 f"numbers separated by spaces (input_size), got {value[:60]!r}."
+            )
+        # The model reads float32 (models.vector.parse_vectors): what overflows there, in a
+        # number or in the vector's length, would make the loss NaN.
+        vector = np.array(numbers, dtype=np.float32)
+        with np.errstate(over="ignore"):
+            finite = np.isfinite(vector).all() and np.isfinite(np.linalg.norm(vector))
+        if not finite:
+            largest = np.finfo(np.float32).max
+            raise BadItem(
+                f"{data_uri}, line {line}, column {column}: the vector is too large for "
+                f"float32, in which the model computes: its numbers and its length (L2 norm) "
+                f"must stay below {largest:.3g}; got {value[:60]!r}. Scale the vectors down."
             )
         return value
 

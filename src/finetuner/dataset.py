@@ -53,13 +53,17 @@ def _text_error(where: str, role: str, value: str, opts: DataOptions) -> BadRowE
     )
 
 
+# Training reads scores and margins as float32: a larger one would be inf there.
+MAX_NUMBER = 3.4028234663852886e38
+
+
 def _score(value: str) -> float | None:
-    """The score, or None if it is not a finite number."""
+    """The score, or None if it is not a finite number in float32."""
     try:
         score = float(value)
     except ValueError:
         return None
-    return score if math.isfinite(score) else None
+    return score if math.isfinite(score) and abs(score) <= MAX_NUMBER else None
 
 
 @dataclass
@@ -91,7 +95,10 @@ class RowChecker:
             if role in NUMBER_ROLES:
                 score = _score(value)
                 if score is None:
-                    what = f"'{value[:40]}' is not a finite number"
+                    what = (
+                        f"'{value[:40]}' is not a finite number (valid: magnitude up to "
+                        f"{MAX_NUMBER:.3g}, float32's largest, in which training computes)"
+                    )
                     raise BadRowError(f"{self._where(row.line, column)} ({role}): {what}.")
                 values.append(score)
                 continue
@@ -349,6 +356,26 @@ def stage(
     return kind, groups
 
 
+def check_eval_shape(where: str, kind: str, rows: int, labels: Counter) -> None:
+    """That eval data has something to evaluate: for labeled data, an item with another
+    of its label to find."""
+    if kind == "labeled" and max(labels.values(), default=0) < 2:
+        raise FinetunerError(
+            f"{where}: no label of the eval data has two items ({rows} items, {len(labels)} "
+            "labels): evaluation has each item find the others of its label, so it needs a "
+            "label with two or more items. Give more eval data, or a larger val_split."
+        )
+
+
+def check_train_shape(where: str, rows: int) -> None:
+    if rows < 2:
+        raise FinetunerError(
+            f"{where}: {rows} train row(s) after duplicates and the held-out split; training "
+            "needs at least 2, since a batch holds two or more rows. Give more data, or a "
+            "smaller val_split."
+        )
+
+
 def held_out(groups: set[int], val_split: float, seed: int) -> set[int]:
     """Exactly round(n * val_split) groups, chosen by the seed, the same in every run."""
     import numpy as np
@@ -371,9 +398,10 @@ def split_staged(
     train_out: str,
     eval_out: str | None = None,
     stats: Stats | None = None,
+    eval_stats: Stats | None = None,
 ) -> tuple[int, int]:
     """Route the staged rows by their group: held ones to eval_out, the rest to train_out
-    (whose labels and lengths `stats` counts)."""
+    (whose labels and lengths `stats` counts; `eval_stats` those of eval_out)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -391,6 +419,8 @@ def split_staged(
             writer.write_batch(part)
         if stats:
             stats.add_batch(parts[0][1])
+        if eval_stats and evaluation:
+            eval_stats.add_batch(parts[1][1])
     return train.close(), evaluation.close() if evaluation else 0
 
 
@@ -441,20 +471,23 @@ def preprocess(
     from finetuner.data import check_val_split
 
     check_val_split(val_split, has_eval_data=bool(eval_data))
-    stats, bad = Stats(), BadRows(opts.max_bad_rows)
+    stats, eval_stats, bad = Stats(), Stats(), BadRows(opts.max_bad_rows)
     with stage_dir("stage") as tmp:
         kind, groups = stage([train_data], spec, opts, Path(tmp) / "train", stats, bad)
+        eval_stats.kind = kind
         if eval_data:
             eval_kind, _ = stage([eval_data], spec, opts, Path(tmp) / "eval", Stats(), bad)
             if eval_kind != kind:
                 raise FinetunerError(f"{eval_data} holds {eval_kind} rows, the train data {kind}.")
             n_train = split_staged(Path(tmp) / "train", kind, set(), train_out, None, stats)[0]
-            n_eval = split_staged(Path(tmp) / "eval", kind, set(), eval_out)[0]
+            n_eval = split_staged(Path(tmp) / "eval", kind, set(), eval_out, None, eval_stats)[0]
         else:
             held = held_out(groups, val_split, seed)
             n_train, n_eval = split_staged(
-                Path(tmp) / "train", kind, held, train_out, eval_out, stats
+                Path(tmp) / "train", kind, held, train_out, eval_out, stats, eval_stats
             )
+    check_train_shape(train_data, n_train)
+    check_eval_shape(eval_data or train_data, kind, n_eval, eval_stats.labels)
     counts = {
         "kind": kind,
         "rows_read": stats.rows_read + bad.count,

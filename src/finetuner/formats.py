@@ -15,17 +15,21 @@ memory does not grow with their size.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import itertools
 import json
 import math
+import os
+import stat
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from finetuner import storage
 from finetuner.errors import FinetunerError
@@ -58,13 +62,19 @@ DIALECTS = ("auto", "excel", "excel-tab", "unix")
 SNIFF_BYTES = 64 * 1024
 
 
+# The media cache (finetuner.media) must hold one file: max_file_bytes stays within it.
+MEDIA_CACHE_BYTES = 2 * 1024 * 2**20
+
+
 class DataOptions(BaseModel):
     """How data files are read: Finetuner's CSVOptions, and the limits on bad rows."""
 
     model_config = ConfigDict(extra="forbid")
 
-    size: int | None = Field(None, ge=1, description="read at most this many rows of each file")
-    dialect: Literal["auto", "excel", "excel-tab", "unix"] | str = Field(
+    size: int | None = Field(
+        None, ge=1, le=sys.maxsize, description="read at most this many rows of each file"
+    )
+    dialect: str = Field(
         "auto",
         description="CSV dialect: auto (sniffed), excel, excel-tab, unix, or a delimiter char",
     )
@@ -77,9 +87,44 @@ class DataOptions(BaseModel):
     format: Literal["auto", "csv", "jsonl", "parquet"] = Field(
         "auto", description="file format; auto: by suffix (.jsonl, .parquet), else CSV"
     )
-    max_file_bytes: int = Field(50 * 2**20, ge=1, description="largest image or mesh file")
+    max_file_bytes: int = Field(
+        50 * 2**20,
+        ge=1,
+        le=MEDIA_CACHE_BYTES,
+        description="largest image or mesh file; at most the media cache's 2 GiB, which "
+        "must hold one file",
+    )
     max_image_pixels: int = Field(50_000_000, ge=1, description="largest image, width x height")
     max_image_side: int = Field(20_000, ge=1, description="longest image side, in pixels")
+
+    @field_validator("dialect")
+    @classmethod
+    def _dialect(cls, value: str) -> str:
+        if value in DIALECTS:
+            return value
+        if len(value) != 1 or value in '"\r\n':
+            raise ValueError(
+                f"valid: one of {', '.join(DIALECTS)}, or one character as the delimiter "
+                "(not a quote or a line break, which CSV reserves)"
+            )
+        return value
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, value: str) -> str:
+        try:
+            info = codecs.lookup(value)
+        except LookupError:
+            raise ValueError(
+                "not an encoding Python knows; valid: a text encoding such as utf-8, "
+                "utf-8-sig, utf-16, latin-1 or cp1252"
+            ) from None
+        if not getattr(info, "_is_text_encoding", True):  # e.g. rot13, base64: bytes codecs
+            raise ValueError(
+                "not a text encoding (it maps bytes to bytes); valid: a text encoding such as "
+                "utf-8, utf-16 or latin-1"
+            )
+        return value
 
     def media_limits(self):
         """The caps on images and meshes, as finetuner.media takes them."""
@@ -93,14 +138,20 @@ class DataOptions(BaseModel):
 
 
 def options(values: dict | None) -> DataOptions:
-    """DataOptions from a dict; an unknown or bad option is an error that names it."""
+    """DataOptions from a dict; an unknown or bad option is an error that names it, its
+    value, what is valid and what the option is for."""
     from pydantic import ValidationError
 
+    if values is not None and not isinstance(values, dict):
+        raise FinetunerError(
+            f'parameter data_options: expected a JSON object like {{"max_bad_rows": 10}}, '
+            f"got {type(values).__name__} {values!r}."
+        )
     try:
         return DataOptions(**(values or {}))
     except ValidationError as exc:
         error = exc.errors()[0]
-        name = ".".join(str(p) for p in error["loc"])
+        name = str(error["loc"][0]) if error["loc"] else ""
         if name == "point_cloud_size":
             raise FinetunerError(
                 "parameter data_options.point_cloud_size: here it is a model option, "
@@ -111,7 +162,63 @@ def options(values: dict | None) -> DataOptions:
                 f"parameter data_options: unknown option '{name}'. Valid options: "
                 f"{', '.join(DataOptions.model_fields)}."
             ) from None
-        raise FinetunerError(f"parameter data_options.{name}: {error['msg']}.") from None
+        field = DataOptions.model_fields.get(name)
+        # Our own checks say what is valid and why; pydantic's say what is valid only.
+        own = error["type"] == "value_error"
+        why = f" ({name}: {field.description})" if field and not own else ""
+        message = error["msg"].removeprefix("Value error, ")
+        raise FinetunerError(
+            f"parameter data_options.{name}: invalid value {error['input']!r}: {message}{why}."
+        ) from None
+
+
+def check_source(uri: str, parameter: str = "") -> None:
+    """That a data file can be opened for reading: it exists, and a local one is a regular
+    file (a folder cannot be read as data, and a named pipe would block the reader)."""
+    prefix = f"parameter {parameter}: " if parameter else ""
+    if storage.is_s3(uri):
+        if not storage.exists(uri):
+            raise FinetunerError(f"{prefix}{uri} does not exist.")
+        return
+    _check_local(uri, prefix)
+
+
+def _check_local(uri: str, prefix: str = "") -> None:
+    path = os.path.expanduser(str(uri).removeprefix("file://"))
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise FinetunerError(f"{prefix}{uri} does not exist.") from None
+    except (OSError, ValueError) as exc:  # a symlink loop, a too long name, a NUL byte
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise FinetunerError(f"{prefix}cannot read {uri} ({reason}).") from None
+    expected = "expected a CSV, JSONL or Parquet file"
+    if stat.S_ISDIR(info.st_mode):
+        raise FinetunerError(f"{prefix}{uri} is a folder; {expected}.")
+    if not stat.S_ISREG(info.st_mode):
+        raise FinetunerError(
+            f"{prefix}{uri} is not a regular file (a named pipe, device or socket); {expected}."
+        )
+    if not os.access(path, os.R_OK):
+        raise FinetunerError(f"{prefix}cannot read {uri} (permission denied).")
+
+
+def _guarded(uri: str, rows: Iterator, opts: DataOptions) -> Iterator:
+    """The rows, with a failure to read or decode the file as the error that names it
+    (a UTF-16 file without its byte-order mark, a disk error) rather than a traceback."""
+    try:
+        yield from rows
+    except (UnicodeError, OSError) as exc:
+        raise _unreadable(uri, exc, opts) from None
+
+
+def _unreadable(uri: str, exc: Exception, opts: DataOptions) -> FinetunerError:
+    if isinstance(exc, UnicodeError):
+        return FinetunerError(
+            f"{uri}: cannot decode as {opts.encoding} ({exc}); set data_options.encoding to "
+            "the file's text encoding."
+        )
+    return FinetunerError(f"{uri}: cannot read ({exc}).")
 
 
 class Row(NamedTuple):  # a tuple: made for every row, so it must be cheap
@@ -150,11 +257,17 @@ def read_rows(uri: str, opts: DataOptions) -> tuple[str, Iterator[Row | BadRow]]
     """The kind of the data at `uri` and its rows, streamed: CSV and JSONL as they
     download, Parquet (which needs to seek) from a local copy."""
     fmt = detect_format(uri, opts.format)
-    if fmt == "parquet":
-        kind, rows = _parquet_rows(uri, storage.local_copy(uri), opts)
-    else:
-        text = _open_text(uri, fmt, opts)
-        kind, rows = (_csv_rows if fmt == "csv" else _jsonl_rows)(uri, text, opts)
+    if not storage.is_s3(uri):
+        _check_local(uri)
+    try:
+        if fmt == "parquet":
+            kind, rows = _parquet_rows(uri, storage.local_copy(uri), opts)
+        else:
+            text = _open_text(uri, fmt, opts)
+            kind, rows = (_csv_rows if fmt == "csv" else _jsonl_rows)(uri, text, opts)
+    except (UnicodeError, OSError) as exc:
+        raise _unreadable(uri, exc, opts) from None
+    rows = _guarded(uri, rows, opts)
     return kind, itertools.islice(rows, opts.size) if opts.size else rows
 
 
@@ -348,6 +461,10 @@ def _json_object(line: int, text: str) -> dict | BadRow:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         return BadRow(line, None, f"not valid JSON ({exc.msg} at character {exc.pos + 1})")
+    except ValueError as exc:  # an integer of more digits than Python converts
+        return BadRow(line, None, f"a number Python cannot read ({exc})")
+    except RecursionError:
+        return BadRow(line, None, "JSON nested too deeply; expected an object of values")
     if not isinstance(value, dict):
         return BadRow(line, None, f"expected a JSON object, got {type(value).__name__}")
     return value
@@ -368,7 +485,10 @@ def _named_row(line: int, values: list, columns: list[str]) -> Row | BadRow:
         if isinstance(value, list):  # a vector, for the MLP
             if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in value):
                 return BadRow(line, column, f"'{name}' is a list but not of numbers")
-            value = " ".join(repr(float(x)) for x in value)
+            try:
+                value = " ".join(repr(float(x)) for x in value)
+            except OverflowError:  # an integer beyond any float
+                return BadRow(line, column, f"'{name}' holds a number too large for a float")
         elif isinstance(value, float) and name in NUMBER_ROLES:
             value = repr(value) if math.isfinite(value) else str(value)
         elif not isinstance(value, str | int | float) or isinstance(value, bool):
@@ -384,11 +504,11 @@ def _parquet_rows(uri: str, path, opts: DataOptions) -> tuple[str, Iterator[Row 
         parquet = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
         raise FinetunerError(f"{uri}: not a readable Parquet file ({exc}).") from None
-    kind, columns = _columns(parquet.schema_arrow.names, uri, opts)
+    kind, columns = _columns(_unique_names(parquet, uri), uri, opts)
 
     def rows() -> Iterator[Row | BadRow]:
         number = 0
-        for batch in parquet.iter_batches(batch_size=8192, columns=columns):
+        for batch in _batches(parquet, columns, uri):
             data = [batch.column(c).to_pylist() for c in columns]
             for values in zip(*data, strict=True):
                 number += 1
@@ -397,6 +517,30 @@ def _parquet_rows(uri: str, path, opts: DataOptions) -> tuple[str, Iterator[Row 
             raise _no_data(uri, opts)
 
     return kind, rows()
+
+
+def _unique_names(parquet, uri: str) -> list[str]:
+    names = parquet.schema_arrow.names
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise FinetunerError(
+            f"{uri}: the column(s) {', '.join(twice)} appear more than once; each column "
+            "name must be unique."
+        )
+    return names
+
+
+def _batches(parquet, columns: list[str], uri: str):
+    """The file's record batches; a corrupt page is an error that names the file."""
+    batches = parquet.iter_batches(batch_size=8192, columns=columns)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as exc:  # pyarrow raises several types for corrupt data
+            raise FinetunerError(f"{uri}: not a readable Parquet file ({exc}).") from None
+        yield batch
 
 
 # ---------------------------------------------------------------- one text per row
@@ -413,11 +557,17 @@ def read_texts(uri: str, opts: DataOptions) -> Iterator[Row | BadRow]:
     A CSV is read with the excel dialect unless data_options.dialect says otherwise: a
     sniffer would take the commas in the texts for delimiters."""
     fmt = detect_format(uri, opts.format)
-    if fmt == "parquet":
-        rows = _parquet_texts(uri, storage.local_copy(uri))
-    else:
-        text = _open_text(uri, fmt, opts)
-        rows = _csv_texts(uri, text, opts) if fmt == "csv" else _jsonl_texts(uri, text)
+    if not storage.is_s3(uri):
+        _check_local(uri)
+    try:
+        if fmt == "parquet":
+            rows = _parquet_texts(uri, storage.local_copy(uri))
+        else:
+            text = _open_text(uri, fmt, opts)
+            rows = _csv_texts(uri, text, opts) if fmt == "csv" else _jsonl_texts(uri, text)
+    except (UnicodeError, OSError) as exc:
+        raise _unreadable(uri, exc, opts) from None
+    rows = _guarded(uri, rows, opts)
     return itertools.islice(rows, opts.size) if opts.size else rows
 
 
@@ -480,10 +630,10 @@ def _parquet_texts(uri: str, path) -> Iterator[Row | BadRow]:
         parquet = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
         raise FinetunerError(f"{uri}: not a readable Parquet file ({exc}).") from None
-    names = parquet.schema_arrow.names
+    names = _unique_names(parquet, uri)
     column = names[0] if len(names) == 1 else _text_column(names, uri)
     number = 0
-    for batch in parquet.iter_batches(batch_size=8192, columns=[column]):
+    for batch in _batches(parquet, [column], uri):
         for value in batch.column(column).to_pylist():
             number += 1
             yield _named_row(number, [value], [column])

@@ -52,15 +52,32 @@ def load_points(
         raise FinetunerError(f"{name}: cannot read as {file_type}: {type(e).__name__}: {e}") from e
 
     rng = np.random.default_rng(seed)
-    points = _sample(loaded, n_points, rng, name)
-    points = points - points.mean(axis=0)
-    radius = np.linalg.norm(points, axis=1).max()
+    # Finite coordinates can still overflow (e.g. 1e308) in sampling or centring: the
+    # points are checked as the model gets them, where a NaN would poison the loss.
+    with np.errstate(over="ignore", invalid="ignore"):
+        points = _sample(loaded, n_points, rng, name)
+        points = points - points.mean(axis=0)
+        radius = np.linalg.norm(points, axis=1).max()
+        if np.isfinite(radius) and radius > 0:
+            points = points / radius
+    if not np.isfinite(points).all() or not np.isfinite(radius):
+        raise _too_large(name, "they overflow to inf or NaN as the points are normalised")
     if not radius > 0:
         raise FinetunerError(f"{name}: all points coincide; a mesh needs some extent")
-    points = points / radius
     if augment:
         points = _augment(points, rng)
     return points.astype(np.float32)
+
+
+# Surface areas square the coordinates, in float64: beyond this they overflow.
+MAX_COORDINATE = 1e150
+
+
+def _too_large(name: str, detail: str) -> FinetunerError:
+    return FinetunerError(
+        f"{name}: the coordinates are too large to sample and normalise ({detail}); valid: "
+        f"within +-{MAX_COORDINATE:.0e}, since surface areas square them. Scale the mesh down"
+    )
 
 
 def _sample(loaded, n_points: int, rng: np.random.Generator, name: str) -> np.ndarray:
@@ -84,6 +101,9 @@ def _sample(loaded, n_points: int, rng: np.random.Generator, name: str) -> np.nd
         raise FinetunerError(f"{name}: the mesh is empty (no vertices)")
     if not np.isfinite(vertices).all():
         raise FinetunerError(f"{name}: the mesh has non-finite (NaN or inf) vertex coordinates")
+    largest = np.abs(vertices).max()
+    if largest > MAX_COORDINATE:
+        raise _too_large(name, f"the largest is {largest:.3g}")
     if isinstance(loaded, trimesh.Trimesh) and len(loaded.faces):
         if not loaded.area > 0:
             raise FinetunerError(f"{name}: all faces have zero area; nothing to sample on")

@@ -294,4 +294,7 @@ def validate_options(entry, **values) -> Options:
                 f"parameter {name}: '{error['input']}' is not valid for {entry.name}. "
                 f"Valid {name}s: {valid}."
             ) from None
-        raise FinetunerError(f"parameter {name}: {message} (model {entry.name}).") from None
+        # Pydantic's own messages do not say the value; ours (value_error) do.
+        plain = error["type"] in ("missing", "value_error")
+        value = "" if plain else f"invalid value {error['input']!r}: "
+        raise FinetunerError(f"parameter {name}: {value}{message} (model {entry.name}).") from None

@@ -86,12 +86,12 @@ def preflight(params: dict) -> dict:
         uri = params.get(name)
         if name == "train_data" and not uri:
             raise FinetunerError("parameter train_data: required (a CSV path or s3:// URI).")
-        if uri and not storage.exists(uri):
-            raise FinetunerError(f"parameter {name}: {uri} does not exist.")
         if uri:
+            formats.check_source(uri, name)  # exists, and is a file that can be read
             held_out = name == "train_data" and not params["eval_data"]
             split = params["val_split"] if held_out else None
-            kind = check_data(uri, ModelSpec(**spec), opts, config, split)
+            role = "train" if name == "train_data" else "eval"
+            kind = check_data(uri, ModelSpec(**spec), opts, config, split, role)
             # What the callbacks watch must be reported each epoch.
             config.monitors(kind if config.evaluate_every_epoch else None)
     params["output_uri"] = params.get("output_uri") or default_output(params["model"])
@@ -124,20 +124,43 @@ def check_choices(config) -> None:
     losses.build_miner(config.miner or None, config.miner_options)
 
 
-def check_data(uri: str, spec, opts, config, val_split: float | None = None) -> str:
+def check_data(
+    uri: str, spec, opts, config, val_split: float | None = None, role: str = "train"
+) -> str:
     """Read every row as preprocess will, so a bad row fails now, with its line, not minutes
-    into the run; check the loss and sampler against the kind of data, and that the
-    held-out split (`val_split`, when the eval data comes from this file) leaves rows on
-    both sides. The data's kind."""
-    from finetuner import dataset, samplers
-    from finetuner.losses import loss_for
+    into the run; check the loss and sampler against the kind of data, that the held-out
+    split (`val_split`, when the eval data comes from this file) leaves rows on both sides,
+    and that the data has what training (`role` "train") or evaluation ("eval") needs of
+    it. The data's kind."""
+    from collections import Counter
+
+    from finetuner import dataset
+    from finetuner.train import check_shape, resolve_sampler
 
     kind, rows = dataset.checked_rows(uri, spec, opts, dataset.BadRows(opts.max_bad_rows))
-    groups = {dataset.digest(dataset.group_of(kind, values)) for values in rows}
+    groups, seen, labels, queries, documents = set(), set(), Counter(), set(), set()
+    for values in rows:
+        if hash(values) in seen:  # a duplicate, which preprocess drops
+            continue
+        seen.add(hash(values))
+        groups.add(dataset.digest(dataset.group_of(kind, values)))
+        if kind == "labeled":
+            labels[values[1]] += 1
+        else:
+            queries.add(hash(values[0]))
+            documents.add(hash(values[1]))
     if val_split:
         dataset.held_out(groups, val_split, 0)
-    loss_for(spec.family, config.loss, kind)
-    samplers.check_sampler(config.sampler, kind)
+    if role == "eval":
+        dataset.check_eval_shape(uri, kind, len(seen), labels)
+        return kind
+    _, sampler = resolve_sampler(config, spec.family, kind)
+    # Counts of the whole file: a held-out split only lowers them (preprocess checks the
+    # train part after it).
+    if kind == "labeled":
+        check_shape(config, sampler, len(seen), labels)
+    else:
+        check_shape(config, sampler, len(seen), None, len(queries), len(documents))
     return kind
 
 

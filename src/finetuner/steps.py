@@ -152,10 +152,9 @@ def train(
             num_gpus=num_gpus,
         )  # fmt: skip
         return distributed.launch(num_gpus, kwargs)
-    from finetuner.train import TrainConfig
+    from finetuner.train import TrainConfig, check_trainable
     from finetuner.train import train as run_training
 
-    model = models.pretrained(ModelSpec(**model_spec))
     config = TrainConfig(
         loss=loss,
         epochs=epochs,
@@ -167,11 +166,13 @@ def train(
         checkpoint_dir=storage.join(output_uri, "checkpoints") if output_uri else "",
         checkpoint_every=checkpoint_every,
         **train_choices(choices or {}),
-    )
+    ).validate()
+    spec = ModelSpec(**model_spec)
+    data = dataset.load(train_path)
+    check_trainable(data, config, spec.family)  # before the model loads, which takes a while
     eval_data = dataset.load(eval_path) if eval_path else None
-    result = run_training(
-        model, dataset.load(train_path), config, eval_data=eval_data, parallel=parallel
-    )
+    model = models.pretrained(spec)
+    result = run_training(model, data, config, eval_data=eval_data, parallel=parallel)
     if parallel is None or parallel.main:
         model.save(model_out)
         Path(model_out, HISTORY_FILE).write_text(json.dumps(result["history"], indent=2))
@@ -200,6 +201,18 @@ def train_choices(choices: dict) -> dict:
     if out.get("num_warmup_steps", -1) < 0:
         out["num_warmup_steps"] = None
     return out
+
+
+def loggable(metrics: dict) -> dict:
+    """The metrics that KFP can record: finite numbers (its protobuf Struct refuses NaN
+    and inf, which would fail the step after its work is done)."""
+    import math
+
+    return {
+        name: value
+        for name, value in metrics.items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    }
 
 
 def evaluate(model_spec: dict, model_dir: str, eval_path: str, k: int) -> dict:

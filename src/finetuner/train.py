@@ -76,22 +76,13 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         self.loss = check_loss(self.loss)
-        checks = {
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 2,  # in-batch negatives need company
-            "learning_rate": 0 < self.learning_rate < 1,
-            "warmup_ratio": 0 <= self.warmup_ratio < 1,
-            "num_items_per_class": self.num_items_per_class >= 2,
-            "checkpoint_every": self.checkpoint_every >= 1,
-            "wiseft_alpha": 0 <= self.wiseft_alpha <= 1,
-            "loss_learning_rate": 0 < self.loss_learning_rate < 10,
-            "eval_k": self.eval_k >= 1,
-            "early_stopping_patience": self.early_stopping_patience >= 0,
-            "length_grouping": self.length_grouping >= 1,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise FinetunerError(f"parameter {name}: invalid value {getattr(self, name)}.")
+        for name, valid, why in _CHECKS:
+            value = getattr(self, name)
+            if not _valid(value, valid):
+                raise FinetunerError(
+                    f"parameter {name}: invalid value {value!r}. Valid: {_range(valid)}"
+                    f"{f' ({why})' if why else ''}."
+                )
         samplers.check_sampler(self.sampler)
         callback.resolve_mode(self.best_model_metric, self.best_model_mode)
         callback.early_stopping_options(self.early_stopping_options)
@@ -117,6 +108,121 @@ class TrainConfig:
                 metric, mode, opts["min_delta"], best=opts["baseline"]
             )
         return out
+
+
+# Each numeric parameter: (name, (low, high, low included, high included, None allowed,
+# integer), why the range, where it is not obvious).
+_INF = math.inf
+_CHECKS = (
+    ("epochs", (1, _INF, True, False, False, True), ""),
+    ("batch_size", (2, _INF, True, False, False, True),
+     "in-batch negatives and positives need two or more rows in a batch"),
+    ("learning_rate", (0, 1, False, False, False, False),
+     "a step of the whole gradient or more makes training diverge"),
+    ("warmup_ratio", (0, 1, True, False, False, False),
+     "it is the share of the steps spent warming up"),
+    ("weight_decay", (0, _INF, True, False, False, False), ""),
+    ("max_grad_norm", (0, _INF, False, False, False, False),
+     "gradients are clipped to this norm"),
+    ("num_items_per_class", (2, _INF, True, False, False, True),
+     "the class sampler gives each item another of its label in the batch, as its positive"),
+    ("checkpoint_every", (1, _INF, True, False, False, True), "it counts steps"),
+    ("log_every", (1, _INF, True, False, False, True), "it counts steps"),
+    ("max_steps", (1, _INF, True, False, True, True), "None: no limit"),
+    ("length_buckets", (1, _INF, True, False, True, True), "None: chosen by the sampler"),
+    ("length_grouping", (1, _INF, True, False, False, True), "1 turns grouping off"),
+    ("num_workers", (0, _INF, True, False, True, True), "0 decodes media in the main process"),
+    ("num_warmup_steps", (0, _INF, True, False, True, True), "None: warmup_ratio decides"),
+    ("wiseft_alpha", (0, 1, True, True, False, False),
+     "it weighs the fine-tuned weights against the pretrained ones"),
+    ("loss_learning_rate", (0, 10, False, False, False, False), ""),
+    ("eval_k", (1, _INF, True, False, False, True), "metrics look at the top k results"),
+    ("early_stopping_patience", (0, _INF, True, False, False, True),
+     "it counts epochs; 0 never stops early"),
+)  # fmt: skip
+
+
+def _valid(value, valid) -> bool:
+    low, high, low_in, high_in, none_ok, integer = valid
+    if value is None:
+        return none_ok
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if integer and not (math.isfinite(value) and value == int(value)):
+        return False
+    above = value >= low if low_in else value > low
+    below = value <= high if high_in else value < high
+    return above and below  # false for NaN
+
+
+def _range(valid) -> str:
+    low, high, low_in, high_in, none_ok, integer = valid
+    kind = "an integer" if integer else "a number"
+    if high == _INF:
+        text = f"{kind} {'>=' if low_in else '>'} {low}"
+    else:
+        text = f"{kind} in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+    return text + (", or None" if none_ok else "")
+
+
+def resolve_sampler(config: TrainConfig, family: str, kind: str) -> tuple[str, str]:
+    """The loss and the sampler that train a model family on data of a kind."""
+    loss_name = loss_for(family, config.loss, kind)
+    sampler = config.sampler
+    if sampler == "auto":
+        sampler = samplers.default_sampler(kind, loss_name)
+    return loss_name, samplers.check_sampler(sampler, kind)
+
+
+def check_shape(
+    config: TrainConfig, sampler: str, rows: int, labels=None, queries=None, documents=None
+) -> None:
+    """What the batches need of the train data, from its counts: distinct `rows`, the
+    items of each label (`labels`, a Counter) and the distinct queries and documents, where
+    known. Known before training, so the run fails at once and not after loading a model."""
+    if rows < 2:
+        raise FinetunerError(
+            f"the train data has {rows} distinct row(s); training needs at least 2, since a "
+            "batch holds two or more rows."
+        )
+    if sampler == "class":
+        per_class, batch_size = config.num_items_per_class, config.batch_size
+        if per_class > batch_size:
+            raise FinetunerError(
+                f"parameter num_items_per_class: {per_class} is more than batch_size "
+                f"{batch_size}; valid: 2 to batch_size, since the class sampler puts "
+                "num_items_per_class items of each label in a batch."
+            )
+        if labels is not None and max(labels.values(), default=0) < 2:
+            raise FinetunerError(
+                f"no label of the train data has two items ({len(labels)} labels, one item "
+                "each): the class sampler needs items of one label together, as each "
+                "other's positives. Give two or more items of some labels."
+            )
+    if sampler == "no_duplicates" and queries is not None and min(queries, documents) < 2:
+        raise FinetunerError(
+            f"the train data has {queries} distinct queries and {documents} distinct "
+            "documents: the no_duplicates sampler needs two rows with no text in common for "
+            "a batch. Give more varied pairs, or set sampler to random."
+        )
+
+
+def check_trainable(data, config: TrainConfig, family: str) -> tuple[str, str]:
+    """The loss and sampler for a dataset (finetuner.dataset), once its shape is checked
+    for them (see check_shape)."""
+    import pyarrow.compute as pc
+
+    loss_name, sampler = resolve_sampler(config, family, data.kind)
+    labels = queries = documents = None
+    if data.kind == "labeled":
+        counts = pc.value_counts(data.table.column("label")).to_pylist()
+        labels = {c["values"]: c["counts"] for c in counts}
+    elif sampler == "no_duplicates":
+        first, second = data.table.column_names[:2]
+        queries = pc.count_distinct(data.table.column(first)).as_py()
+        documents = pc.count_distinct(data.table.column(second)).as_py()
+    check_shape(config, sampler, len(data), labels, queries, documents)
+    return loss_name, sampler
 
 
 def seed_everything(seed: int):
@@ -287,6 +393,18 @@ def _after_epoch(monitors: dict, metrics: dict, patience: int) -> tuple[bool, st
     )
 
 
+def _not_finite(pos: Position, loss: float, norm: float, config: TrainConfig) -> FinetunerError:
+    """The error that stops training at a non-finite loss or gradient, before the weights
+    take it in."""
+    what = f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {norm}"
+    saved = "; the last checkpoint is kept" if config.checkpoint_dir else ""
+    return FinetunerError(
+        f"training stopped at step {pos.step + 1} (epoch {pos.epoch}, batch {pos.batch}): "
+        f"{what}, not a finite number. Nothing is exported{saved}. Lower learning_rate "
+        f"(now {config.learning_rate:g}), or look for extreme values in the data."
+    )
+
+
 def _share(batches: list, parallel) -> list:
     """This process's batches of an epoch: all of them, or its share in a parallel run."""
     return batches if parallel is None else parallel.shard(batches)
@@ -368,13 +486,7 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
     else:
         eval_data = None
     monitors = config.monitors(eval_data.kind if eval_data is not None else None)
-    if len(data) < 2:
-        raise FinetunerError(f"training needs at least 2 rows, got {len(data)}.")
-    loss_name = loss_for(model.spec.family, config.loss, data.kind)
-    sampler = config.sampler
-    if sampler == "auto":
-        sampler = samplers.default_sampler(data.kind, loss_name)
-    samplers.check_sampler(sampler, data.kind)
+    loss_name, sampler = check_trainable(data, config, model.spec.family)
     if parallel is not None:
         device = parallel.device
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -396,6 +508,12 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
     buckets = config.length_buckets or (1 if lengths is not None else 2)
     epoch_generator = generator.get_state()
     epoch = _share(epoch_batches(data, sampler, config, generator, lengths), parallel)
+    if not epoch:
+        raise FinetunerError(
+            f"the {sampler} sampler makes no batch of two or more rows of these "
+            f"{len(data)} rows{' in this process' if parallel is not None else ''}; give more "
+            "data" + (", or set sampler to random." if sampler != "random" else ".")
+        )
     total = len(epoch) * config.epochs
     if config.max_steps:
         total = min(total, config.max_steps)
@@ -464,17 +582,24 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
             loss.backward()
             if parallel is not None:
                 parallel.average_gradients(trainable + list(loss_fn.parameters()))
-            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+            loss_value = loss.item()
+            # Before the optimizer step, so the weights, and the checkpoints, stay finite.
+            # The gradients are averaged over a parallel run's processes, so all of them stop
+            # together; its losses are each process's own, so they do not decide there.
+            local_loss = loss_value if parallel is None else 0.0
+            if not (math.isfinite(local_loss) and math.isfinite(float(norm))):
+                raise _not_finite(pos, loss_value, float(norm), config)
             for optimizer in optimizers:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             if config.scheduler_step == "batch":
                 scheduler.step()
             pos.step += 1
-            pos.epoch_loss += loss.item()
+            pos.epoch_loss += loss_value
             pos.epoch_steps += 1
             progress.step(
-                pos.step, len(rows) * world, epoch=pos.epoch, loss=loss.item(),
+                pos.step, len(rows) * world, epoch=pos.epoch, loss=loss_value,
                 lr=scheduler.get_last_lr()[0],
             )  # fmt: skip
             if on_step:
