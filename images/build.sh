@@ -35,6 +35,10 @@ for spec in "images/Dockerfile $image cpu_args" "images/Dockerfile.gpu $gpu_imag
     set -- $spec
     eval "extra=(\"\${$3[@]}\")"
     start=$(date +%s)
+    old=$("$tool" image inspect --format '{{.Id}}' "$2" 2>/dev/null || true)
     "$tool" build "${args[@]}" ${extra[@]+"${extra[@]}"} -f "$1" -t "$2" .
     echo "built $2 in $(( $(date +%s) - start )) s"
+    # The image this tag named before, if nothing else uses it: several GB each.
+    new=$("$tool" image inspect --format '{{.Id}}' "$2")
+    if [ -n "$old" ] && [ "$old" != "$new" ]; then "$tool" rmi "$old" > /dev/null 2>&1 || true; fi
 done

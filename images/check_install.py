@@ -12,8 +12,11 @@ import sys
 from pathlib import Path
 
 # Where each installed package's files come from in the source tree (pyproject.toml).
-SOURCES = {"finetuner": "src/finetuner", "finetuner.components": "components",
-           "finetuner.pipelines": "pipelines"}
+SOURCES = {
+    "finetuner": "src/finetuner",
+    "finetuner.components": "components",
+    "finetuner.pipelines": "pipelines",
+}
 
 
 def missing_files(root: Path) -> list[str]:
@@ -35,8 +38,11 @@ def main() -> int:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parents[1]).resolve()
     missing = missing_files(root)
     if missing:
-        print("error: the installed finetuner lacks files of the source tree (add their "
-              "packages to pyproject.toml):\n  " + "\n  ".join(missing), file=sys.stderr)
+        print(
+            "error: the installed finetuner lacks files of the source tree (add their "
+            "packages to pyproject.toml):\n  " + "\n  ".join(missing),
+            file=sys.stderr,
+        )
         return 1
     modules = []
     for package, folder in SOURCES.items():

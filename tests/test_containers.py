@@ -24,6 +24,10 @@ from finetuner.cli import main
 from finetuner.errors import FinetunerError
 
 pytestmark = pytest.mark.containers
+# runc and ulimits that this kind of VM allows, for a podman that the tests start (as make does).
+os.environ.setdefault(
+    "CONTAINERS_CONF", str(Path(__file__).resolve().parent.parent / "images" / "containers.conf")
+)
 
 REQUIRED = bool(os.environ.get("FINETUNER_IMAGE"))
 IMAGE = os.environ.get("FINETUNER_IMAGE", "ghcr.io/finetuner-kfp/finetuner:0.1.0")
@@ -106,7 +110,9 @@ def test_a_read_only_root_moves_the_caches_to_tmp(engine):
     status, out = run_in(IMAGE, ["python3", "-c", script])
     assert status == 0, out
     fallback = "/tmp/finetuner-cache-1000"
-    assert out.split()[-2:] == [f"{fallback}/finetuner", f"{fallback}/_media"]
+    paths = [line for line in out.splitlines() if line.startswith(fallback)]
+    assert paths[-1].split() == [f"{fallback}/finetuner", f"{fallback}/_media"], out
+    assert "note: cache /models/finetuner is not writable" in out
 
 
 def upload_pairs(bucket: str, n: int) -> str:
@@ -209,7 +215,7 @@ def test_synthesize_and_finetune_pipeline_runs_in_its_images(
     result = json.loads(summary.read_text())
     assert set(result["metrics"]["after"]) >= {"ndcg@3", "mrr@3"}
     assert storage.exists(result["artifacts"]["synthesized"])
-    assert glob_one(root, "*/synthesize-pairs/*")
+    assert glob_one(root, "*/synthesize-pairs").is_dir()  # the step ran, in its image
     assert get_model(output).encode(["hotelier"]).shape == (1, 384)
     assert os.environ["AWS_SECRET_ACCESS_KEY"] not in capfd.readouterr().out
 

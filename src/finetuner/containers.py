@@ -61,27 +61,33 @@ def step_environment(environ: dict | None = None) -> dict:
     return env
 
 
-def _answers(client) -> bool:
+def _answers(base_url: str | None = None) -> bool:
+    """Whether a Docker API answers at base_url (default: the environment's)."""
+    import docker
+
+    try:
+        client = (
+            docker.from_env(timeout=10)
+            if base_url is None
+            else docker.DockerClient(base_url=base_url, timeout=10)
+        )
+    except docker.errors.DockerException:  # the client asks the server at once
+        return False
     try:
         return bool(client.ping())
     except Exception:  # any failure to reach the API means "no engine here"
         return False
+    finally:
+        client.close()
 
 
 @contextmanager
 def docker_api() -> Iterator[str]:
     """Yields a Docker API endpoint (DOCKER_HOST) that answers: the one configured, else a
     `podman system service` started for the duration."""
-    import docker
-
-    try:
-        client = docker.from_env(timeout=10)
-        if _answers(client):
-            client.close()
-            yield os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-            return
-    except docker.errors.DockerException:
-        pass
+    if _answers():
+        yield os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        return
     podman = shutil.which("podman")
     if podman is None:
         raise FinetunerError(
@@ -95,16 +101,14 @@ def docker_api() -> Iterator[str]:
         [podman, "system", "service", "--time=0", endpoint], stdout=log, stderr=log
     )
     try:
-        client = docker.DockerClient(base_url=endpoint, timeout=10)
-        for _ in range(100):
-            if service.poll() is not None or _answers(client):
+        for _ in range(300):
+            if service.poll() is not None or _answers(endpoint):
                 break
             time.sleep(0.1)
-        if not _answers(client):
+        if not _answers(endpoint):
             raise FinetunerError(
                 f"podman system service did not start; its log: {folder / 'service.log'}"
             )
-        client.close()
         previous = os.environ.get("DOCKER_HOST")
         os.environ["DOCKER_HOST"] = endpoint
         try:
