@@ -391,9 +391,11 @@ def test_compiled_pipeline_parses_strictly_with_its_steps_and_dropdowns():
     spec = json_format.ParseDict(pipeline, pipeline_spec_pb2.PipelineSpec())
     tasks = spec.root.dag.tasks
     assert set(tasks) == {
-        "catalogue-lookup", "synthesize-pairs", "preprocess", "train", "evaluate", "export",
+        "catalogue-lookup", "claim-output", "synthesize-pairs", "preprocess", "train",
+        "evaluate", "export",
     }  # fmt: skip
-    assert "catalogue-lookup" in tasks["synthesize-pairs"].dependent_tasks
+    assert "catalogue-lookup" in tasks["claim-output"].dependent_tasks
+    assert "claim-output" in tasks["synthesize-pairs"].dependent_tasks
     source = tasks["preprocess"].inputs.parameters["train_data"].task_output_parameter
     assert source.producer_task == "synthesize-pairs"
     assert tasks["train"].inputs.parameters["loss"].runtime_value.constant.string_value == (
