@@ -1,6 +1,7 @@
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -99,11 +100,11 @@ def test_check_writable(tmp_path, s3, s3_server):
     with pytest.raises(FinetunerError, match="is a folder; expected a file"):
         storage.check_writable(str(tmp_path), "summary_json", folder=False)
     storage.check_writable(str(tmp_path / "new" / "deeper"), "output_uri", folder=True)
-    if os.geteuid() != 0:  # root may write anywhere
-        locked = tmp_path / "locked"
-        locked.mkdir(mode=0o500)
-        with pytest.raises(FinetunerError, match="locked is not writable"):
-            storage.check_writable(str(locked / "out"), "output_uri", folder=True)
+    # Root writes through permissions, but not into /proc.
+    locked = tmp_path / "locked" if os.geteuid() != 0 else Path("/proc")
+    locked.mkdir(mode=0o500, exist_ok=True)
+    with pytest.raises(FinetunerError, match=f"{locked} is not writable"):
+        storage.check_writable(str(locked / "out"), "output_uri", folder=True)
     storage.check_writable(f"s3://{s3}/out", "output_uri", folder=True)
     with pytest.raises(FinetunerError, match="bucket 'no-such-bucket-x' does not exist"):
         storage.check_writable("s3://no-such-bucket-x/out", "output_uri", folder=True)

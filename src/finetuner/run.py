@@ -260,7 +260,8 @@ def fit(
     parameters (eval_data, val_split, loss, epochs, batch_size, learning_rate, pooler, ...;
     see `finetuner run --help`). `callbacks` are those of finetuner.callback
     (EvaluationCallback, BestModelCheckpoint, EarlyStopping, TrainingCheckpoint,
-    WiSEFTCallback); an option given too must agree with them."""
+    WiSEFTCallback); an option given too must agree with them. `force_claim=True` takes
+    `output` over from a run that claimed it and is no longer running."""
     from finetuner.callback import callback_params
 
     from_callbacks = callback_params(callbacks or [])

@@ -26,9 +26,13 @@ def catalogue_lookup(
     """Validate every choice before any data is read or GPU used; the ModelSpec as a dict.
 
     With `model_artifact` (a previous run's export), training continues from its model."""
+    from finetuner import storage
     from finetuner.errors import FinetunerError
     from finetuner.weights import continue_from
 
+    for name, uri in (("weights", weights), ("model_artifact", model_artifact)):
+        if uri:
+            storage.check_uri(uri, name, need_key=False)
     if weights and model_artifact:
         raise FinetunerError(
             "parameters weights and model_artifact: give one; a run starts from pretrained "
@@ -113,8 +117,11 @@ def preprocess(
     max_bad_rows), split; write Parquet datasets and a Markdown data report.
 
     Items that are not text (images, meshes, vectors) are checked and resolved here."""
-    from finetuner import dataset, formats
+    from finetuner import dataset, formats, storage
 
+    for name, uri in (("train_data", train_data), ("eval_data", eval_data)):
+        if uri:
+            storage.check_file(uri, name)
     result = dataset.preprocess(
         ModelSpec(**model_spec),
         train_data,

@@ -479,10 +479,15 @@ def check_writable(uri: str | os.PathLike, parameter: str, folder: bool) -> None
         raise FinetunerError(
             f"parameter {parameter}: cannot make the {what} {uri}: {existing} is a file."
         )
-    if not os.access(existing, os.W_OK | os.X_OK):
+    try:  # a probe, not os.access: root passes that on a read-only file system too
+        fd, probe = tempfile.mkstemp(prefix=".finetuner-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
         raise FinetunerError(
-            f"parameter {parameter}: cannot write the {what} {uri}: {existing} is not writable."
-        )
+            f"parameter {parameter}: cannot write the {what} {uri}: {existing} is not "
+            f"writable ({error.strerror})."
+        ) from None
 
 
 def create_exclusive(uri: str | os.PathLike, data: bytes) -> bool:

@@ -99,9 +99,14 @@ def output_format(output: str) -> str:
 
 
 def check_output(output: str, overwrite: bool = False) -> str:
+    storage.check_uri(output, "output")
     fmt = output_format(output)
-    if not overwrite and storage.exists(output):
+    found = storage.kind(output)
+    if found == "folder":
+        raise FinetunerError(f"parameter output: {output} is a folder; expected a file.")
+    if not overwrite and found == "file":
         raise FinetunerError(f"parameter output: {output} already exists; choose a new one.")
+    storage.check_writable(output, "output", folder=False)
     return fmt
 
 
@@ -203,8 +208,7 @@ def read_texts(uri: str, what: str, opts) -> Texts:
     from finetuner import formats
     from finetuner.dataset import BadRowError, BadRows
 
-    if not storage.exists(uri):
-        raise FinetunerError(f"parameter {what}: {uri} does not exist.")
+    storage.check_file(uri, what)
     unit = formats.row_unit(formats.detect_format(uri, opts.format))
     bad, seen, rows = BadRows(opts.max_bad_rows), {}, 0
     for row in formats.read_texts(uri, opts):
