@@ -28,6 +28,7 @@ def test_a_second_run_is_refused_and_names_the_first(base):
     with pytest.raises(FinetunerError, match=r"output_uri: .* being written by run run-a"):
         claim.claim_output(out, "run-b")
     claim.claim_output(out, "run-a")  # a retry of the same run resumes
+    claim.claim_output(out + "/", "run-a")  # the same folder, however it is written
     claim.check_held(out, "run-a")
     with pytest.raises(FinetunerError, match="run run-b no longer holds its claim"):
         claim.check_held(out, "run-b")

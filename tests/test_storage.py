@@ -87,6 +87,7 @@ def test_kind_and_check_file(tmp_path, s3):
     assert storage.check_file(f"s3://{s3}/data/a.csv", "train_data")
     with pytest.raises(FinetunerError, match=f"parameter train_data: s3://{s3}/data is a folder"):
         storage.check_file(f"s3://{s3}/data", "train_data")
+    assert storage.kind(f"s3://{s3}/data/") == "folder"
     with pytest.raises(FinetunerError, match="does not exist"):
         storage.check_file(f"s3://{s3}/dat", "train_data")
 

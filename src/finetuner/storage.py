@@ -437,7 +437,10 @@ def kind(uri: str | os.PathLike) -> str | None:
     if not is_s3(uri):
         path = _local(uri)
         return "file" if path.is_file() else "folder" if path.is_dir() else None
-    if exists(uri):
+    # A key ending in '/' names a folder (some servers answer HEAD on it for their own
+    # folder marker).
+    key = split_s3(uri)[1]
+    if key and not key.endswith("/") and exists(uri):
         return "file"
     return None if is_empty_prefix(uri) else "folder"
 
