@@ -472,6 +472,10 @@ def synthesize(
     started = time.perf_counter()
     output = output or default_output()
     fmt = check_output(output, overwrite)
+    for name, uri in (("relation_miner_weights", models.relation_miner_weights),
+                      ("cross_encoder_weights", models.cross_encoder_weights)):  # fmt: skip
+        if uri:
+            storage.check_uri(uri, name, need_key=False)
     num_relations = check_num_relations(num_relations)
     if max_length < 1 or batch_size < 1:
         raise FinetunerError("parameters max_length and batch_size: must be >= 1.")
