@@ -69,7 +69,7 @@ def test_concurrent_claims_let_exactly_one_run_through(base):
     winners = [r for r in results if r.startswith("run-")]
     assert len(winners) == 1 and claim.holder(out)["run_id"] == winners[0]
     losers = [r for r in results if not r.startswith("run-")]
-    assert all(f"being written by run {winners[0]}" in r for r in losers)
+    assert all(f"being written by run {winners[0]}" in r for r in losers), losers
 
 
 def test_the_output_checks(base):

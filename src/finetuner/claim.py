@@ -20,8 +20,10 @@ from finetuner.errors import FinetunerError
 
 # A hidden name: no export lists it, and it is gone once the export is whole.
 CLAIM_FILE = ".finetuner-claim.json"
-# What a run may leave under its output before its export is whole: a rerun resumes there.
-RUN_LEFTOVERS = (CLAIM_FILE, "checkpoints/", "synthesized/")
+# What a run may leave under its output before its export is whole, where a rerun resumes:
+# the claim (and, for a moment, its staged copy or a writability probe), checkpoints and
+# synthesized rows.
+RUN_LEFTOVERS = (".finetuner-", "checkpoints/", "synthesized/")
 FORCE_HINT = (
     "if that run is no longer running, check, then take the output over with --force-claim "
     "(fit(force_claim=True); pipeline parameter force_claim=true)"

@@ -483,6 +483,7 @@ def check_writable(uri: str | os.PathLike, parameter: str, folder: bool) -> None
             f"parameter {parameter}: cannot make the {what} {uri}: {existing} is a file."
         )
     try:  # a probe, not os.access: root passes that on a read-only file system too
+        # Named as the claim's files are, so that a concurrent check takes it for one of ours.
         fd, probe = tempfile.mkstemp(prefix=".finetuner-probe-", dir=existing)
         os.close(fd)
         os.unlink(probe)
@@ -503,7 +504,7 @@ def create_exclusive(uri: str | os.PathLike, data: bytes) -> bool:
         path = _local(uri)
         with _local_errors("writing", uri):
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, staged = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            fd, staged = tempfile.mkstemp(prefix=f".{path.name.lstrip('.')}.", dir=path.parent)
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
