@@ -5,15 +5,16 @@ from finetuner.components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def export(model: Input[Model], metrics: dict, output_uri: str, run_id: str) -> dict:
+def export(model: Input[Model], metrics: dict, output_uri: str, run_id: str, claim: str) -> dict:
     """Publish safetensors, a sentence-transformers folder, checked ONNX, metrics and a model
-    card to output_uri ({run_id} in it: this run's id), with the manifest written last."""
+    card to output_uri ({run_id} in it: this run's id), with the manifest written last, while
+    the run still holds its claim on output_uri."""
     from finetuner.failures import reported
 
     with reported("export"):
         from finetuner import steps
         from finetuner.promote import run_output
 
-        uris = steps.export(model.path, metrics, run_output(output_uri, run_id))
+        uris = steps.export(model.path, metrics, run_output(output_uri, run_id), claim)
         # KFP cannot pass a None inside a dict to the next step (no ONNX file for PointNet++).
         return {name: uri for name, uri in uris.items() if uri is not None}

@@ -11,16 +11,21 @@ def promote(
     enabled: bool,
     promotion_metric: str,
     min_delta: float,
+    claim: str,
+    force_claim: bool,
     promotion: Output[Metrics],
 ) -> dict:
     """Promote the export to latest/ beside it when the monitored metric improves by at least
-    min_delta; the decision and its reason go to the run's metrics."""
+    min_delta, claiming latest/ while it copies; the decision and its reason go to the run's
+    metrics."""
     from finetuner.failures import reported
 
     with reported("promote"):
         from finetuner import steps
 
-        result = steps.promote(export["manifest"], metrics, enabled, promotion_metric, min_delta)
+        result = steps.promote(
+            export["manifest"], metrics, enabled, promotion_metric, min_delta, claim, force_claim
+        )
         promotion.log_metric("promoted", int(result["promoted"]))
         for key in ("new", "current"):
             if result[key] is not None:

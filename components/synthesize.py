@@ -19,17 +19,19 @@ def synthesize_pairs(
     seed: int,
     output_uri: str,
     run_id: str,
+    claim: str,
     synthesis_report: Output[Markdown],
 ) -> str:
     """Mine candidates for each query with the relation miner, score them with the
     cross-encoder, and publish (query, positive, negative, margin) rows under output_uri;
-    their URI. `{run_id}` in output_uri is this run's id."""
+    their URI. `{run_id}` in output_uri is this run's id, which must hold its claim on it."""
     from finetuner.failures import reported
 
     with reported("synthesize-pairs"):
         from finetuner import steps
         from finetuner.promote import run_output
 
+        steps.check_claim(output_uri, run_id, claim)
         return steps.synthesize(
             query_data,
             corpus_data,

@@ -40,18 +40,21 @@ def train(
     early_stopping_options: dict,
     num_gpus: int,
     run_id: str,
+    claim: str,
     model: Output[Model],
     train_metrics: Output[Metrics],
 ):
     """Fine-tune the backbone on the training data (CUDA with bf16 when a GPU is present),
     evaluating after each epoch, with checkpoints under output_uri that a restarted step
-    resumes from; data-parallel over num_gpus GPUs through torchrun."""
+    resumes from; data-parallel over num_gpus GPUs through torchrun. Checkpoints are written
+    only while the run holds its claim on output_uri."""
     from finetuner.failures import reported
 
     with reported("train"):
         from finetuner import steps
         from finetuner.promote import run_output
 
+        steps.check_claim(output_uri, run_id, claim)
         result = steps.train(
             model_spec,
             train_dataset.path,

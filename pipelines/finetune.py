@@ -1,10 +1,11 @@
-"""The `finetune` pipeline: catalogue-lookup -> preprocess -> train -> evaluate -> export
--> promote."""
+"""The `finetune` pipeline: catalogue-lookup -> claim-output -> preprocess -> train -> evaluate
+-> export -> promote."""
 
 from kfp import dsl
 
 from finetuner.cluster import gpu_step, s3_step
 from finetuner.components.catalogue_lookup import catalogue_lookup
+from finetuner.components.claim import claim_output
 from finetuner.components.evaluate import evaluate
 from finetuner.components.export import export
 from finetuner.components.preprocess import preprocess
@@ -60,6 +61,8 @@ def finetune(
     early_stopping_options: dict = D["early_stopping_options"],
     eval_k: int = D["eval_k"],
     seed: int = D["seed"],
+    force_claim: bool = D["force_claim"],
+    claim_id: str = D["claim_id"],
     promote: bool = C["promote"],
     promotion_metric: str = C["promotion_metric"],
     promotion_min_delta: float = C["promotion_min_delta"],
@@ -134,6 +137,10 @@ def finetune(
         model_artifact: A previous run's export (its output_uri) to continue training from,
             with the same model and model options; empty: start from the pretrained weights.
         eval_k: The cut-off k of the retrieval metrics (ndcg@k, mrr@k, ...).
+        force_claim: Take output_uri over from the run that claimed it (see claim_id), once
+            you have checked that that run is no longer running.
+        claim_id: The id under which the run claims output_uri, so that no other run writes
+            there; empty: the KFP run's id (`finetuner run` sets its own).
         seed: Seed of the split, shuffling and initialisation.
         promote: Promotion gate: copy the export to latest/ beside it (the folder above
             output_uri) when promotion_metric beats the model promoted there.
@@ -163,6 +170,14 @@ def finetune(
         weights=weights,
         model_artifact=model_artifact,
     )
+    # Before any data is read, and never cached: a second run with this output stops here.
+    claimed = claim_output(
+        output_uri=output_uri,
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        claim_id=claim_id,
+        force_claim=force_claim,
+    ).after(lookup)
+    claimed.set_caching_options(False)
     data = preprocess(
         model_spec=lookup.output,
         train_data=train_data,
@@ -170,7 +185,7 @@ def finetune(
         val_split=val_split,
         seed=seed,
         data_options=data_options,
-    )
+    ).after(claimed)
     trained = train(
         model_spec=lookup.output,
         train_dataset=data.outputs["train_dataset"],
@@ -206,6 +221,7 @@ def finetune(
         early_stopping_options=early_stopping_options,
         num_gpus=gpu_count,
         run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        claim=claimed.output,
     )
     trained.set_caching_options(False)
     gpu_step(trained, gpu_type, gpu_count, node_selector, tolerations, train_cpu, train_memory)
@@ -220,6 +236,7 @@ def finetune(
         metrics=evaluated.outputs["Output"],
         output_uri=output_uri,
         run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        claim=claimed.output,
     )
     exported.set_caching_options(False)
     gate = promote_step(
@@ -228,9 +245,11 @@ def finetune(
         enabled=promote,
         promotion_metric=promotion_metric,
         min_delta=promotion_min_delta,
+        claim=claimed.output,
+        force_claim=force_claim,
     )
     gate.set_caching_options(False)
     # Every step that may read or write s3:// URIs; evaluate reads only KFP artifacts,
     # but model weights may come from an S3 mirror.
-    for task in (lookup, data, trained, evaluated, exported, gate):
+    for task in (lookup, claimed, data, trained, evaluated, exported, gate):
         s3_step(task, s3_secret_name)

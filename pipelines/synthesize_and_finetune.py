@@ -1,4 +1,4 @@
-"""The `synthesize_and_finetune` pipeline: catalogue-lookup -> synthesize-pairs ->
+"""The `synthesize_and_finetune` pipeline: catalogue-lookup -> claim-output -> synthesize-pairs ->
 preprocess -> train (MarginMSELoss) -> evaluate -> export, for queries and a corpus
 without labels."""
 
@@ -6,6 +6,7 @@ from kfp import dsl
 
 from finetuner.cluster import gpu_step, s3_step
 from finetuner.components.catalogue_lookup import catalogue_lookup
+from finetuner.components.claim import claim_output
 from finetuner.components.evaluate import evaluate
 from finetuner.components.export import export
 from finetuner.components.preprocess import preprocess
@@ -45,6 +46,8 @@ def synthesize_and_finetune(
     checkpoint_every: int = D["checkpoint_every"],
     eval_k: int = D["eval_k"],
     seed: int = D["seed"],
+    force_claim: bool = D["force_claim"],
+    claim_id: str = D["claim_id"],
     s3_secret_name: str = C["s3_secret_name"],
     gpu_type: str = C["gpu_type"],
     gpu_count: int = C["gpu_count"],
@@ -83,6 +86,10 @@ def synthesize_and_finetune(
             mirror's layout; empty for the mirror, a package or upstream.
         checkpoint_every: Steps between training checkpoints under output_uri/checkpoints/.
         eval_k: The cut-off k of the retrieval metrics.
+        force_claim: Take output_uri over from the run that claimed it (see claim_id), once
+            you have checked that that run is no longer running.
+        claim_id: The id under which the run claims output_uri, so that no other run writes
+            there; empty: the KFP run's id (`finetuner run` sets its own).
         seed: Seed of the synthesis, split, shuffling and initialisation.
         s3_secret_name: The Kubernetes Secret with the S3 credentials (AWS_ACCESS_KEY_ID,
             AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_DEFAULT_REGION) of every step.
@@ -104,6 +111,14 @@ def synthesize_and_finetune(
         weights=weights,
         model_artifact="",
     )
+    # Before any data is read, and never cached: a second run with this output stops here.
+    claimed = claim_output(
+        output_uri=output_uri,
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        claim_id=claim_id,
+        force_claim=force_claim,
+    ).after(lookup)
+    claimed.set_caching_options(False)
     synthesized = synthesize_pairs(
         query_data=query_data,
         corpus_data=corpus_data,
@@ -117,7 +132,8 @@ def synthesize_and_finetune(
         seed=seed,
         output_uri=output_uri,
         run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-    ).after(lookup)  # an unknown model fails before any synthesis work
+        claim=claimed.output,
+    )
     synthesized.set_caching_options(False)
     data = preprocess(
         model_spec=lookup.output,
@@ -143,6 +159,7 @@ def synthesize_and_finetune(
         eval_k=eval_k,
         num_gpus=gpu_count,
         run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        claim=claimed.output,
         # The other choices of the train step keep finetune's defaults here.
         **{name: D[name] for name in CHOICES if name != "eval_k"},
     )
@@ -159,7 +176,8 @@ def synthesize_and_finetune(
         metrics=evaluated.outputs["Output"],
         output_uri=output_uri,
         run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        claim=claimed.output,
     )
     exported.set_caching_options(False)
-    for task in (lookup, synthesized, data, trained, evaluated, exported):
+    for task in (lookup, claimed, synthesized, data, trained, evaluated, exported):
         s3_step(task, s3_secret_name)

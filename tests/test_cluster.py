@@ -15,7 +15,9 @@ from finetuner.compile import compile_pipelines
 from finetuner.components import GPU_IMAGE, IMAGE
 
 COMPILED = Path(__file__).resolve().parent.parent / "pipelines" / "finetune.yaml"
-S3_STEPS = {"catalogue-lookup", "preprocess", "train", "evaluate", "export", "promote"}
+S3_STEPS = {
+    "catalogue-lookup", "claim-output", "preprocess", "train", "evaluate", "export", "promote"
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +172,7 @@ def test_ui_descriptions_outputs_and_caching(compiled):
     tasks = spec.root.dag.tasks
     assert tasks["catalogue-lookup"].caching_options.enable_cache
     assert tasks["preprocess"].caching_options.enable_cache
-    for step in ("train", "export", "promote"):
+    for step in ("claim-output", "train", "export", "promote"):
         assert not tasks[step].caching_options.enable_cache, step
 
 

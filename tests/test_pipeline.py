@@ -47,9 +47,17 @@ def test_compiled_yaml_parses_strictly_with_dropdowns_and_descriptions():
         assert parameters[name].description, name
     tasks = spec.root.dag.tasks
     assert set(tasks) == {
-        "catalogue-lookup", "preprocess", "train", "evaluate", "export", "promote"
+        "catalogue-lookup", "claim-output", "preprocess", "train", "evaluate", "export",
+        "promote",
     }  # fmt: skip
     assert not tasks["train"].caching_options.enable_cache
+    # The output is claimed, by a step that always runs, before the data is read; every step
+    # that writes under it gets the claim's id to check.
+    assert not tasks["claim-output"].caching_options.enable_cache
+    assert "claim-output" in tasks["preprocess"].dependent_tasks
+    for step in ("train", "export", "promote"):
+        claim = tasks[step].inputs.parameters["claim"].task_output_parameter
+        assert claim.producer_task == "claim-output", step
 
 
 def test_local_pipeline_run_end_to_end_on_s3(s3, s3_server, pairs_csv, tmp_path):

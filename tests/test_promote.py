@@ -118,10 +118,10 @@ def test_decide_and_bad_min_delta(tmp_path):
 
 
 def test_run_folders_and_latest_location():
-    assert run_output("s3://b/models/{run_id}", "abc") == "s3://b/models/abc"
-    assert run_output("s3://b/models/x", "abc") == "s3://b/models/x"
+    assert run_output("s3://bkt/models/{run_id}", "abc") == "s3://bkt/models/abc"
+    assert run_output("s3://bkt/models/x", "abc") == "s3://bkt/models/x"
     with pytest.raises(FinetunerError, match="no id"):
-        run_output("s3://b/{run_id}", "")
-    assert latest_uri("s3://b/models/minilm/abc/") == "s3://b/models/minilm/latest"
+        run_output("s3://bkt/{run_id}", "")
+    assert latest_uri("s3://bkt/models/minilm/abc/") == "s3://bkt/models/minilm/latest"
     with pytest.raises(FinetunerError, match="parent folder"):
-        latest_uri("s3://b/")
+        latest_uri("s3://bkt/")

@@ -1,6 +1,7 @@
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -21,9 +22,110 @@ def test_join_and_split():
     assert storage.split_s3("s3://bkt/a/b.txt") == ("bkt", "a/b.txt")
     assert storage.split_s3("s3://bkt") == ("bkt", "")
     assert storage.is_s3("s3://bkt/k") and not storage.is_s3("/tmp/s3://x")
-    for bad in ("s3://", "s3:///key", "/local/path", "s3://my bucket/k"):
-        with pytest.raises(FinetunerError, match="S3 URI"):
+    with pytest.raises(FinetunerError, match="not an S3 URI"):
+        storage.split_s3("/local/path")
+    for bad in ("s3://", "s3:///key", "s3://my bucket/k"):
+        with pytest.raises(FinetunerError, match="expected s3://bucket/key"):
             storage.split_s3(bad)
+
+
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        ("s3://", "names no bucket"),
+        ("s3:///data.csv", "names no bucket"),
+        ("s3://ab/x", "'ab' is not a valid bucket name"),
+        ("s3://My_Bucket/x", "'My_Bucket' is not a valid bucket name"),
+        ("s3://bucket-/x", "'bucket-' is not a valid bucket name"),
+        ("s3://a..b/x", "'a..b' is not a valid bucket name"),
+        ("s3://192.168.1.1/x", "'192.168.1.1' is not a valid bucket name"),
+        ("s3:/bucket/x", "is not a valid URI"),
+        ("S3://bucket/x", "is not a valid URI"),
+        ("s3:bucket/x", "is not a valid URI"),
+        ("s3:", "is not a valid URI"),
+        ("s3a://bucket/x", "is not a valid URI"),
+        ("gs://bucket/x", "is not a valid URI"),
+        ("file:/data/x", "is not a valid URI"),
+        ("s3://bucket", "names no key"),
+        ("s3://bucket/", "names no key"),
+        ("", "empty path"),
+    ],
+)
+def test_check_uri_names_the_parameter(uri, message):
+    with pytest.raises(FinetunerError, match=f"^parameter output_uri: .*{message}"):
+        storage.check_uri(uri, "output_uri")
+
+
+def test_check_uri_accepts_what_it_should(tmp_path):
+    for uri in ("s3://bucket/k", "s3://my.bucket-1/a/b.csv", "runs/x", "my:file.csv",
+                f"file://{tmp_path}/x", str(tmp_path / "s3:" / "x"), "/tmp/s3://x"):  # fmt: skip
+        assert storage.check_uri(uri, "output_uri") == uri
+    # A folder that is read, or a mirror, may be a whole bucket.
+    assert storage.check_uri("s3://bucket", "weights", need_key=False) == "s3://bucket"
+
+
+def test_no_storage_call_writes_a_near_miss_to_a_local_folder(tmp_path, monkeypatch):
+    # `s3://` without a bucket once became a local folder named `s3:`.
+    monkeypatch.chdir(tmp_path)
+    for uri in ("s3:/bucket/x.txt", "S3://bucket/x.txt", "s3:x.txt", "s3://"):
+        with pytest.raises(FinetunerError, match="expected s3://bucket/key"):
+            storage.write_text(storage.join(uri, "a.txt"), "x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_kind_and_check_file(tmp_path, s3):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.csv").write_text("q,d\n")
+    assert storage.kind(tmp_path / "data") == "folder"
+    assert storage.kind(tmp_path / "data" / "a.csv") == "file"
+    assert storage.kind(tmp_path / "nope") is None
+    with pytest.raises(FinetunerError, match=r"parameter train_data: .*data is a folder"):
+        storage.check_file(str(tmp_path / "data"), "train_data")
+    with pytest.raises(FinetunerError, match=r"parameter eval_data: .*nope does not exist"):
+        storage.check_file(str(tmp_path / "nope"), "eval_data")
+    storage.write_text(f"s3://{s3}/data/a.csv", "q,d\n")
+    assert storage.check_file(f"s3://{s3}/data/a.csv", "train_data")
+    with pytest.raises(FinetunerError, match=f"parameter train_data: s3://{s3}/data is a folder"):
+        storage.check_file(f"s3://{s3}/data", "train_data")
+    assert storage.kind(f"s3://{s3}/data/") == "folder"
+    with pytest.raises(FinetunerError, match="does not exist"):
+        storage.check_file(f"s3://{s3}/dat", "train_data")
+
+
+def test_check_writable(tmp_path, s3, s3_server):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FinetunerError, match="file is a file; expected a folder"):
+        storage.check_writable(str(tmp_path / "file"), "output_uri", folder=True)
+    with pytest.raises(FinetunerError, match=r"cannot make the folder .*: .*file is a file"):
+        storage.check_writable(str(tmp_path / "file" / "sub"), "output_uri", folder=True)
+    with pytest.raises(FinetunerError, match="is a folder; expected a file"):
+        storage.check_writable(str(tmp_path), "summary_json", folder=False)
+    storage.check_writable(str(tmp_path / "new" / "deeper"), "output_uri", folder=True)
+    # Root writes through permissions, but not into /proc.
+    locked = tmp_path / "locked" if os.geteuid() != 0 else Path("/proc")
+    locked.mkdir(mode=0o500, exist_ok=True)
+    with pytest.raises(FinetunerError, match=f"{locked} is not writable"):
+        storage.check_writable(str(locked / "out"), "output_uri", folder=True)
+    storage.check_writable(f"s3://{s3}/out", "output_uri", folder=True)
+    with pytest.raises(FinetunerError, match="bucket 'no-such-bucket-x' does not exist"):
+        storage.check_writable("s3://no-such-bucket-x/out", "output_uri", folder=True)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_create_exclusive_lets_exactly_one_writer_win(where, tmp_path, s3):
+    base = str(tmp_path) if where == "local" else f"s3://{s3}"
+    uri = storage.join(base, "out", "claim.json")
+
+    def create(i: int) -> bool:
+        return storage.create_exclusive(uri, f"writer {i}".encode())
+
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(create, range(8)))
+    assert won.count(True) == 1
+    assert storage.read_text(uri) == f"writer {won.index(True)}"
+    assert not storage.create_exclusive(uri, b"late")
+    if where == "local":  # no staged file is left beside it
+        assert [p.name for p in (tmp_path / "out").iterdir()] == ["claim.json"]
 
 
 # ---------------------------------------------------------------- local paths

@@ -149,6 +149,10 @@ def test_schedule_sends_cron_and_concurrency(kfp_api, capsys, tmp_path):
         (["pooler=median"], "parameter pooler: 'median' is not one of its values: mean, cls"),
         (["epoch=5"], "unknown parameter 'epoch'; the pipeline's parameters: batch_size"),
         (["epochs"], "argument 'epochs': expected NAME=VALUE"),
+        (["eval_data=s3://"], "parameter eval_data: 's3://' names no bucket"),
+        (["model_artifact=S3://models/v1"], "parameter model_artifact: 'S3://models/v1' is not"),
+        (["--pipeline-root", "s3:/kfp/root"], "parameter pipeline_root: 's3:/kfp/root' is not"),
+        (["--pipeline-root", "kfp/root"], "expected s3://bucket/prefix"),
     ],
 )
 def test_bad_arguments_fail_before_any_request(kfp_api, capsys, extra, message):

@@ -202,6 +202,12 @@ def cli(texts, cross_encoder_dir, tmp_path, capsys):
         (lambda d: {"corpus": text_file(d / "c.jsonl", '{"text": "a"}\n{"text": " "}\n')},
          ("--num-relations", "2"), r"c.jsonl, line 2: empty text"),
         (lambda d: {"output": d / "out.txt"}, (), r"ending in .csv, .jsonl, .parquet \(s3://"),
+        (lambda d: {"queries": (d / "q.csv").mkdir() or d / "q.csv"}, (),
+         r"parameter query_data: .*q.csv is a folder; expected a file"),
+        (lambda d: {"output": "s3:/bucket/x.parquet"}, (),
+         r"parameter output: 's3:/bucket/x.parquet' is not a valid URI"),
+        (lambda d: {}, ("--summary-json", "/no-such-folder-here/s.json"),
+         r"parameter summary_json: the folder /no-such-folder-here does not exist"),
         (lambda d: {}, ("--relation-miner", "efficientnet-lite0"),
          r"efficientnet-lite0 \(image-to-image\) is not a text model; the relation miner "
          "embeds texts. Valid relation miners: bert-base-en, sbert-base-en, minilm-l6-en"),
@@ -216,6 +222,13 @@ def test_bad_input_fails_clearly_and_writes_nothing(cli, tmp_path, make, args, m
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     assert re.search(message, err), err
     assert not output.exists()
+
+
+def test_an_output_that_is_a_folder_is_refused_and_left_alone(cli, tmp_path):
+    (tmp_path / "o.csv").mkdir()
+    code, err, output = cli(output=tmp_path / "o.csv")
+    assert code == 2 and re.search(r"parameter output: .*o.csv is a folder; expected a file", err)
+    assert list(output.iterdir()) == []
 
 
 def test_texts_are_read_from_csv_jsonl_and_parquet_and_deduplicated(tmp_path):
@@ -345,9 +358,11 @@ def test_compiled_pipeline_parses_strictly_with_its_steps_and_dropdowns():
     spec = json_format.ParseDict(pipeline, pipeline_spec_pb2.PipelineSpec())
     tasks = spec.root.dag.tasks
     assert set(tasks) == {
-        "catalogue-lookup", "synthesize-pairs", "preprocess", "train", "evaluate", "export",
+        "catalogue-lookup", "claim-output", "synthesize-pairs", "preprocess", "train",
+        "evaluate", "export",
     }  # fmt: skip
-    assert "catalogue-lookup" in tasks["synthesize-pairs"].dependent_tasks
+    assert "catalogue-lookup" in tasks["claim-output"].dependent_tasks
+    assert "claim-output" in tasks["synthesize-pairs"].dependent_tasks
     source = tasks["preprocess"].inputs.parameters["train_data"].task_output_parameter
     assert source.producer_task == "synthesize-pairs"
     assert tasks["train"].inputs.parameters["loss"].runtime_value.constant.string_value == (

@@ -58,16 +58,6 @@ def print_metrics(metrics: dict, out) -> None:
     print_table("Evaluation on the held-out data", columns, rows, right=columns[1:], out=out)
 
 
-def check_summary_json(path: str | None) -> None:
-    """--summary-json is written after a run of minutes: its folder must be there now."""
-    if path:
-        folder = Path(path).absolute().parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise FinetunerError(
-                f"--summary-json: cannot write {path}: {folder} is not a writable folder."
-            )
-
-
 def add_image_flags(p) -> None:
     group = p.add_argument_group(
         "containers",
@@ -125,13 +115,15 @@ def run_command(args) -> None:
         "promote": args.promote,
         "promotion_metric": args.promotion_metric,
         "promotion_min_delta": args.promotion_min_delta,
+        "force_claim": args.force_claim,
     }
     check_summary_json(args.summary_json)
-    run = run_pipeline(params, pipeline_root=args.pipeline_root, images=step_images(args))
+    run = run_pipeline(
+        params, pipeline_root=check_local_root(args.pipeline_root), images=step_images(args)
+    )
     if args.summary_json:
         summary = {k: run.summary[k] for k in ("metrics", "artifacts")}
-        with open(args.summary_json, "w") as f:
-            json.dump(summary, f, indent=2)
+        write_summary(args.summary_json, summary)
     out = console()
     print_metrics(run.metrics(), out)
     for name, uri in run.summary["artifacts"].items():
@@ -154,8 +146,7 @@ def synthesize_command(args) -> None:
         data_options=data_options(args), seed=args.seed,
     )  # fmt: skip
     if args.summary_json:
-        with open(args.summary_json, "w") as f:
-            json.dump({"output": result.output, "counts": result.counts}, f, indent=2)
+        write_summary(args.summary_json, {"output": result.output, "counts": result.counts})
     c = result.counts
     print(
         f"wrote {c['rows']} rows (query,positive,negative,margin) for {c['queries']} queries "
@@ -172,20 +163,62 @@ def synthesize_and_finetune_command(args) -> None:
 
     params = {name: getattr(args, name) for name in PARAMETERS}
     params["output_uri"] = args.output
+    params["force_claim"] = args.force_claim
     check_summary_json(args.summary_json)
-    run = run_synthesis_pipeline(params, pipeline_root=args.pipeline_root, images=step_images(args))
+    run = run_synthesis_pipeline(
+        params, pipeline_root=check_local_root(args.pipeline_root), images=step_images(args)
+    )
     if args.summary_json:
-        with open(args.summary_json, "w") as f:
-            json.dump({k: run.summary[k] for k in ("metrics", "artifacts")}, f, indent=2)
+        write_summary(args.summary_json, {k: run.summary[k] for k in ("metrics", "artifacts")})
     out = console()
     print_metrics(run.metrics(), out)
     for name, uri in run.summary["artifacts"].items():
         out.print(Text(f"{name:>11}: {uri}"), no_wrap=True, crop=False)
 
 
+def check_summary_json(uri: str | None) -> None:
+    """--summary-json, checked before any work: a file, s3:// or a path in a folder that
+    exists and can be written (not a traceback once the export is published)."""
+    from finetuner import storage
+
+    if uri is None:
+        return
+    storage.check_uri(uri, "summary_json")
+    if not storage.is_s3(uri):
+        folder = storage.local_path(uri).parent
+        if not folder.is_dir():
+            problem = "is not a folder" if folder.exists() else "does not exist"
+            raise FinetunerError(f"parameter summary_json: the folder {folder} {problem}.")
+    storage.check_writable(uri, "summary_json", folder=False)
+
+
+def write_summary(uri: str, summary: dict) -> None:
+    from finetuner import storage
+
+    storage.write_text(uri, json.dumps(summary, indent=2))
+
+
+def check_local_root(root: str | None) -> str | None:
+    """--pipeline-root of a run on this machine: a local folder kfp.local can write."""
+    from finetuner import storage
+
+    if root is None:
+        return None
+    storage.check_uri(root, "pipeline_root")
+    if storage.is_s3(root):
+        raise FinetunerError(
+            f"parameter pipeline_root: {root}: a run on this machine keeps its step "
+            "artifacts in a local folder."
+        )
+    storage.check_writable(root, "pipeline_root", folder=True)
+    return str(storage.local_path(root))
+
+
 def mirror_models_command(args) -> None:
+    from finetuner import storage
     from finetuner.weights import mirror_model
 
+    storage.check_uri(args.to, "to", need_key=False)
     for name in args.models:
         print(f"{name}: {mirror_model(name, args.to)}", flush=True)
 
@@ -199,8 +232,15 @@ def compile_command(args) -> None:
 
 
 def _cluster_arguments(args) -> tuple:
-    from finetuner import submit
+    from finetuner import storage, submit
 
+    if args.pipeline_root is not None:
+        storage.check_uri(args.pipeline_root, "pipeline_root", need_key=False)
+        if not storage.is_s3(args.pipeline_root):
+            raise FinetunerError(
+                f"parameter pipeline_root: {args.pipeline_root}: the cluster's steps keep "
+                "their artifacts in object storage; expected s3://bucket/prefix."
+            )
     pipeline = args.pipeline or submit.default_pipeline()
     return pipeline, submit.parse_arguments(args.params, submit.pipeline_parameters(pipeline))
 
@@ -285,6 +325,11 @@ def s3_server_command(args) -> None:
     if code:
         raise SystemExit(code)
 
+
+FORCE_CLAIM_HELP = (
+    "take the output over from the run that claimed it (its error names it), once you have "
+    "checked that that run is no longer running"
+)
 
 # The train step's choices by name and their options: flag name -> (type, help).
 CHOICE_FLAGS = {
@@ -466,8 +511,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=CLUSTER_DEFAULTS["promotion_min_delta"],
         help="the least improvement that promotes",
     )
-    p.add_argument("--summary-json", help="write metrics and artifact URIs to this file")
+    p.add_argument(
+        "--summary-json", help="write metrics and artifact URIs to this file (s3:// or a path)"
+    )
     p.add_argument("--pipeline-root", help="keep the step artifacts here (default: temporary)")
+    p.add_argument("--force-claim", action="store_true", help=FORCE_CLAIM_HELP)
     add_image_flags(p)
     p.set_defaults(func=run_command)
 
@@ -566,8 +614,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"])
     p.add_argument("--eval-k", type=int, default=d["eval_k"], help="cut-off of the metrics")
     p.add_argument("--seed", type=int, default=d["seed"])
-    p.add_argument("--summary-json", help="write metrics and artifact URIs to this file")
+    p.add_argument(
+        "--summary-json", help="write metrics and artifact URIs to this file (s3:// or a path)"
+    )
     p.add_argument("--pipeline-root", help="keep the step artifacts here (default: temporary)")
+    p.add_argument("--force-claim", action="store_true", help=FORCE_CLAIM_HELP)
     add_image_flags(p)
     p.set_defaults(func=synthesize_and_finetune_command)
 

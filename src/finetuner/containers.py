@@ -145,10 +145,14 @@ def check_images(*images: str) -> None:
         client.close()
 
 
-def check_uris(params: dict, names: tuple[str, ...]) -> None:
+def check_uris(params: dict, names: tuple[str, ...], required: tuple[str, ...] = ()) -> None:
     """The steps' containers see S3 and nothing of this machine's files."""
     for name in names:
         value = params.get(name)
+        if name in required and not value:
+            raise FinetunerError(
+                f"parameter {name}: required (an s3:// URI) when the steps run in their images."
+            )
         if value and not str(value).startswith("s3://"):
             raise FinetunerError(
                 f"parameter {name}: {value!r} is a local path, which the steps' containers "

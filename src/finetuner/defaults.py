@@ -41,6 +41,10 @@ PIPELINE_DEFAULTS = {
     "early_stopping_options": {},
     "eval_k": 10,
     "seed": 42,
+    # finetuner.claim: take over the output from a crashed run; the id a run claims it under
+    # (empty: the KFP run's id; `finetuner run` sets its own).
+    "force_claim": False,
+    "claim_id": "",
 }
 
 # Parameters of the pipeline on a cluster: the promotion gate and the Kubernetes settings

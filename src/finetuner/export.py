@@ -177,8 +177,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def export(model, metrics: dict, output_uri: str) -> dict:
-    """Write everything to a local staging folder, check it, then publish to output_uri."""
+def export(model, metrics: dict, output_uri: str, run_id: str | None = None) -> dict:
+    """Write everything to a local staging folder, check it, then publish to output_uri.
+
+    With `run_id`, that run must hold the claim on output_uri (finetuner.claim) until the
+    manifest is written; the finished export then needs the claim no more."""
+    from finetuner import claim
+
     check_output_free(output_uri)
     with stage_dir("export") as stage:
         if model.spec.family == "text":
@@ -211,9 +216,15 @@ def export(model, metrics: dict, output_uri: str) -> dict:
                 for p in files
             ],
         }
+        if run_id is not None:
+            claim.check_held(output_uri, run_id)
         storage.upload_dir(stage, output_uri)
+        if run_id is not None:
+            claim.check_held(output_uri, run_id)
         # Last: its presence is what marks the export as whole.
         storage.write_text(storage.join(output_uri, MANIFEST), json.dumps(manifest, indent=2))
+    if run_id is not None:
+        claim.release(output_uri, run_id)
     return artifact_uris(output_uri, manifest)
 
 

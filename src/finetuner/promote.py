@@ -8,8 +8,10 @@ by at least `min_delta`, so a retrain on worse data never replaces a better mode
 from __future__ import annotations
 
 import json
+import uuid
 
-from finetuner import storage
+from finetuner import claim, storage
+from finetuner.claim import CLAIM_FILE
 from finetuner.errors import FinetunerError
 from finetuner.export import MANIFEST
 from finetuner.staging import stage_dir
@@ -27,7 +29,7 @@ def run_output(output_uri: str, run_id: str) -> str:
 
 
 def latest_uri(export_uri: str) -> str:
-    """`latest/` beside a run's export: s3://b/models/minilm/<run>/ -> s3://b/models/minilm/latest/."""
+    """`latest/` beside a run's export: s3://bkt/models/minilm/<run>/ -> s3://bkt/models/minilm/latest/."""
     if storage.is_s3(export_uri) and not storage.split_s3(export_uri)[1].strip("/"):
         raise FinetunerError(
             f"output_uri {export_uri!r}: promotion needs a parent folder for latest/, e.g. "
@@ -94,7 +96,7 @@ def publish(export_uri: str, latest: str) -> None:
             storage.download_file(storage.join(export_uri, path), stage / path)
         # Files of the previous model that the new one lacks would mix two models.
         for uri in [] if storage.is_empty_prefix(latest) else storage.list_files(latest):
-            if _relative(uri, latest) not in listed:
+            if _relative(uri, latest) not in listed | {CLAIM_FILE}:
                 storage.delete(uri)
         storage.upload_dir(stage, latest)
     storage.write_text(storage.join(latest, MANIFEST), manifest)
@@ -105,9 +107,18 @@ def _relative(uri: str, folder: str) -> str:
 
 
 def promote(
-    export_uri: str, metrics: dict, enabled: bool, metric: str = "auto", min_delta: float = 0.0
+    export_uri: str,
+    metrics: dict,
+    enabled: bool,
+    metric: str = "auto",
+    min_delta: float = 0.0,
+    run_id: str = "",
+    force_claim: bool = False,
 ) -> dict:
-    """Run the gate for a finished export; the decision, with its reason."""
+    """Run the gate for a finished export; the decision, with its reason.
+
+    The run claims latest/ (finetuner.claim) while it compares and copies, so that two runs
+    never promote into it at once; `force_claim` takes over a crashed run's claim."""
     if min_delta < 0:
         raise FinetunerError(f"parameter promotion_min_delta: must be >= 0, got {min_delta}.")
     if not enabled:  # nothing to check: a metric name that fits no data cannot fail a run
@@ -115,6 +126,15 @@ def promote(
     name = monitored_metric(metric, metrics)
     new = float(metrics["after"][name])
     latest = latest_uri(export_uri)
+    run_id = run_id or f"promote-{uuid.uuid4().hex[:12]}"
+    claim.take(latest, run_id, force_claim, parameter="promote")
+    try:
+        return _gate(export_uri, metrics, name, new, latest, min_delta)
+    finally:
+        claim.release(latest, run_id)
+
+
+def _gate(export_uri: str, metrics: dict, name: str, new: float, latest: str, min_delta: float):
     current = current_metrics(latest)
     old = None
     if current is not None:

@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,7 +45,6 @@ def preflight(params: dict) -> dict:
     from finetuner import formats
     from finetuner.catalogue import ModelSpec
     from finetuner.data import check_val_split
-    from finetuner.export import check_output_free
     from finetuner.promote import check_metric_name, run_output
     from finetuner.steps import CHOICES, catalogue_lookup, train_choices
     from finetuner.train import TrainConfig
@@ -53,6 +53,7 @@ def preflight(params: dict) -> dict:
     if unknown:
         raise FinetunerError(f"unknown parameter(s): {', '.join(sorted(unknown))}.")
     params = {**DEFAULTS, **CLUSTER_DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
+    check_locations(params)
     spec = catalogue_lookup(
         params["model"],
         params["pooler"],
@@ -82,23 +83,78 @@ def preflight(params: dict) -> dict:
     check_processes(params["gpu_count"])
     if params["eval_k"] < 1:
         raise FinetunerError(f"parameter eval_k: must be >= 1, got {params['eval_k']}.")
-    for name in ("train_data", "eval_data"):
-        uri = params.get(name)
-        if name == "train_data" and not uri:
-            raise FinetunerError("parameter train_data: required (a CSV path or s3:// URI).")
-        if uri:
-            formats.check_source(uri, name)  # exists, and is a file that can be read
-            held_out = name == "train_data" and not params["eval_data"]
-            split = params["val_split"] if held_out else None
-            role = "train" if name == "train_data" else "eval"
-            kind = check_data(uri, ModelSpec(**spec), opts, config, split, role)
-            # What the callbacks watch must be reported each epoch.
-            config.monitors(kind if config.evaluate_every_epoch else None)
     params["output_uri"] = params.get("output_uri") or default_output(params["model"])
     # Resolved here, so that this process knows where the export lands.
     params["output_uri"] = run_output(params["output_uri"], time.strftime("%Y%m%d-%H%M%S"))
-    check_output_free(params["output_uri"])
+    # The output is claimed before any data is read: a second run with it fails here.
+    owned = claim_output(params)
+    try:
+        for name in ("train_data", "eval_data"):
+            uri = params.get(name)
+            if uri:
+                formats.check_source(uri, name)  # a file that can be read
+                held_out = name == "train_data" and not params["eval_data"]
+                split = params["val_split"] if held_out else None
+                role = "train" if name == "train_data" else "eval"
+                kind = check_data(uri, ModelSpec(**spec), opts, config, split, role)
+                # What the callbacks watch must be reported each epoch.
+                config.monitors(kind if config.evaluate_every_epoch else None)
+    except BaseException:
+        release(params, owned)
+        raise
     return params
+
+
+def check_locations(params: dict) -> None:
+    """Every URI parameter parses (finetuner.storage), and the data are files."""
+    if not params.get("train_data"):
+        raise FinetunerError("parameter train_data: required (a CSV path or s3:// URI).")
+    for name in ("train_data", "eval_data"):
+        if params.get(name):
+            storage.check_file(params[name], name)
+    for name in ("weights", "model_artifact"):
+        if params.get(name):
+            storage.check_uri(params[name], name, need_key=False)
+    if params.get("output_uri"):
+        storage.check_uri(params["output_uri"], "output_uri")
+
+
+def local_run_id() -> str:
+    """The id under which a run on this machine claims its output."""
+    return f"local-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+
+
+def claim_output(params: dict) -> bool:
+    """Check and claim params["output_uri"] for this run (finetuner.claim), setting
+    params["claim_id"]; whether this made the output's local folder."""
+    from finetuner import claim
+
+    output = params["output_uri"]
+    made = not storage.is_s3(output) and not storage.local_path(output).exists()
+    params["claim_id"] = params.get("claim_id") or local_run_id()
+    try:
+        claim.claim_output(output, params["claim_id"], params["force_claim"])
+    except BaseException:
+        _remove_empty(output, made)
+        raise
+    return made
+
+
+def release(params: dict, made: bool) -> None:
+    """After a failed run: drop its claim, and the output folder if it made it and left it
+    empty."""
+    from finetuner import claim
+
+    claim.release(params["output_uri"], params["claim_id"])
+    _remove_empty(params["output_uri"], made)
+
+
+def _remove_empty(output: str, made: bool) -> None:
+    if made:
+        try:
+            storage.local_path(output).rmdir()
+        except OSError:  # not empty (checkpoints to resume from), or gone
+            pass
 
 
 def check_choices(config) -> None:
@@ -256,16 +312,24 @@ def run_pipeline(
 ) -> Run:
     """Run the finetune pipeline through kfp.local: in this environment, or with `images`
     (CPU image, GPU image) each step in its image (see run_locally)."""
-    params = preflight(params)
-    if images:
+    if images:  # before the output is claimed
         from finetuner.containers import check_uris
 
-        check_uris(params, ("train_data", "eval_data", "weights", "model_artifact", "output_uri"))
+        check_uris(
+            params,
+            ("train_data", "eval_data", "weights", "model_artifact", "output_uri"),
+            required=("output_uri",),
+        )
+    params = preflight(params)
     from finetuner.export import artifact_uris
     from finetuner.pipelines.finetune import finetune
 
     output = params["output_uri"]
-    manifest = run_locally(finetune, params, pipeline_root, images)
+    try:
+        manifest = run_locally(finetune, params, pipeline_root, images)
+    except BaseException:
+        release(params, made=False)  # checkpoints stay for a rerun to resume from
+        raise
     summary = {
         "metrics": {k: manifest["metrics"][k] for k in ("before", "after")},
         "artifacts": artifact_uris(output, manifest),
@@ -296,7 +360,8 @@ def fit(
     parameters (eval_data, val_split, loss, epochs, batch_size, learning_rate, pooler, ...;
     see `finetuner run --help`). `callbacks` are those of finetuner.callback
     (EvaluationCallback, BestModelCheckpoint, EarlyStopping, TrainingCheckpoint,
-    WiSEFTCallback); an option given too must agree with them."""
+    WiSEFTCallback); an option given too must agree with them. `force_claim=True` takes
+    `output` over from a run that claimed it and is no longer running."""
     from finetuner.callback import callback_params
 
     from_callbacks = callback_params(callbacks or [])

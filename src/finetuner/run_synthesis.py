@@ -10,7 +10,7 @@ import time
 
 from finetuner import storage
 from finetuner.errors import FinetunerError
-from finetuner.run import Run, run_locally
+from finetuner.run import Run, claim_output, release, run_locally
 
 # The pipeline's parameters other than output_uri, as `finetuner synthesize-and-finetune`
 # flags.
@@ -28,7 +28,6 @@ def preflight(params: dict) -> dict:
 
     from finetuner import formats
     from finetuner.data import check_val_split
-    from finetuner.export import check_output_free
     from finetuner.pipelines.synthesize_and_finetune import synthesize_and_finetune
     from finetuner.promote import run_output
     from finetuner.steps import catalogue_lookup
@@ -53,6 +52,12 @@ def preflight(params: dict) -> dict:
     for name in ("query_data", "corpus_data", "output_uri"):
         if not params.get(name):
             raise FinetunerError(f"parameter {name}: required.")
+    for name in ("query_data", "corpus_data"):
+        storage.check_file(params[name], name)
+    storage.check_uri(params["output_uri"], "output_uri")
+    for name in ("weights", "relation_miner_weights", "cross_encoder_weights"):
+        if params.get(name):
+            storage.check_uri(params[name], name, need_key=False)
     catalogue_lookup(
         params["model"], params["pooler"], 3.0, 1e-6, params["max_length"], "MarginMSELoss",
         params["model_options"], params["weights"],
@@ -66,16 +71,21 @@ def preflight(params: dict) -> dict:
     num_relations = check_num_relations(params["num_relations"])
     check_val_split(params["val_split"], has_eval_data=False)
     opts = formats.options(params["data_options"])
-    read_texts(params["query_data"], "query_data", opts)
-    corpus = read_texts(params["corpus_data"], "corpus_data", opts)
-    if num_relations > len(corpus.texts):
-        raise FinetunerError(
-            f"parameter num_relations: {num_relations} is more than the "
-            f"{len(corpus.texts)} distinct documents of {params['corpus_data']}."
-        )
     # {run_id} in output_uri is the time of a local run, resolved here to know the export.
     params["output_uri"] = run_output(params["output_uri"], time.strftime("%Y%m%d-%H%M%S"))
-    check_output_free(params["output_uri"])
+    # The output is claimed before any data is read: a second run with it fails here.
+    made = claim_output(params)
+    try:
+        read_texts(params["query_data"], "query_data", opts)
+        corpus = read_texts(params["corpus_data"], "corpus_data", opts)
+        if num_relations > len(corpus.texts):
+            raise FinetunerError(
+                f"parameter num_relations: {num_relations} is more than the "
+                f"{len(corpus.texts)} distinct documents of {params['corpus_data']}."
+            )
+    except BaseException:
+        release(params, made)
+        raise
     return params
 
 
@@ -84,18 +94,22 @@ def run_synthesis_pipeline(
 ) -> Run:
     """Run synthesize_and_finetune through kfp.local: in this environment, or with `images`
     (CPU image, GPU image) each step in its image (finetuner.run.run_locally)."""
-    params = preflight(params)
-    if images:
+    if images:  # before the output is claimed
         from finetuner.containers import check_uris
 
-        check_uris(params, ("query_data", "corpus_data", "output_uri"))
+        check_uris(params, ("query_data", "corpus_data", "output_uri"), required=("output_uri",))
         check_uris(params, tuple(name for name in params if name.endswith("weights")))
+    params = preflight(params)
     from finetuner.export import artifact_uris
     from finetuner.pipelines.synthesize_and_finetune import synthesize_and_finetune
     from finetuner.steps import SYNTHESIZED
 
     output = params["output_uri"]
-    manifest = run_locally(synthesize_and_finetune, params, pipeline_root, images)
+    try:
+        manifest = run_locally(synthesize_and_finetune, params, pipeline_root, images)
+    except BaseException:
+        release(params, made=False)  # what the run wrote stays for a rerun
+        raise
     summary = {
         "metrics": {k: manifest["metrics"][k] for k in ("before", "after")},
         "artifacts": {

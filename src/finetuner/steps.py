@@ -26,9 +26,13 @@ def catalogue_lookup(
     """Validate every choice before any data is read or GPU used; the ModelSpec as a dict.
 
     With `model_artifact` (a previous run's export), training continues from its model."""
+    from finetuner import storage
     from finetuner.errors import FinetunerError
     from finetuner.weights import continue_from
 
+    for name, uri in (("weights", weights), ("model_artifact", model_artifact)):
+        if uri:
+            storage.check_uri(uri, name, need_key=False)
     if weights and model_artifact:
         raise FinetunerError(
             "parameters weights and model_artifact: give one; a run starts from pretrained "
@@ -42,6 +46,23 @@ def catalogue_lookup(
         spec = continue_from(spec, model_artifact)
     loss_for(spec.family, loss)
     return spec.model_dump()
+
+
+def claim_output(output_uri: str, run_id: str, claim_id: str, force: bool) -> str:
+    """Check output_uri and claim it (finetuner.claim) under claim_id, or else the run's id;
+    the id it is held under. `{run_id}` in output_uri is the run's id."""
+    from finetuner import claim
+    from finetuner.promote import run_output
+
+    return claim.claim_output(run_output(output_uri, run_id), claim_id or run_id, force)
+
+
+def check_claim(output_uri: str, run_id: str, claim_id: str) -> None:
+    """Fail unless the output is still claimed under claim_id: a step writes there only then."""
+    from finetuner import claim
+    from finetuner.promote import run_output
+
+    claim.check_held(run_output(output_uri, run_id), claim_id)
 
 
 def synthesize(
@@ -96,8 +117,11 @@ def preprocess(
     max_bad_rows), split; write Parquet datasets and a Markdown data report.
 
     Items that are not text (images, meshes, vectors) are checked and resolved here."""
-    from finetuner import dataset, formats
+    from finetuner import dataset, formats, storage
 
+    for name, uri in (("train_data", train_data), ("eval_data", eval_data)):
+        if uri:
+            storage.check_file(uri, name)
     result = dataset.preprocess(
         ModelSpec(**model_spec),
         train_data,
@@ -262,20 +286,32 @@ def _evaluation_kind(metrics: dict) -> str:
     return f"{metrics['rows']} {metrics['kind']} rows, exact cosine top-{metrics['k']}."
 
 
-def export(model_dir: str, metrics: dict, output_uri: str) -> dict:
-    """Publish the fine-tuned model and its metrics to output_uri; the URIs written."""
+def export(model_dir: str, metrics: dict, output_uri: str, claim: str | None = None) -> dict:
+    """Publish the fine-tuned model and its metrics to output_uri; the URIs written. With
+    `claim`, the id the output is claimed under, the claim must still hold."""
     from finetuner import models
     from finetuner.export import export as run_export
 
-    return run_export(models.load(model_dir), metrics, output_uri)
+    return run_export(models.load(model_dir), metrics, output_uri, run_id=claim)
 
 
-def promote(manifest_uri: str, metrics: dict, enabled: bool, metric: str, min_delta: float) -> dict:
-    """The promotion gate after export (finetuner.promote); prints its decision."""
+def promote(
+    manifest_uri: str,
+    metrics: dict,
+    enabled: bool,
+    metric: str,
+    min_delta: float,
+    claim: str = "",
+    force_claim: bool = False,
+) -> dict:
+    """The promotion gate after export (finetuner.promote), which claims latest/ under
+    `claim` while it copies; prints its decision."""
     from finetuner import promote as gate
     from finetuner import storage
 
-    result = gate.promote(storage.parent(manifest_uri), metrics, enabled, metric, min_delta)
+    result = gate.promote(
+        storage.parent(manifest_uri), metrics, enabled, metric, min_delta, claim, force_claim
+    )
     verb = "promoted to " + result["latest"] if result["promoted"] else "not promoted"
     subject = f"{result['metric']} " if result["metric"] else ""
     print(f"{verb}: {subject}{result['reason']}", flush=True)

@@ -12,7 +12,9 @@ import fnmatch
 import hashlib
 import io
 import os
+import re
 import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -54,13 +56,61 @@ def is_s3(uri: str | os.PathLike) -> bool:
     return str(uri).startswith("s3://")
 
 
+# S3's rules for bucket names (those of buckets created since 2018; path-style addressing).
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IP = re.compile(r"\d+\.\d+\.\d+\.\d+")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+# Schemes that look like S3 but are not ours to guess at: s3a/s3n are Hadoop's.
+_S3_LOOKALIKES = ("s3", "s3a", "s3n")
+
+
+def _parse(uri: str | os.PathLike, need_key: bool = False) -> tuple[str | None, str]:
+    """The one parser of URIs: (bucket, key) of `s3://bucket/key`, or (None, path) of a local
+    path (`file://` allowed). A near miss (`s3:/x`, `S3://b`, `s3:b`, `gs://b`) is an error,
+    not a local folder of that name; so is an empty key when `need_key`."""
+    text = str(uri)
+    if text.startswith("s3://"):
+        bucket, _, key = text[len("s3://") :].partition("/")
+        if not bucket:
+            raise FinetunerError(f"{text!r} names no bucket; expected s3://bucket/key")
+        if not _BUCKET.fullmatch(bucket) or ".." in bucket or _IP.fullmatch(bucket):
+            raise FinetunerError(
+                f"{text!r}: {bucket!r} is not a valid bucket name (3-63 lowercase letters, "
+                "digits, dots and hyphens, starting and ending with a letter or digit); "
+                "expected s3://bucket/key"
+            )
+        if need_key and not key.strip("/"):
+            raise FinetunerError(f"{text!r} names no key in the bucket; expected s3://{bucket}/key")
+        return bucket, key
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    else:
+        scheme = _SCHEME.match(text.lstrip())
+        if scheme and (scheme[1].lower() in (*_S3_LOOKALIKES, "file") or "://" in text):
+            raise FinetunerError(
+                f"{text!r} is not a valid URI: expected s3://bucket/key (lowercase s3, two "
+                "slashes) or a local path"
+            )
+    if need_key and not text.strip():
+        raise FinetunerError("an empty path; expected s3://bucket/key or a local path")
+    return None, text
+
+
+def check_uri(uri: str | os.PathLike, parameter: str, need_key: bool = True) -> str:
+    """`uri` as text, once it parses (see _parse); the error names `parameter`. Every
+    parameter that takes a URI goes through here."""
+    try:
+        _parse(uri, need_key)
+    except FinetunerError as error:
+        raise FinetunerError(f"parameter {parameter}: {error}.") from None
+    return str(uri)
+
+
 def split_s3(uri: str) -> tuple[str, str]:
     """`s3://bucket/some/key` -> ("bucket", "some/key"); the key may be empty."""
     if not is_s3(uri):
         raise FinetunerError(f"{uri!r} is not an S3 URI; expected s3://bucket/key")
-    bucket, _, key = str(uri)[len("s3://") :].partition("/")
-    if not bucket or any(c.isspace() for c in bucket):
-        raise FinetunerError(f"{uri!r} is not a valid S3 URI; expected s3://bucket/key")
+    bucket, key = _parse(uri)
     return bucket, key
 
 
@@ -75,18 +125,19 @@ def join(uri: str | os.PathLike, *parts: str) -> str:
 
 
 def parent(uri: str | os.PathLike) -> str:
-    """The folder a file URI is in: `s3://b/data/x.csv` -> `s3://b/data`."""
+    """The folder a file URI is in: `s3://bkt/data/x.csv` -> `s3://bkt/data`."""
     text = str(uri).rstrip("/")
     if is_s3(text):
         return text.rsplit("/", 1)[0]
     return str(_local(text).parent)
 
 
-def _local(uri: str | os.PathLike) -> Path:
-    text = str(uri)
-    if text.startswith("file://"):
-        text = text[len("file://") :]
-    return Path(text).expanduser()
+def local_path(uri: str | os.PathLike) -> Path:
+    """The path of a local URI (a path, or file://path)."""
+    return Path(_parse(uri)[1]).expanduser()
+
+
+_local = local_path
 
 
 def _folder_key(key: str) -> str:
@@ -382,6 +433,103 @@ def is_empty_prefix(uri: str | os.PathLike) -> bool:
         return not folder.is_dir() or not any(p.is_file() for p in folder.rglob("*"))
     bucket, key = split_s3(uri)
     return next(_iter_objects(bucket, _folder_key(key), str(uri)), None) is None
+
+
+def kind(uri: str | os.PathLike) -> str | None:
+    """ "file", "folder" (a local folder, or a prefix with objects under it) or None."""
+    if not is_s3(uri):
+        path = _local(uri)
+        return "file" if path.is_file() else "folder" if path.is_dir() else None
+    # A key ending in '/' names a folder (some servers answer HEAD on it for their own
+    # folder marker).
+    key = split_s3(uri)[1]
+    if key and not key.endswith("/") and exists(uri):
+        return "file"
+    return None if is_empty_prefix(uri) else "folder"
+
+
+def check_file(uri: str | os.PathLike, parameter: str) -> str:
+    """An input file that exists, as text; a folder is called a folder, not missing."""
+    uri = check_uri(uri, parameter)
+    found = kind(uri)
+    if found == "folder":
+        raise FinetunerError(f"parameter {parameter}: {uri} is a folder; expected a file.")
+    if found is None:
+        raise FinetunerError(f"parameter {parameter}: {uri} does not exist.")
+    return uri
+
+
+def check_writable(uri: str | os.PathLike, parameter: str, folder: bool) -> None:
+    """That a file (or with `folder`, a folder) can be made at `uri`: locally, no file stands
+    in its way and its nearest existing folder is writable; on S3, that the bucket exists
+    (the write itself tells whether the credentials may write)."""
+    what = "folder" if folder else "file"
+    if is_s3(uri):
+        bucket = split_s3(uri)[0]
+        with _s3_errors("checking", str(uri)):
+            if _bucket_missing(bucket):
+                raise FinetunerError(
+                    f"parameter {parameter}: bucket '{bucket}' does not exist at endpoint "
+                    f"{_endpoint()}."
+                )
+        return
+    path = _local(uri)
+    if path.is_dir() and not folder:
+        raise FinetunerError(f"parameter {parameter}: {uri} is a folder; expected a file.")
+    if path.is_file() and folder:
+        raise FinetunerError(f"parameter {parameter}: {uri} is a file; expected a folder.")
+    existing = path if path.exists() else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise FinetunerError(
+            f"parameter {parameter}: cannot make the {what} {uri}: {existing} is a file."
+        )
+    try:  # a probe, not os.access: root passes that on a read-only file system too
+        # Named as the claim's files are, so that a concurrent check takes it for one of ours.
+        fd, probe = tempfile.mkstemp(prefix=".finetuner-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise FinetunerError(
+            f"parameter {parameter}: cannot write the {what} {uri}: {existing} is not "
+            f"writable ({error.strerror})."
+        ) from None
+
+
+def create_exclusive(uri: str | os.PathLike, data: bytes) -> bool:
+    """Create a file only if none exists, atomically; whether this call created it.
+
+    Locally the file is written beside its name and hard-linked into place (a link fails
+    where a file exists), so that no reader sees it half-written. On S3 it is a conditional
+    write (If-None-Match: *), which the server refuses when the key exists."""
+    if not is_s3(uri):
+        path = _local(uri)
+        with _local_errors("writing", uri):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, staged = tempfile.mkstemp(prefix=f".{path.name.lstrip('.')}.", dir=path.parent)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                try:
+                    os.link(staged, path)
+                except FileExistsError:
+                    return False
+            finally:
+                os.unlink(staged)
+        return True
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_s3(uri)
+    with _s3_errors("writing", str(uri)):
+        try:
+            _client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except ClientError as e:
+            # 412: the key exists; 409: another conditional write of it is in flight.
+            if e.response["Error"]["Code"] in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+    return True
 
 
 # ---------------------------------------------------------------- files and folders

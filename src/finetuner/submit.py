@@ -79,6 +79,15 @@ def parse_value(name: str, text: str, definition: dict):
     return value
 
 
+# The pipelines' parameters that take a URI, and whether it must name a key (a file or an
+# output) rather than possibly a whole bucket.
+URI_PARAMETERS = {
+    "train_data": True, "eval_data": True, "output_uri": True, "query_data": True,
+    "corpus_data": True, "weights": False, "model_artifact": False,
+    "relation_miner_weights": False, "cross_encoder_weights": False,
+}  # fmt: skip
+
+
 def parse_arguments(pairs: list[str], parameters: dict[str, dict]) -> dict:
     """`name=value` texts -> typed arguments; every required parameter must be given."""
     arguments = {}
@@ -95,6 +104,10 @@ def parse_arguments(pairs: list[str], parameters: dict[str, dict]) -> dict:
         if name in arguments:
             raise FinetunerError(f"parameter {name}: given twice.")
         arguments[name] = parse_value(name, text, parameters[name])
+        if name in URI_PARAMETERS and arguments[name]:
+            from finetuner import storage
+
+            storage.check_uri(arguments[name], name, need_key=URI_PARAMETERS[name])
     missing = sorted(
         n for n, d in parameters.items() if not d.get("isOptional") and n not in arguments
     )

@@ -100,9 +100,14 @@ def output_format(output: str) -> str:
 
 
 def check_output(output: str, overwrite: bool = False) -> str:
+    storage.check_uri(output, "output")
     fmt = output_format(output)
-    if not overwrite and storage.exists(output):
+    found = storage.kind(output)
+    if found == "folder":
+        raise FinetunerError(f"parameter output: {output} is a folder; expected a file.")
+    if not overwrite and found == "file":
         raise FinetunerError(f"parameter output: {output} already exists; choose a new one.")
+    storage.check_writable(output, "output", folder=False)
     return fmt
 
 
@@ -204,8 +209,7 @@ def read_texts(uri: str, what: str, opts) -> Texts:
     from finetuner import formats
     from finetuner.dataset import BadRowError, BadRows
 
-    if not storage.exists(uri):
-        raise FinetunerError(f"parameter {what}: {uri} does not exist.")
+    storage.check_file(uri, what)
     unit = formats.row_unit(formats.detect_format(uri, opts.format))
     bad, seen, rows = BadRows(opts.max_bad_rows), {}, 0
     for row in formats.read_texts(uri, opts):
@@ -469,6 +473,10 @@ def synthesize(
     started = time.perf_counter()
     output = output or default_output()
     fmt = check_output(output, overwrite)
+    for name, uri in (("relation_miner_weights", models.relation_miner_weights),
+                      ("cross_encoder_weights", models.cross_encoder_weights)):  # fmt: skip
+        if uri:
+            storage.check_uri(uri, name, need_key=False)
     num_relations = check_num_relations(num_relations)
     if max_length < 1 or batch_size < 1:
         raise FinetunerError("parameters max_length and batch_size: must be >= 1.")

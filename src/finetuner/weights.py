@@ -32,7 +32,9 @@ MIRROR_ENV = "FINETUNER_MODEL_MIRROR"
 def mirror_uri(name: str) -> str | None:
     """Where the mirror keeps the model folder of a catalogue entry, if a mirror is set."""
     mirror = os.environ.get(MIRROR_ENV, "").strip()
-    return storage.join(mirror, name) + "/" if mirror else None
+    if not mirror:
+        return None
+    return storage.join(storage.check_uri(mirror, MIRROR_ENV, need_key=False), name) + "/"
 
 
 def _hub_cached(repo_id: str) -> bool:
