@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from finetuner import containers, storage
+from finetuner import claim, containers, storage
 from finetuner.cli import main
 from finetuner.errors import FinetunerError
 
@@ -260,8 +260,12 @@ def test_train_step_killed_midway_resumes_from_s3_bit_identical(
     assert not storage.exists(output + "manifest.json")
     capfd.readouterr()
 
-    # The retry: the same image, command, environment and mounts, in a new container.
+    # The retry: the same image, command, environment and mounts, in a new container. On a
+    # cluster nothing releases the run's claim on its output when a pod dies; here the local
+    # driver released it when the run failed, so the run holds it again, as there.
     config = found["attrs"]["Config"]
+    executor_input = json.loads(config["Cmd"][config["Cmd"].index("--executor_input") + 1])
+    claim.take(output, executor_input["inputs"]["parameterValues"]["claim"])
     mounts = {
         m["Source"]: {"bind": m["Destination"], "mode": "rw"} for m in found["attrs"]["Mounts"]
     }
