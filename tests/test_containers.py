@@ -286,3 +286,21 @@ def test_train_step_killed_midway_resumes_from_s3_bit_identical(
     retried, whole = weights(root), weights(uninterrupted["root"])
     assert retried.keys() == whole.keys()
     assert all((retried[k] == whole[k]).all() for k in whole), "weights differ"
+
+
+@pytest.mark.parametrize("offline", [None, "1"])
+def test_a_step_container_gets_the_s3_settings_and_nothing_else_of_this_machine(offline):
+    host = {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_ACCESS_KEY_ID": "id",
+        "AWS_SECRET_ACCESS_KEY": "secret", "HOME": "/root", "PATH": "/usr/bin",
+        "DOCKER_HOST": "unix:///x.sock", **({"HF_HUB_OFFLINE": offline} if offline else {}),
+    }  # fmt: skip
+    env = containers.step_environment(host)
+    assert env == {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_ACCESS_KEY_ID": "id",
+        "AWS_SECRET_ACCESS_KEY": "secret", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+    }  # fmt: skip
+    hardened = containers.hardening()
+    assert hardened["user"] == "1000:1000" and hardened["read_only"] is True
+    assert hardened["cap_drop"] == ["ALL"] and hardened["security_opt"] == ["no-new-privileges"]
+    assert set(hardened["tmpfs"]) == {"/tmp"}

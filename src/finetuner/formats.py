@@ -21,8 +21,6 @@ import io
 import itertools
 import json
 import math
-import os
-import stat
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -172,35 +170,17 @@ def options(values: dict | None) -> DataOptions:
         ) from None
 
 
+DATA_FILE = "a CSV, JSONL or Parquet file"
+
+
 def check_source(uri: str, parameter: str = "") -> None:
     """That a data file can be opened for reading: it exists, and a local one is a regular
     file (a folder cannot be read as data, and a named pipe would block the reader)."""
-    prefix = f"parameter {parameter}: " if parameter else ""
-    if storage.is_s3(uri):
-        if not storage.exists(uri):
-            raise FinetunerError(f"{prefix}{uri} does not exist.")
-        return
-    _check_local(uri, prefix)
+    storage.check_file(uri, parameter, DATA_FILE)
 
 
-def _check_local(uri: str, prefix: str = "") -> None:
-    path = os.path.expanduser(str(uri).removeprefix("file://"))
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise FinetunerError(f"{prefix}{uri} does not exist.") from None
-    except (OSError, ValueError) as exc:  # a symlink loop, a too long name, a NUL byte
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise FinetunerError(f"{prefix}cannot read {uri} ({reason}).") from None
-    expected = "expected a CSV, JSONL or Parquet file"
-    if stat.S_ISDIR(info.st_mode):
-        raise FinetunerError(f"{prefix}{uri} is a folder; {expected}.")
-    if not stat.S_ISREG(info.st_mode):
-        raise FinetunerError(
-            f"{prefix}{uri} is not a regular file (a named pipe, device or socket); {expected}."
-        )
-    if not os.access(path, os.R_OK):
-        raise FinetunerError(f"{prefix}cannot read {uri} (permission denied).")
+def _check_local(uri: str) -> None:
+    storage.check_local_file(uri, expected=DATA_FILE)
 
 
 def _guarded(uri: str, rows: Iterator, opts: DataOptions) -> Iterator:

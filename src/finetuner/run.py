@@ -92,7 +92,6 @@ def preflight(params: dict) -> dict:
         for name in ("train_data", "eval_data"):
             uri = params.get(name)
             if uri:
-                formats.check_source(uri, name)  # a file that can be read
                 held_out = name == "train_data" and not params["eval_data"]
                 split = params["val_split"] if held_out else None
                 role = "train" if name == "train_data" else "eval"
@@ -109,9 +108,11 @@ def check_locations(params: dict) -> None:
     """Every URI parameter parses (finetuner.storage), and the data are files."""
     if not params.get("train_data"):
         raise FinetunerError("parameter train_data: required (a CSV path or s3:// URI).")
+    from finetuner.formats import check_source
+
     for name in ("train_data", "eval_data"):
         if params.get(name):
-            storage.check_file(params[name], name)
+            check_source(params[name], name)  # a data file that can be read
     for name in ("weights", "model_artifact"):
         if params.get(name):
             storage.check_uri(params[name], name, need_key=False)
@@ -147,6 +148,16 @@ def release(params: dict, made: bool) -> None:
 
     claim.release(params["output_uri"], params["claim_id"])
     _remove_empty(params["output_uri"], made)
+
+
+def makes_output(output: str | None) -> bool:
+    """Whether a run with this output makes its local folder (None: the default, a new one)."""
+    if not output:
+        return True
+    try:
+        return not storage.is_s3(output) and not storage.local_path(output).exists()
+    except FinetunerError:  # not a URI: preflight says so, naming the parameter
+        return False
 
 
 def _remove_empty(output: str, made: bool) -> None:
@@ -320,6 +331,7 @@ def run_pipeline(
             ("train_data", "eval_data", "weights", "model_artifact", "output_uri"),
             required=("output_uri",),
         )
+    made = makes_output(params.get("output_uri"))
     params = preflight(params)
     from finetuner.export import artifact_uris
     from finetuner.pipelines.finetune import finetune
@@ -328,7 +340,7 @@ def run_pipeline(
     try:
         manifest = run_locally(finetune, params, pipeline_root, images)
     except BaseException:
-        release(params, made=False)  # checkpoints stay for a rerun to resume from
+        release(params, made)  # checkpoints stay for a rerun to resume from
         raise
     summary = {
         "metrics": {k: manifest["metrics"][k] for k in ("before", "after")},

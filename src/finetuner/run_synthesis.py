@@ -10,7 +10,7 @@ import time
 
 from finetuner import storage
 from finetuner.errors import FinetunerError
-from finetuner.run import Run, claim_output, release, run_locally
+from finetuner.run import Run, claim_output, makes_output, release, run_locally
 
 # The pipeline's parameters other than output_uri, as `finetuner synthesize-and-finetune`
 # flags.
@@ -99,6 +99,7 @@ def run_synthesis_pipeline(
 
         check_uris(params, ("query_data", "corpus_data", "output_uri"), required=("output_uri",))
         check_uris(params, tuple(name for name in params if name.endswith("weights")))
+    made = makes_output(params.get("output_uri"))
     params = preflight(params)
     from finetuner.export import artifact_uris
     from finetuner.pipelines.synthesize_and_finetune import synthesize_and_finetune
@@ -108,7 +109,7 @@ def run_synthesis_pipeline(
     try:
         manifest = run_locally(synthesize_and_finetune, params, pipeline_root, images)
     except BaseException:
-        release(params, made=False)  # what the run wrote stays for a rerun
+        release(params, made)  # what the run wrote stays for a rerun
         raise
     summary = {
         "metrics": {k: manifest["metrics"][k] for k in ("before", "after")},

@@ -448,15 +448,44 @@ def kind(uri: str | os.PathLike) -> str | None:
     return None if is_empty_prefix(uri) else "folder"
 
 
-def check_file(uri: str | os.PathLike, parameter: str) -> str:
-    """An input file that exists, as text; a folder is called a folder, not missing."""
-    uri = check_uri(uri, parameter)
+def check_file(uri: str | os.PathLike, parameter: str = "", expected: str = "a file") -> str:
+    """An input file that can be read; anything else is called what it is (a folder, a named
+    pipe, a symlink loop), not "missing". `expected` says what the file should be."""
+    prefix = f"parameter {parameter}: " if parameter else ""
+    uri = check_uri(uri, parameter) if parameter else str(uri)
+    if not is_s3(uri):
+        check_local_file(uri, prefix, expected)
+        return uri
     found = kind(uri)
     if found == "folder":
-        raise FinetunerError(f"parameter {parameter}: {uri} is a folder; expected a file.")
+        raise FinetunerError(f"{prefix}{uri} is a folder; expected {expected}.")
     if found is None:
-        raise FinetunerError(f"parameter {parameter}: {uri} does not exist.")
+        raise FinetunerError(f"{prefix}{uri} does not exist.")
     return uri
+
+
+def check_local_file(uri: str | os.PathLike, prefix: str = "", expected: str = "a file") -> None:
+    """A local path that is a regular file this process can read (a named pipe would block
+    its reader)."""
+    import stat
+
+    path = _local(uri)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise FinetunerError(f"{prefix}{uri} does not exist.") from None
+    except (OSError, ValueError) as exc:  # a symlink loop, a too long name, a NUL byte
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise FinetunerError(f"{prefix}cannot read {uri} ({reason}).") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise FinetunerError(f"{prefix}{uri} is a folder; expected {expected}.")
+    if not stat.S_ISREG(info.st_mode):
+        raise FinetunerError(
+            f"{prefix}{uri} is not a regular file (a named pipe, device or socket); "
+            f"expected {expected}."
+        )
+    if not os.access(path, os.R_OK):
+        raise FinetunerError(f"{prefix}cannot read {uri} (permission denied).")
 
 
 def check_writable(uri: str | os.PathLike, parameter: str, folder: bool) -> None:
