@@ -182,6 +182,9 @@ def _client():
                 retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
                 connect_timeout=CONNECT_TIMEOUT,
                 read_timeout=READ_TIMEOUT,
+                # A folder moves MAX_CONCURRENCY files at once, each in up to MAX_CONCURRENCY
+                # parts: one shared client needs that many connections, or urllib3 drops some.
+                max_pool_connections=MAX_CONCURRENCY * MAX_CONCURRENCY,
             )
             try:
                 # A new session re-reads the environment; boto3's default one caches credentials.
