@@ -26,15 +26,20 @@ ROOT = Path(__file__).resolve().parent.parent
 TASK = re.compile(r"(Executing task|Task) \W*'?([\w-]+)'?")
 
 
-class StepTimes(logging.Handler):
-    """Records when kfp.local starts and finishes each task."""
+class StepTimes(logging.Filter):
+    """Records when kfp.local starts and finishes each task. A filter on the root logger,
+    since kfp.local replaces the root logger's handlers for the run."""
 
     def __init__(self):
         super().__init__()
         self.start: dict[str, float] = {}
         self.seconds: dict[str, float] = {}
 
-    def emit(self, record):
+    def filter(self, record):
+        self.note(record)
+        return True
+
+    def note(self, record):
         text = re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage())
         match = TASK.search(text)
         if not match:
@@ -48,12 +53,12 @@ class StepTimes(logging.Handler):
 
 def timed_run(params: dict, images) -> tuple[dict[str, float], float]:
     handler = StepTimes()
-    logging.getLogger().addHandler(handler)
+    logging.getLogger().addFilter(handler)
     start = time.perf_counter()
     try:
         run_pipeline(params, images=images)
     finally:
-        logging.getLogger().removeHandler(handler)
+        logging.getLogger().removeFilter(handler)
     return handler.seconds, time.perf_counter() - start
 
 
