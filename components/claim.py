@@ -14,3 +14,16 @@ def claim_output(output_uri: str, run_id: str, claim_id: str, force_claim: bool)
         from finetuner import steps
 
         return steps.claim_output(output_uri, run_id, claim_id, force_claim)
+
+
+def claim_step(output_uri, claim_id, force_claim, after):
+    """The claim as a task of a pipeline: after `after` and before any data is read, and
+    never cached (a cached claim would let a second run through)."""
+    task = claim_output(
+        output_uri=output_uri,
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        claim_id=claim_id,
+        force_claim=force_claim,
+    ).after(after)
+    task.set_caching_options(False)
+    return task

@@ -5,7 +5,7 @@ from kfp import dsl
 
 from finetuner.cluster import gpu_step, s3_step
 from finetuner.components.catalogue_lookup import catalogue_lookup
-from finetuner.components.claim import claim_output
+from finetuner.components.claim import claim_step
 from finetuner.components.evaluate import evaluate
 from finetuner.components.export import export
 from finetuner.components.preprocess import preprocess
@@ -170,14 +170,8 @@ def finetune(
         weights=weights,
         model_artifact=model_artifact,
     )
-    # Before any data is read, and never cached: a second run with this output stops here.
-    claimed = claim_output(
-        output_uri=output_uri,
-        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-        claim_id=claim_id,
-        force_claim=force_claim,
-    ).after(lookup)
-    claimed.set_caching_options(False)
+    # A second run with this output stops here, before any data is read.
+    claimed = claim_step(output_uri, claim_id, force_claim, after=lookup)
     data = preprocess(
         model_spec=lookup.output,
         train_data=train_data,
