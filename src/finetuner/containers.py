@@ -160,13 +160,6 @@ def check_uris(params: dict, names: tuple[str, ...], required: tuple[str, ...] =
             )
 
 
-def pipeline_root() -> str:
-    """A folder for the run's step outputs that the steps' user (uid 1000) can write."""
-    root = tempfile.mkdtemp(prefix="finetuner-kfp-")
-    os.chmod(root, 0o777)  # noqa: S103 (a bind mount for another uid; removed after the run)
-    return root
-
-
 def runner(environment: dict | None = None):
     """kfp.local's DockerRunner with the hardening and the step environment."""
     from kfp import local

@@ -266,7 +266,7 @@ def run_locally(
                 runner = local.SubprocessRunner(use_venv=False)
             local.init(runner=runner, pipeline_root=root)
             with warnings.catch_warnings(), plain_kfp_logs():
-                # Our step images are not named "python*"; they run here as plain subprocesses.
+                # Our step images are not named "python*", which kfp.local warns of.
                 warnings.filterwarnings("ignore", message=".*non-Python base image.*")
                 # The cluster's resource requests and Kubernetes settings (finetuner.cluster).
                 warnings.filterwarnings(
