@@ -12,8 +12,10 @@ tool=$(command -v podman || command -v docker) || { echo "error: neither podman 
 base_of() { sed -n 's/^ARG BASE_IMAGE=//p' "$1"; }
 has_image() { "$tool" image inspect "$1" > /dev/null 2>&1; }
 args=(--network host)
-if [ -n "${PIP_CERT:-}" ] && [ -s "$PIP_CERT" ]; then
-    args+=(--secret "id=pip_cert,src=$PIP_CERT")
+# The CA bundle pip uses here (PIP_CERT, else pip's configured cert), for pip in the build.
+cert=${PIP_CERT:-$(python3 -m pip config get global.cert 2>/dev/null || true)}
+if [ -n "$cert" ] && [ -s "$cert" ]; then
+    args+=(--secret "id=pip_cert,src=$cert")
 fi
 local_base=localhost/finetuner-base:bookworm
 cpu_args=() gpu_args=()
