@@ -12,8 +12,8 @@ tool=$(command -v podman || command -v docker) || { echo "error: neither podman 
 base_of() { sed -n 's/^ARG BASE_IMAGE=//p' "$1"; }
 has_image() { "$tool" image inspect "$1" > /dev/null 2>&1; }
 args=(--network host)
-# The CA bundle pip uses here (PIP_CERT, else pip's configured cert), for pip in the build.
-cert=${PIP_CERT:-$(python3 -m pip config get global.cert 2>/dev/null || true)}
+# The CA bundle for pip in the build: PIP_CERT, else the system's (which holds local CAs).
+cert=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
 if [ -n "$cert" ] && [ -s "$cert" ]; then
     args+=(--secret "id=pip_cert,src=$cert")
 fi
