@@ -61,10 +61,11 @@ def client():
 
 def run_in(image: str, command: list[str], **overrides) -> tuple[int, str]:
     """Run a command in a hardened container of `image`; its status and output."""
-    container = client().containers.run(
-        image, command, detach=True, **{**containers.hardening(), **overrides}
+    container = client().containers.create(
+        image, command, **{**containers.hardening(), **overrides}
     )
-    try:
+    try:  # removed even when it cannot start
+        container.start()
         status = container.wait(timeout=300)["StatusCode"]
         return status, container.logs().decode()
     finally:
@@ -269,11 +270,12 @@ def test_train_step_killed_midway_resumes_from_s3_bit_identical(
     mounts = {
         m["Source"]: {"bind": m["Destination"], "mode": "rw"} for m in found["attrs"]["Mounts"]
     }
-    container = client().containers.run(
-        config["Image"], config["Cmd"], entrypoint=config["Entrypoint"], detach=True,
+    container = client().containers.create(
+        config["Image"], config["Cmd"], entrypoint=config["Entrypoint"],
         environment=config["Env"], volumes=mounts, **containers.hardening(),
     )  # fmt: skip
-    try:
+    try:  # removed even when it cannot start
+        container.start()
         assert container.wait(timeout=600)["StatusCode"] == 0, container.logs().decode()[-3000:]
         log = container.logs().decode()
     finally:
