@@ -60,14 +60,32 @@ def client():
 
 
 def run_in(image: str, command: list[str], **overrides) -> tuple[int, str]:
-    """Run a command in a hardened container of `image`; its status and output."""
+    """Run a command in a hardened container of `image`; its status and output (stdout and
+    stderr together, interleaved as they came)."""
+    status, logs = run_logs(image, command, **overrides)
+    return status, logs()
+
+
+def run_logs(image: str, command: list[str], **overrides):
+    """Run a command in a hardened container of `image`; its status, and its logs as a
+    function of docker-py's `logs` keywords (stdout=, stderr=)."""
     container = client().containers.create(
         image, command, **{**containers.hardening(), **overrides}
     )
     try:  # removed even when it cannot start
         container.start()
         status = container.wait(timeout=300)["StatusCode"]
-        return status, container.logs().decode()
+        # podman may have a quick container's log only a moment after it exits; every
+        # command here prints something.
+        for _ in range(100):
+            if container.logs().strip():
+                break
+            time.sleep(0.1)
+        logs = {
+            tuple(streams.items()): container.logs(**streams).decode()
+            for streams in ({}, {"stderr": False}, {"stdout": False})
+        }
+        return status, lambda **streams: logs[tuple(streams.items())]
     finally:
         container.remove(force=True)
 
@@ -80,17 +98,18 @@ def test_image_is_a_whole_non_root_install_without_credentials(engine, image):
         "import os, kfp, finetuner, finetuner.models, finetuner.components, "
         "finetuner.pipelines; print(os.getuid(), os.getgid(), finetuner.__file__)"
     )
-    status, out = run_in(image, ["python3", "-c", script])
-    assert status == 0, out
-    uid, gid, location = out.split()
+    status, logs = run_logs(image, ["python3", "-c", script])
+    assert status == 0, logs()
+    uid, gid, location = logs(stderr=False).split()
     assert (uid, gid) == ("1000", "1000")
     assert "site-packages" in location  # a real install, not the sources
     # The model cache is the user's where the root filesystem is writable (no volume there).
     status, out = run_in(
-        image, ["sh", "-c", "touch /models/hf/x /models/finetuner/x /models/torch/x"],
+        image,
+        ["sh", "-c", "touch /models/hf/x /models/finetuner/x /models/torch/x && echo written"],
         read_only=False,
     )  # fmt: skip
-    assert status == 0, out
+    assert status == 0 and out.strip() == "written", out
     attrs = client().images.get(image).attrs
     names = [entry.split("=", 1)[0] for entry in attrs["Config"]["Env"] or []]
     assert not [n for n in names if re.search("KEY|SECRET|TOKEN|PASSWORD|CERT", n)], names
@@ -98,9 +117,9 @@ def test_image_is_a_whole_non_root_install_without_credentials(engine, image):
         image,
         ["sh", "-c", "ls -d /root/.aws /home/finetuner/.aws /etc/pip.conf /root/.netrc "
          "/run/secrets/pip_cert /root/.cache/pip /home/finetuner/.cache /var/cache/pip/http* "
-         "2>/dev/null; true"],
+         "2>/dev/null; echo checked"],
     )  # fmt: skip
-    assert status == 0 and out.strip() == "", f"left in the image: {out}"
+    assert status == 0 and out.strip() == "checked", f"left in the image: {out}"
 
 
 def test_a_read_only_root_moves_the_caches_to_tmp(engine):
@@ -108,12 +127,11 @@ def test_a_read_only_root_moves_the_caches_to_tmp(engine):
         "from finetuner import media, storage; "
         "print(storage._cache_root(None), media.default_cache_dir())"
     )
-    status, out = run_in(IMAGE, ["python3", "-c", script])
-    assert status == 0, out
+    status, logs = run_logs(IMAGE, ["python3", "-c", script])
+    assert status == 0, logs()
     fallback = "/tmp/finetuner-cache-1000"
-    paths = [line for line in out.splitlines() if line.startswith(fallback)]
-    assert paths[-1].split() == [f"{fallback}/finetuner", f"{fallback}/_media"], out
-    assert "note: cache /models/finetuner is not writable" in out
+    assert logs(stderr=False).split() == [f"{fallback}/finetuner", f"{fallback}/_media"], logs()
+    assert "note: cache /models/finetuner is not writable" in logs(stdout=False)
 
 
 def upload_pairs(bucket: str, n: int) -> str:
