@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from finetuner import storage
 from finetuner.errors import FinetunerError
 from finetuner.failures import FAILURE_FILE
 
@@ -153,7 +154,7 @@ def check_uris(params: dict, names: tuple[str, ...], required: tuple[str, ...] =
             raise FinetunerError(
                 f"parameter {name}: required (an s3:// URI) when the steps run in their images."
             )
-        if value and not str(value).startswith("s3://"):
+        if value and not storage.is_s3(value):
             raise FinetunerError(
                 f"parameter {name}: {value!r} is a local path, which the steps' containers "
                 f"cannot see; give an s3:// URI when the steps run in their images."

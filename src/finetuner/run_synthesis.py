@@ -53,7 +53,7 @@ def preflight(params: dict) -> dict:
         if not params.get(name):
             raise FinetunerError(f"parameter {name}: required.")
     for name in ("query_data", "corpus_data"):
-        storage.check_file(params[name], name)
+        formats.check_source(params[name], name)
     storage.check_uri(params["output_uri"], "output_uri")
     for name in ("weights", "relation_miner_weights", "cross_encoder_weights"):
         if params.get(name):

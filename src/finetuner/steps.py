@@ -117,11 +117,11 @@ def preprocess(
     max_bad_rows), split; write Parquet datasets and a Markdown data report.
 
     Items that are not text (images, meshes, vectors) are checked and resolved here."""
-    from finetuner import dataset, formats, storage
+    from finetuner import dataset, formats
 
     for name, uri in (("train_data", train_data), ("eval_data", eval_data)):
         if uri:
-            storage.check_file(uri, name)
+            formats.check_source(uri, name)
     result = dataset.preprocess(
         ModelSpec(**model_spec),
         train_data,
