@@ -9,9 +9,8 @@ import time
 import pytest
 
 from finetuner import claim, steps, storage
-from finetuner.claim import CLAIM_FILE
+from finetuner.claim import CLAIM_FILE, MANIFEST
 from finetuner.errors import FinetunerError
-from finetuner.export import MANIFEST
 
 
 @pytest.fixture(params=["local", "s3"])

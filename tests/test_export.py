@@ -5,8 +5,9 @@ import pytest
 
 from finetuner import inference, storage
 from finetuner.catalogue import lookup
+from finetuner.claim import MANIFEST
 from finetuner.errors import FinetunerError
-from finetuner.export import MANIFEST, export
+from finetuner.export import export
 from finetuner.models import TextModel
 
 TEXTS = ["aardvark", "nocturnal burrowing mammal of Africa", "x", "a longer text " * 5]

@@ -69,9 +69,8 @@ def test_an_internal_fault_is_one_line_and_a_log(tmp_path):
     assert "Traceback" in text and "in broken" in text
 
 
-def test_python_m_s3server_speaks_as_the_cli():
-    result = finetuner("--port", "x", code="import sys; from finetuner.s3server import main; "
-                       "sys.exit(main())")  # fmt: skip
+def test_s3_server_flags_speak_as_the_cli():
+    result = finetuner("s3-server", "--port", "x")
     assert_one_error_line(result, 2)
     assert "argument --port: invalid int value" in result.stderr
 

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from finetuner import storage
 from finetuner.errors import FinetunerError
 
+# The file an export writes last: an output with it holds a finished export.
+MANIFEST = "manifest.json"
 # A hidden name: no export lists it, and it is gone once the export is whole.
 CLAIM_FILE = ".finetuner-claim.json"
 # What a run may leave under its output before its export is whole, where a rerun resumes:
@@ -106,8 +108,6 @@ def check_output(output_uri: str, parameter: str = "output_uri") -> None:
     """Refuse, before any work, an output that is a file, that cannot be written, that
     holds a finished export, or that is a folder holding something other than a run's own
     leftovers (nothing the user had is overwritten)."""
-    from finetuner.export import check_output_free
-
     storage.check_uri(output_uri, parameter)
     found = storage.kind(output_uri)
     if found == "file":
@@ -135,8 +135,6 @@ def claim_output(
     output_uri: str, run_id: str, force: bool = False, parameter: str = "output_uri"
 ) -> str:
     """Check `output_uri` (check_output) and claim it for `run_id`; the run id."""
-    from finetuner.export import check_output_free
-
     check_output(output_uri, parameter)
     take(output_uri, run_id, force, parameter)
     try:
@@ -151,3 +149,12 @@ def _relative(uri: str, folder: str) -> str:
     if storage.is_s3(uri):
         return str(uri)[len(str(folder).rstrip("/")) + 1 :]
     return storage.local_path(uri).relative_to(storage.local_path(folder)).as_posix()
+
+
+def check_output_free(output_uri: str) -> None:
+    """Refuse to overwrite a finished export: nothing the user already had is lost."""
+    if storage.exists(storage.join(output_uri, MANIFEST)):
+        raise FinetunerError(
+            f"{output_uri} already holds an exported model ({MANIFEST} exists); "
+            "choose a new output location."
+        )

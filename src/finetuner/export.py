@@ -13,21 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from finetuner import storage
+from finetuner.claim import MANIFEST, check_output_free
 from finetuner.errors import FinetunerError
 from finetuner.staging import stage_dir
 
-MANIFEST = "manifest.json"
 ONNX_FILE = "onnx/model.onnx"
 ONNX_TOLERANCE = 1e-4
-
-
-def check_output_free(output_uri: str) -> None:
-    """Refuse to overwrite a finished export: nothing the user already had is lost."""
-    if storage.exists(storage.join(output_uri, MANIFEST)):
-        raise FinetunerError(
-            f"{output_uri} already holds an exported model ({MANIFEST} exists); "
-            "choose a new output location."
-        )
 
 
 def write_sentence_transformers(model, folder: Path) -> None:

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from finetuner import storage
+from finetuner.claim import MANIFEST
 from finetuner.errors import FinetunerError
-from finetuner.export import MANIFEST, ONNX_FILE
+from finetuner.export import ONNX_FILE
 
 TOWERS = ("clip-text", "clip-vision")
 

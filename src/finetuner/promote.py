@@ -11,9 +11,8 @@ import json
 import uuid
 
 from finetuner import claim, storage
-from finetuner.claim import CLAIM_FILE
+from finetuner.claim import CLAIM_FILE, MANIFEST
 from finetuner.errors import FinetunerError
-from finetuner.export import MANIFEST
 from finetuner.staging import stage_dir
 
 LATEST = "latest"

@@ -332,14 +332,3 @@ def serve(args: argparse.Namespace) -> int:
         return 0
     finally:
         server.stop()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m finetuner.s3server ARGS` is `finetuner s3-server ARGS`."""
-    from finetuner.cli import main as cli_main
-
-    return cli_main(["s3-server", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

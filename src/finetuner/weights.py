@@ -179,7 +179,7 @@ def continue_from(spec, uri: str):
     import json
 
     from finetuner.catalogue import ModelSpec
-    from finetuner.export import MANIFEST
+    from finetuner.claim import MANIFEST
     from finetuner.models.folder import CONFIG_FILE
 
     root = uri.rstrip("/") + "/"
