@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from finetuner.catalogue import ModelSpec
+from finetuner.models.spec import ModelSpec
 
+# The file an export writes last: an export without it is incomplete.
+MANIFEST = "manifest.json"
 CONFIG_FILE = "finetuner.json"
 WEIGHTS_FILE = "model.safetensors"
 HEAD_FILE = "head.safetensors"
@@ -53,7 +55,7 @@ def seeded_start(build, spec: ModelSpec, seed: int):
         torch.manual_seed(seed)
         embedder = build().eval()
     if spec.weights not in ("", "scratch"):
-        from finetuner.weights import local_path
+        from finetuner.models.weights import local_path
 
         load_weights(embedder, local_path(spec.weights) / WEIGHTS_FILE)
     return embedder

