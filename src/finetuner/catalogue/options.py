@@ -52,7 +52,7 @@ def _row(name: str, field) -> dict:
 
 def list_model_options(model: str) -> list[dict]:
     """Every option of a model: name, type, default and meaning."""
-    from finetuner.catalogue import get_entry
+    from finetuner.catalogue.rows import get_entry
 
     return [_row(name, f) for name, f in schema(get_entry(model)).model_fields.items()]
 

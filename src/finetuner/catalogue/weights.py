@@ -89,7 +89,7 @@ def mirror_model(name: str, to: str) -> str:
     """Copy a catalogue model's pretrained weights from its own source (a package or the
     upstream hub) into a model mirror at `to`, in the layout `resolve_source` reads: the
     family's own (Weights.mirror), else the source's folder as it is."""
-    from finetuner.catalogue import get_entry
+    from finetuner.catalogue.rows import get_entry
 
     entry = get_entry(name)
     sources = get_family(entry.family).weights
