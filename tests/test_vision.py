@@ -56,6 +56,30 @@ def test_full_size_cnns_build_with_random_weights_at_their_catalogue_dim(name):
     assert out.shape == (2, get_entry(name).output_dim)
 
 
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "resnet-base", "efficientnet_b0"])
+def test_the_trunk_is_the_classifier_up_to_its_pooling(name):
+    """The trunk, cut by timm or torchvision's feature extraction, pooled as the classifier
+    pools, gives what the classifier's own head takes in, with the classifier's weights."""
+    torch.manual_seed(0)
+    weights = "package" if name == "efficientnet-lite0" else None
+    classifier = vision.build_classifier(builder(name), weights).eval()
+    torch.manual_seed(0)  # the same random start as the classifier
+    embedder = vision.build_cnn(builder(name), weights).eval()
+    images = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        pooled = embedder.trunk(images).mean(dim=(2, 3))
+        if name == "efficientnet-lite0":
+            expected = classifier.forward_head(classifier.forward_features(images), pre_logits=True)
+        else:  # torchvision: the classifier's input, caught on its way in
+            seen = []
+            head = classifier.fc if hasattr(classifier, "fc") else classifier.classifier
+            hook = head.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+            classifier(images)
+            hook.remove()
+            expected = seen[0]
+    torch.testing.assert_close(pooled, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_gem_replaces_average_pooling_with_a_learnable_p():
     embedder = vision.build_cnn(builder("efficientnet_b0"), pooler="GeM", pooler_p=2.5)
     assert isinstance(embedder.pool, vision.GeM2d)
