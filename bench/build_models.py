@@ -50,21 +50,22 @@ def build(name: str):
         model = transformers.AutoModel.from_config(getattr(transformers, config_class)(**kwargs))
         return model, {"input_ids": torch.randint(1000, 2000, (2, 32))}
     if name == "pointnet-base":
-        from finetuner.models.pointnet import build_pointnet
+        from finetuner.models.pointnet_net import build_pointnet
 
         return build_pointnet(), (torch.rand(2, 2048, 3) * 2 - 1,)
     if name == "mlp":
-        from finetuner.models.mlp import MLP
+        from finetuner.models.mlp_net import MLP
 
         return MLP(input_size=512, hidden_sizes=(512, 256)), (torch.randn(2, 512),)
     if name.startswith("clip"):
-        from finetuner.models.clip import build_clip
+        from finetuner.models.clip_net import build_clip
 
         clip = build_clip(name)
         return clip.vision_tower, (torch.randn(2, 3, clip.image_size, clip.image_size),)
-    from finetuner.models.vision import build_cnn
+    from finetuner.catalogue import get_entry
+    from finetuner.models.cnn_net import build_cnn
 
-    return build_cnn(name), (torch.randn(2, 3, 224, 224),)
+    return build_cnn(get_entry(name).builder), (torch.randn(2, 3, 224, 224),)
 
 
 def child(name: str, json_out: str) -> None:

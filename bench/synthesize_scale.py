@@ -85,7 +85,7 @@ def tiny_models(folder: Path) -> tuple[Path, Path]:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
 
-    from finetuner.weights import local_path
+    from finetuner.models.weights import local_path
 
     torch.manual_seed(0)
     config = BertConfig(
@@ -104,7 +104,7 @@ def minilm_cross_encoder(folder: Path) -> Path:
     import torch
     from sentence_transformers import CrossEncoder
 
-    from finetuner.weights import local_path
+    from finetuner.models.weights import local_path
 
     torch.manual_seed(0)
     path = folder / "cross-encoder"

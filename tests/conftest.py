@@ -83,7 +83,7 @@ def tiny_bert():
         import torch
         from transformers import AutoTokenizer, BertConfig, BertModel
 
-        from finetuner.weights import local_path
+        from finetuner.models.weights import local_path
 
         torch.manual_seed(0)
         config = BertConfig(
@@ -181,7 +181,7 @@ def cross_encoder_dir(tmp_path_factory):
     import torch
     from sentence_transformers import CrossEncoder
 
-    from finetuner.weights import local_path
+    from finetuner.models.weights import local_path
 
     folder = tmp_path_factory.mktemp("cross-encoder")
     torch.manual_seed(0)

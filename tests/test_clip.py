@@ -11,7 +11,7 @@ import torch
 
 from finetuner.errors import FinetunerError
 from finetuner.export import export_onnx
-from finetuner.models.clip import (
+from finetuner.models.clip_net import (
     CLIP_MODELS,
     ClipTextTower,
     ClipVisionTower,

@@ -245,7 +245,10 @@ def test_miner_options_reach_the_miner():
             lambda: loss_for("text", "ContrastiveLoss", "scored"),
             "Valid losses for scored data: CoSENTLoss, CosineSimilarityLoss",
         ),  # fmt: skip
-        (lambda: loss_for("clip", "ContrastiveLoss", "pairs"), "CLIP models train with CLIPLoss"),
+        (
+            lambda: loss_for("clip", "ContrastiveLoss", "pairs"),
+            "clip models train with CLIPLoss only",
+        ),
     ],
 )
 def test_bad_choices_say_what_is_valid(call, message):

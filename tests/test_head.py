@@ -104,13 +104,13 @@ def test_cnn_head_shape_onnx_and_round_trip(lite0_head_spec, tmp_path):
 
 def test_cnn_head_starts_fresh_on_mirror_weights(lite0_head_spec, tmp_path, monkeypatch):
     """A mirror holds the upstream trunk only: no head, no GeM p."""
-    from finetuner import weights
+    from finetuner.catalogue import get_entry, weights
+    from finetuner.models.cnn_net import build_cnn
     from finetuner.models.folder import WEIGHTS_FILE, save_weights
-    from finetuner.models.vision import build_cnn
 
     (tmp_path / "mirror" / "efficientnet-lite0").mkdir(parents=True)
     save_weights(
-        build_cnn("efficientnet-lite0", "package"),
+        build_cnn(get_entry("efficientnet-lite0").builder, "package"),
         tmp_path / "mirror" / "efficientnet-lite0" / WEIGHTS_FILE,
     )
     monkeypatch.setenv(weights.MIRROR_ENV, str(tmp_path / "mirror"))
@@ -128,7 +128,7 @@ def test_cnn_head_starts_fresh_on_mirror_weights(lite0_head_spec, tmp_path, monk
 def test_image_size_sets_the_crop(name, size):
     from PIL import Image
 
-    from finetuner.models.image import image_transform
+    from finetuner.models.cnn_net import image_transform
 
     spec = lookup(name, model_options={"image_size": size}, resolve_weights=False)
     assert image_transform(spec)(Image.new("RGB", (300, 200))).shape == (3, size, size)

@@ -78,12 +78,12 @@ def test_cnn_weights_load_from_a_model_mirror(tmp_path, monkeypatch, fashion_pai
     """efficientnet_b0 has no offline weights; a mirror folder supplies them."""
     import torch
 
-    from finetuner import weights
-    from finetuner.models import vision
+    from finetuner.catalogue import get_entry, weights
+    from finetuner.models import cnn_net as vision
     from finetuner.models.folder import save_weights
 
     torch.manual_seed(1)
-    saved = vision.build_cnn("efficientnet_b0").eval()
+    saved = vision.build_cnn(get_entry("efficientnet_b0").builder).eval()
     (tmp_path / "mirror" / "efficientnet_b0").mkdir(parents=True)
     save_weights(saved, tmp_path / "mirror" / "efficientnet_b0" / "model.safetensors")
     monkeypatch.setenv(weights.MIRROR_ENV, str(tmp_path / "mirror"))

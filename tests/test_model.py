@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from finetuner import storage, weights
-from finetuner.catalogue import get_entry, lookup
+from finetuner import storage
+from finetuner.catalogue import get_entry, lookup, weights
 from finetuner.errors import FinetunerError
 from finetuner.models import TextModel
 
@@ -74,7 +74,7 @@ def test_weights_load_from_a_mirror(where, request, tmp_path, monkeypatch, tiny_
 def test_missing_offline_weights_fail_at_lookup_with_what_was_tried(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv(weights.MIRROR_ENV, raising=False)
-    monkeypatch.setattr(weights, "_hub_cached", lambda repo_id: False)
+    monkeypatch.setattr(weights, "hub_cached", lambda repo_id: False)
     with pytest.raises(FinetunerError) as err:
         lookup("bert-base-en")
     assert "bert-base-cased" in str(err.value) and weights.MIRROR_ENV in str(err.value)
@@ -82,7 +82,7 @@ def test_missing_offline_weights_fail_at_lookup_with_what_was_tried(monkeypatch)
 
 def test_hub_id_is_the_source_when_cached(monkeypatch):
     monkeypatch.delenv(weights.MIRROR_ENV, raising=False)
-    monkeypatch.setattr(weights, "_hub_cached", lambda repo_id: True)
+    monkeypatch.setattr(weights, "hub_cached", lambda repo_id: True)
     assert weights.resolve_source(get_entry("sbert-base-en")) == (
         "hf:sentence-transformers/msmarco-distilbert-base-v3"
     )

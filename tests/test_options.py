@@ -6,8 +6,8 @@ import pytest
 
 from finetuner import list_model_options
 from finetuner.catalogue import get_entry, lookup
+from finetuner.catalogue.options import validate_options
 from finetuner.errors import FinetunerError
-from finetuner.options import validate_options
 
 
 def test_every_catalogue_model_lists_its_options():

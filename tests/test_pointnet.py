@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from finetuner.errors import FinetunerError
-from finetuner.models.pointnet import (
+from finetuner.models.pointnet_net import (
     PointNet2Embedder,
     ball_query,
     build_pointnet,

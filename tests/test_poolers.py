@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from finetuner.poolers import Pooler
+from finetuner.models.poolers import Pooler
 
 BATCH, TOKENS, DIM = 4, 7, 16
 LENGTHS = (7, 3, 1, 5)  # valid tokens per row; the rest is padding

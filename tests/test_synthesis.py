@@ -13,7 +13,8 @@ import pytest
 import torch
 from conftest import write_texts  # noqa: E402
 
-from finetuner import storage, synthesis, weights
+from finetuner import storage, synthesis
+from finetuner.catalogue import weights
 from finetuner.cli import main
 from finetuner.errors import FinetunerError
 from finetuner.synthesis import SynthesisModels, synthesize
@@ -68,7 +69,7 @@ def test_cross_encoder_loads_from_an_s3_mirror_through_the_resolver(
 
 def test_cross_encoder_without_weights_names_the_places_tried(monkeypatch, tmp_path):
     monkeypatch.delenv("FINETUNER_MODEL_MIRROR", raising=False)
-    monkeypatch.setattr(weights, "_hub_cached", lambda repo_id: False)  # not in the cache
+    monkeypatch.setattr(weights, "hub_cached", lambda repo_id: False)  # not in the cache
     with pytest.raises(FinetunerError) as err:
         synthesis.cross_encoder_source(CROSS_ENCODER)
     message = str(err.value)
@@ -104,7 +105,7 @@ def test_running_top_k_over_chunks_equals_the_full_top_k(monkeypatch, self_exclu
 def test_synthesis_mechanics(synthesized, texts, cross_encoder_dir):
     from sentence_transformers import CrossEncoder, SentenceTransformer
 
-    from finetuner.weights import local_path
+    from finetuner.models.weights import local_path
 
     result, rows = synthesized
     queries, corpus = texts["query_texts"], texts["corpus_texts"]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import FASHION_CLASSES, fashion_mnist
 
-from finetuner import data, storage, weights
-from finetuner.catalogue import lookup
+from finetuner import data, storage
+from finetuner.catalogue import lookup, weights
 from finetuner.errors import FinetunerError
 
 
@@ -39,7 +39,7 @@ def tiny_clip_mirror(tmp_path, monkeypatch):
     """A model mirror holding a tiny clip-base-en (random weights, OpenAI tokenizer)."""
     import torch
 
-    from finetuner.models.clip import build_clip, save_clip
+    from finetuner.models.clip_net import build_clip, save_clip
 
     torch.manual_seed(0)
     save_clip(build_clip("clip-base-en", size="tiny"), tmp_path / "mirror" / "clip-base-en")
@@ -84,7 +84,7 @@ def test_clip_options_and_losses_are_checked(tiny_clip_mirror):
         match="parameter pooler: clip-base-en has no option 'pooler' .CLIP towers pool",
     ):
         catalogue_lookup("clip-base-en", **{**d, "pooler": "GeM", "loss": "CLIPLoss"})
-    with pytest.raises(FinetunerError, match="CLIP models train with CLIPLoss"):
+    with pytest.raises(FinetunerError, match="clip models train with CLIPLoss only"):
         catalogue_lookup("clip-base-en", **d, loss="TripletMarginLoss")
     with pytest.raises(FinetunerError, match="CLIPLoss trains CLIP models"):
         catalogue_lookup("minilm-l6-en", **d, loss="CLIPLoss")
@@ -173,7 +173,7 @@ def test_text_to_image_through_finetuner_run_with_an_s3_mirror(captions, s3, tmp
     import torch
 
     from finetuner.cli import main
-    from finetuner.models.clip import build_clip, save_clip
+    from finetuner.models.clip_net import build_clip, save_clip
 
     torch.manual_seed(0)
     folder = save_clip(build_clip("clip-base-en", size="tiny"), tmp_path / "saved")
@@ -197,7 +197,7 @@ def test_weights_option_starts_from_a_model_folder(tmp_path, monkeypatch):
     import torch
 
     from finetuner import models
-    from finetuner.models.clip import build_clip, save_clip
+    from finetuner.models.clip_net import build_clip, save_clip
 
     monkeypatch.delenv(weights.MIRROR_ENV, raising=False)
     torch.manual_seed(3)
@@ -221,7 +221,7 @@ def test_mirror_models_writes_a_clip_mirror_that_the_pipeline_loads(tmp_path, mo
     import torch
 
     from finetuner import models
-    from finetuner.models import clip
+    from finetuner.models import clip_net as clip
 
     monkeypatch.delenv(weights.MIRROR_ENV, raising=False)
     with pytest.raises(FinetunerError, match="no pretrained weights for clip-base-en"):

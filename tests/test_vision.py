@@ -5,12 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from finetuner.catalogue import get_entry
+from finetuner.catalogue import describe_models, get_entry
 from finetuner.errors import FinetunerError
-from finetuner.models import vision
-from finetuner.models.mlp import MLP
+from finetuner.models import cnn_net as vision
+from finetuner.models.mlp_net import MLP
 
 TABBY, TIGER_CAT, PERSIAN, SIAMESE, EGYPTIAN_CAT = 281, 282, 283, 284, 285
+
+
+def builder(name: str) -> str:
+    """How the CNN family builds a catalogue entry (its row's builder)."""
+    return get_entry(name).builder
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +27,8 @@ def chelsea():
 
 
 def test_lite0_package_weights_classify_chelsea_as_a_cat(chelsea):
-    model = vision.build_classifier("efficientnet-lite0", weights="package").eval()
-    image = vision.image_transform("efficientnet-lite0")(chelsea)[None]
+    model = vision.build_classifier(builder("efficientnet-lite0"), weights="package").eval()
+    image = vision.weights_transform(builder("efficientnet-lite0"))(chelsea)[None]
     with torch.no_grad():
         top = model(image).softmax(-1)[0].topk(3)
     assert top.indices[0].item() in {TABBY, TIGER_CAT, PERSIAN, SIAMESE, EGYPTIAN_CAT}
@@ -31,8 +36,8 @@ def test_lite0_package_weights_classify_chelsea_as_a_cat(chelsea):
 
 
 def test_lite0_embedder_drops_the_head_and_keeps_the_pretrained_trunk(chelsea):
-    embedder = vision.build_cnn("efficientnet-lite0", weights="package").eval()
-    image = vision.image_transform("efficientnet-lite0")(chelsea)[None]
+    embedder = vision.build_cnn(builder("efficientnet-lite0"), weights="package").eval()
+    image = vision.weights_transform(builder("efficientnet-lite0"))(chelsea)[None]
     flipped = torch.flip(image, dims=[3])
     with torch.no_grad():
         emb, emb_flipped = embedder(image), embedder(flipped)
@@ -43,26 +48,50 @@ def test_lite0_embedder_drops_the_head_and_keeps_the_pretrained_trunk(chelsea):
     assert (emb @ emb_flipped.T).item() > 0.9 > (emb @ noise.T).item()
 
 
-@pytest.mark.parametrize("name", list(vision.CNN_ARCHS))
+@pytest.mark.parametrize("name", [e.name for e in describe_models("image-to-image")])
 def test_full_size_cnns_build_with_random_weights_at_their_catalogue_dim(name):
-    embedder = vision.build_cnn(name).eval()
+    embedder = vision.build_cnn(builder(name)).eval()
     with torch.no_grad():
         out = embedder(torch.randn(2, 3, 64, 64))
     assert out.shape == (2, get_entry(name).output_dim)
 
 
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "resnet-base", "efficientnet_b0"])
+def test_the_trunk_is_the_classifier_up_to_its_pooling(name):
+    """The trunk, cut by timm or torchvision's feature extraction, pooled as the classifier
+    pools, gives what the classifier's own head takes in, with the classifier's weights."""
+    torch.manual_seed(0)
+    weights = "package" if name == "efficientnet-lite0" else None
+    classifier = vision.build_classifier(builder(name), weights).eval()
+    torch.manual_seed(0)  # the same random start as the classifier
+    embedder = vision.build_cnn(builder(name), weights).eval()
+    images = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        pooled = embedder.trunk(images).mean(dim=(2, 3))
+        if name == "efficientnet-lite0":
+            expected = classifier.forward_head(classifier.forward_features(images), pre_logits=True)
+        else:  # torchvision: the classifier's input, caught on its way in
+            seen = []
+            head = classifier.fc if hasattr(classifier, "fc") else classifier.classifier
+            hook = head.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+            classifier(images)
+            hook.remove()
+            expected = seen[0]
+    torch.testing.assert_close(pooled, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_gem_replaces_average_pooling_with_a_learnable_p():
-    embedder = vision.build_cnn("efficientnet_b0", pooler="GeM", pooler_p=2.5)
+    embedder = vision.build_cnn(builder("efficientnet_b0"), pooler="GeM", pooler_p=2.5)
     assert isinstance(embedder.pool, vision.GeM2d)
     assert embedder.pool.p.requires_grad and embedder.pool.p.item() == pytest.approx(2.5)
     features = torch.rand(2, 8, 4, 4)
     torch.testing.assert_close(vision.GeM2d(p=1.0)(features), features.mean(dim=(2, 3)))
     with pytest.raises(FinetunerError, match="CNNs support mean and GeM"):
-        vision.build_cnn("efficientnet_b0", pooler="cls")
+        vision.build_cnn(builder("efficientnet_b0"), pooler="cls")
 
 
 def test_torchvision_transforms_come_with_the_weights():
-    transform = vision.image_transform("resnet-base")
+    transform = vision.weights_transform(builder("resnet-base"))
     assert transform.crop_size == [224] and transform.resize_size == [232]
 
 
@@ -83,7 +112,9 @@ def test_cnn_embedder_exports_to_onnx_with_a_dynamic_batch(tmp_path):
     import onnxruntime as ort
     from torch.export import Dim
 
-    embedder = vision.build_cnn("efficientnet-lite0", weights="package", pooler="GeM").eval()
+    embedder = vision.build_cnn(
+        builder("efficientnet-lite0"), weights="package", pooler="GeM"
+    ).eval()
     path = tmp_path / "cnn.onnx"
     torch.onnx.export(
         embedder,

@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 _API = {
     "describe_models": "finetuner.catalogue",
-    "list_model_options": "finetuner.options",
+    "list_model_options": "finetuner.catalogue.options",
     "fit": "finetuner.run",
     "Run": "finetuner.run",
     "get_model": "finetuner.inference",

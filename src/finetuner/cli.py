@@ -32,7 +32,7 @@ def describe_models_command(args) -> None:
 
 def list_model_options_command(args) -> None:
     from finetuner.catalogue import get_entry
-    from finetuner.options import list_model_options
+    from finetuner.catalogue.options import list_model_options
     from finetuner.tables import print_table
 
     columns = ["option", "type", "default", "description"]
@@ -216,7 +216,7 @@ def check_local_root(root: str | None) -> str | None:
 
 def mirror_models_command(args) -> None:
     from finetuner import storage
-    from finetuner.weights import mirror_model
+    from finetuner.catalogue.weights import mirror_model
 
     storage.check_uri(args.to, "to", need_key=False)
     for name in args.models:

@@ -27,7 +27,7 @@ def choices() -> dict[str, list[str]]:
 
     from finetuner.catalogue import CATALOGUE, PIPELINE_TASKS
     from finetuner.losses import LOSSES
-    from finetuner.options import TextOptions
+    from finetuner.models.text import TextOptions
     from finetuner.samplers import SAMPLERS
 
     return {
@@ -37,7 +37,7 @@ def choices() -> dict[str, list[str]]:
         "sampler": list(SAMPLERS),
         # synthesize_and_finetune's models of the synthesis
         "relation_miner": [entry.name for entry in CATALOGUE if entry.task == "text-to-text"],
-        "cross_encoder": [entry.name for entry in CATALOGUE if entry.family == "cross-encoder"],
+        "cross_encoder": [entry.name for entry in CATALOGUE if entry.task == "synthesis"],
     }
 
 

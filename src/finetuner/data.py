@@ -120,7 +120,7 @@ def vector_checker(size: int):
                 f"{data_uri}, line {line}, column {column}: expected a vector of {size} finite "
                 f"numbers separated by spaces (input_size), got {value[:60]!r}."
             )
-        # The model reads float32 (models.vector.parse_vectors): what overflows there, in a
+        # The model reads float32 (models.mlp_net.parse_vectors): what overflows there, in a
         # number or in the vector's length, would make the loss NaN.
         vector = np.array(numbers, dtype=np.float32)
         with np.errstate(over="ignore"):
@@ -199,11 +199,12 @@ def field_checker(spec, opts=None):
     """How the fields of a model's data are checked (`opts`: DataOptions, for the media
     caps): None for text."""
     limits = opts.media_limits() if opts is not None else None
-    if spec.family == "cnn":
-        return media_checker("image", limits)
-    if spec.family == "pointnet":
-        return media_checker("mesh", limits)
-    if spec.family == "mlp":
+    if spec.query_kind != spec.document_kind:
+        return None  # a model of two kinds checks its rows with TextImageRows
+    kind = spec.document_kind
+    if kind in ("image", "mesh"):
+        return media_checker(kind, limits)
+    if kind == "vector":  # a vector model's options give the length (MLP: input_size)
         return vector_checker(int(spec.options["input_size"]))
     return None
 
@@ -211,7 +212,7 @@ def field_checker(spec, opts=None):
 def read_model_pairs(uri: str, spec) -> list[Pair]:
     """The pairs of a data file, checked for the model of `spec`: text-to-image rows come
     back as (text, image URI), image and mesh references resolved, vectors checked."""
-    rows = TextImageRows() if spec.family == "clip" else None
+    rows = TextImageRows() if spec.query_kind != spec.document_kind else None
     return read_pairs(uri, field=field_checker(spec), check_row=rows)
 
 

@@ -163,7 +163,7 @@ def open_rows(uri: str, spec, opts: DataOptions) -> tuple[str, Iterator, RowChec
         kind,
         opts,
         field=field_checker(spec, opts),
-        pair_row=TextImageRows(opts.media_limits()) if spec.family == "clip" else None,
+        pair_row=TextImageRows(opts.media_limits()) if _two_kinds(spec) else None,
         unit=formats.row_unit(formats.detect_format(uri, opts.format)),
     )
     return kind, rows, checker
@@ -185,12 +185,20 @@ def checked_rows(uri: str, spec, opts: DataOptions, bad: BadRows) -> tuple[str, 
     return kind, good()
 
 
+def _two_kinds(spec) -> bool:
+    """Whether the model embeds queries and documents of different kinds (CLIP: text and
+    image), so that each row holds one of each."""
+    return spec.query_kind != spec.document_kind
+
+
 def _check_kind(uri: str, kind: str, spec) -> None:
-    if spec.family == "clip" and kind != "pairs":
+    if _two_kinds(spec) and kind != "pairs":
         raise FinetunerError(
-            f"{uri} holds {kind} rows; CLIP models train on text,image pairs only."
+            f"{uri} holds {kind} rows; {spec.name} embeds {spec.query_kind} queries and "
+            f"{spec.document_kind} documents, so it trains on {spec.query_kind},"
+            f"{spec.document_kind} pairs only."
         )
-    if kind == "margins" and spec.family != "text":
+    if kind == "margins" and not spec.query_kind == spec.document_kind == "text":
         raise FinetunerError(
             f"{uri} holds query,positive,negative,margin rows (data synthesis), which train "
             f"text models only; {spec.name} is a {spec.family} model."

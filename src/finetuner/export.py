@@ -15,42 +15,11 @@ import numpy as np
 from finetuner import storage
 from finetuner.claim import MANIFEST, check_output_free
 from finetuner.errors import FinetunerError
+from finetuner.models.registry import get_family, resolve
 from finetuner.staging import stage_dir
 
 ONNX_FILE = "onnx/model.onnx"
 ONNX_TOLERANCE = 1e-4
-
-
-def write_sentence_transformers(model, folder: Path) -> None:
-    """A folder that `SentenceTransformer(folder)` loads: transformer, pooler, the projection
-    head if any (a Dense module), Normalize."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import (
-        Dense,
-        Normalize,
-        Pooling,
-        Transformer,
-    )
-
-    from finetuner.st_modules import GeMPooling
-
-    model.save(folder)
-    spec = model.spec
-    transformer = Transformer(str(folder), max_seq_length=spec.max_length)
-    dim = transformer.get_embedding_dimension()
-    if spec.pooler == "GeM":
-        pooling = GeMPooling(dim, p=spec.pooler_p, eps=spec.pooler_eps)
-    else:
-        pooling = Pooling(dim, pooling_mode=spec.pooler)
-    modules = [transformer, pooling]
-    head = model.embedder.head
-    if head is not None:
-        weight = head.weight.detach().clone()
-        modules.append(
-            Dense(dim, spec.output_dim, bias=False, activation_function=None, init_weight=weight)
-        )
-    modules.append(Normalize())
-    SentenceTransformer(modules=modules, device="cpu").save(str(folder))
 
 
 def export_onnx(spec: dict, path: Path) -> dict:
@@ -114,34 +83,22 @@ def model_card(spec, metrics: dict, onnx: dict[str, dict]) -> str:
         f"| {name} | {before.get(name, float('nan')):.4f} | {value:.4f} |"
         for name, value in after.items()
     )
-    details = ""
-    if spec.family == "text":
-        details = f", pooler `{spec.pooler}`, max length {spec.max_length}"
-        folder = (
-            'a sentence-transformers folder (`SentenceTransformer("model")`) with the weights '
-            "as safetensors"
-        )
-        if spec.pooler == "GeM":
-            folder += "; GeM is a finetuner module: load with `trust_remote_code=True`"
-    elif spec.family == "clip":
-        folder = "both towers and the temperature, to train on from"
-    else:
-        details = f", pooler `{spec.pooler}`" if spec.family == "cnn" else ""
-        folder = "the weights as safetensors"
+    family = get_family(spec.family)
+    details, folder = family.card(spec) if family.card else ("", "the weights as safetensors")
     if spec.options.get("output_dim"):
         details += ", a linear projection head" + (
             " trained on a frozen backbone" if spec.options.get("freeze") else ""
         )
-    files = [f"- `model/`: {folder}; `finetuner.get_model(uri)` loads it."]
-    if spec.family == "clip":
+    if family.towers:  # exported and loaded apart, not as one model
         files = [f"- `model/`: {folder}."]
-        for tower in ("clip-text", "clip-vision"):
+        for tower in family.towers:
             files.append(
                 f"- `{tower}/`: the {tower.removeprefix('clip-')} tower alone; "
                 f'`finetuner.get_model(uri, select_model="{tower}")` loads it.'
             )
             files.append(_onnx_line(onnx.get(tower), spec.architecture))
     else:
+        files = [f"- `model/`: {folder}; `finetuner.get_model(uri)` loads it."]
         files.append(_onnx_line(onnx.get("model"), spec.architecture))
     listing = "\n".join(files)
     return f"""# {spec.name}, fine-tuned
@@ -177,8 +134,10 @@ def export(model, metrics: dict, output_uri: str, run_id: str | None = None) -> 
 
     check_output_free(output_uri)
     with stage_dir("export") as stage:
-        if model.spec.family == "text":
-            write_sentence_transformers(model, stage / "model")
+        # A family may write its export in a format of its own (text: sentence-transformers).
+        writer = get_family(model.spec.family).export
+        if writer is not None:
+            resolve(writer)(model, stage / "model")
         else:
             model.save(stage / "model")
         # A two-tower model (CLIP) also exports each tower on its own, for inference.

@@ -10,12 +10,11 @@ from finetuner import storage
 from finetuner.claim import MANIFEST
 from finetuner.errors import FinetunerError
 from finetuner.export import ONNX_FILE
-
-TOWERS = ("clip-text", "clip-vision")
+from finetuner.models.registry import get_family, resolve
 
 
 class OnnxModel:
-    """An exported ONNX model on onnxruntime, with the preprocessing of its export."""
+    """An exported ONNX model on onnxruntime, with the preprocessing of its family."""
 
     def __init__(self, onnx_path: Path, model_folder: Path):
         import onnxruntime as ort
@@ -24,35 +23,13 @@ class OnnxModel:
 
         self.spec = read_spec(model_folder)
         self.output_dim = self.spec.output_dim
-        if self.spec.family == "text":
-            from transformers import AutoTokenizer
-
-            self.tokenizer = AutoTokenizer.from_pretrained(model_folder)
-        elif self.spec.family == "cnn":
-            from finetuner.models.image import image_transform
-
-            self.transform = image_transform(self.spec)
+        self.inputs = resolve(get_family(self.spec.family).onnx_inputs)(self.spec, model_folder)
         self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def _feeds(self, items: list) -> dict:
-        if self.spec.family == "text":
-            batch = self.tokenizer(
-                list(items),
-                padding=True,
-                truncation=True,
-                max_length=self.spec.max_length,
-                return_tensors="np",
-            )
-            return {n: batch[n].astype(np.int64) for n in self.input_names}
-        if self.spec.family == "mlp":
-            from finetuner.models.vector import parse_vectors
-
-            return {"vectors": parse_vectors(items).numpy()}
-        from finetuner.models.image import load_image
-
-        pixels = np.stack([self.transform(load_image(uri)).numpy() for uri in items])
-        return {"images": pixels}
+        # Only what the graph takes (a tokenizer may give token_type_ids it does not).
+        return {k: v for k, v in self.inputs(list(items)).items() if k in self.input_names}
 
     def encode(self, items: list, batch_size: int = 64, device: str = "cpu") -> np.ndarray:
         # `device` keeps the models' encode signature; onnxruntime runs on its CPU provider.
@@ -69,7 +46,7 @@ class OnnxTower(OnnxModel):
     def __init__(self, onnx_path: Path, tower_folder: Path):
         import onnxruntime as ort
 
-        from finetuner.models import clip
+        from finetuner.models import clip_net as clip
 
         config = clip.tower_config(tower_folder)
         self.output_dim = config["embed_dim"]
@@ -78,7 +55,7 @@ class OnnxTower(OnnxModel):
         else:
             import torch
 
-            from finetuner.models.image import load_image
+            from finetuner.models.cnn_net import load_image
 
             transform = clip.tower_transform(tower_folder)
             self.input_name = "pixel_values"
@@ -89,17 +66,17 @@ class OnnxTower(OnnxModel):
         return {self.input_name: self.inputs(items).numpy()}
 
 
-def _get_tower(root: Path, artifact: str, select_model: str | None, is_onnx: bool):
-    if select_model not in TOWERS:
+def _get_tower(root: Path, artifact: str, select_model: str | None, is_onnx: bool, towers):
+    if select_model not in towers:
         raise FinetunerError(
-            f"{artifact} is a CLIP model with two towers: choose one with "
-            f"select_model={' or '.join(repr(t) for t in TOWERS)}."
+            f"{artifact} is a model with {len(towers)} towers: choose one with "
+            f"select_model={' or '.join(repr(t) for t in towers)}."
         )
     if is_onnx:
         return OnnxTower(root / "onnx" / f"{select_model}.onnx", root / select_model)
-    from finetuner.models.text_image import load_tower
+    from finetuner.models.clip_net import load_tower_model
 
-    return load_tower(root / select_model)
+    return load_tower_model(root / select_model)
 
 
 def get_model(artifact: str, is_onnx: bool = False, select_model: str | None = None):
@@ -116,8 +93,9 @@ def get_model(artifact: str, is_onnx: bool = False, select_model: str | None = N
     root = storage.local_copy(artifact.rstrip("/") + "/")
     from finetuner.models.folder import read_spec
 
-    if read_spec(root / "model").family == "clip":
-        return _get_tower(root, artifact, select_model, is_onnx)
+    towers = get_family(read_spec(root / "model").family).towers
+    if towers:
+        return _get_tower(root, artifact, select_model, is_onnx, towers)
     if select_model is not None:
         raise FinetunerError(
             f"select_model is for CLIP exports, whose towers load apart; {artifact} holds one "

@@ -125,15 +125,18 @@ def loss_for(family: str, name: str, kind: str | None = None) -> str:
     """The loss a model trains with on a kind of data, given the loss parameter. Left at its
     default, the parameter means the default of the model and the data. With the kind not
     known yet (before the data is read), only the model is checked."""
+    from finetuner.models.registry import get_family
+
     name = check_loss(name)
     valid = KIND_LOSSES[kind or "pairs"]
-    if family == "clip":
-        if name not in (CLIP_LOSS, DEFAULT_LOSS):
+    own = get_family(family)
+    if own.losses:  # a family that trains with its own losses only (CLIP)
+        if name not in (*own.losses, DEFAULT_LOSS):
             raise FinetunerError(
-                f"parameter loss: CLIP models train with {CLIP_LOSS} (its learnable "
-                f"temperature is part of the model), not {name}."
+                f"parameter loss: {family} models train with {' or '.join(own.losses)} "
+                f"only (part of the model, as CLIP's learnable temperature is), not {name}."
             )
-        return CLIP_LOSS
+        return own.losses[0]
     if name == CLIP_LOSS:
         raise FinetunerError(
             f"parameter loss: {CLIP_LOSS} trains CLIP models (text-to-image) only. "
@@ -146,7 +149,9 @@ def loss_for(family: str, name: str, kind: str | None = None) -> str:
             f"{kind}. Valid losses for {kind} data: "
             f"{', '.join(n for n in KIND_LOSSES[kind] if n != CLIP_LOSS)}."
         )
-    if (name == MARGIN_MSE or kind == "margins") and family != "text":
+    if (name == MARGIN_MSE or kind == "margins") and not (
+        own.query_kind == own.document_kind == "text"
+    ):
         raise FinetunerError(
             f"parameter loss: {MARGIN_MSE} and its query,positive,negative,margin rows train "
             f"text models only; this is a {family} model."
@@ -259,7 +264,7 @@ def _own_loss(name: str, model, kind: str, options: dict):
     import torch.nn.functional as F
 
     if name == CLIP_LOSS:
-        from finetuner.models.clip import clip_loss
+        from finetuner.models.clip_net import clip_loss
 
         clip_symmetric = clip_loss()
         return lambda q, d: clip_symmetric(d, q, model.scale())  # images, texts, scale

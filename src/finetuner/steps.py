@@ -27,8 +27,8 @@ def catalogue_lookup(
 
     With `model_artifact` (a previous run's export), training continues from its model."""
     from finetuner import storage
+    from finetuner.catalogue.weights import continue_from
     from finetuner.errors import FinetunerError
-    from finetuner.weights import continue_from
 
     for name, uri in (("weights", weights), ("model_artifact", model_artifact)):
         if uri:

@@ -134,7 +134,7 @@ def _named(parameter: str):
 def miner_spec(models: SynthesisModels, max_length: int):
     """The relation miner's ModelSpec: a text-to-text model of the catalogue."""
     from finetuner.catalogue import CATALOGUE, get_entry, lookup
-    from finetuner.weights import check_weights
+    from finetuner.catalogue.weights import check_weights
 
     entry = get_entry(models.relation_miner)
     if entry.task != "text-to-text":
@@ -154,11 +154,11 @@ def cross_encoder_source(name: str, weights: str = "") -> str:
     backbone: `weights` if given, else `$FINETUNER_MODEL_MIRROR/<name>/`, else the hub id
     (its local cache when HF_HUB_OFFLINE is set)."""
     from finetuner.catalogue import CATALOGUE, get_entry
-    from finetuner.weights import check_weights, resolve_source
+    from finetuner.catalogue.weights import check_weights, resolve_source
 
     entry = get_entry(name)
-    if entry.family != "cross-encoder":
-        valid = [e.name for e in CATALOGUE if e.family == "cross-encoder"]
+    if entry.task != "synthesis":  # the catalogue's scorers of pairs
+        valid = [e.name for e in CATALOGUE if e.task == "synthesis"]
         raise FinetunerError(
             f"parameter cross_encoder: {entry.name} ({entry.task}) is not a cross-encoder. "
             f"Valid cross-encoders: {', '.join(valid)}."
@@ -175,7 +175,7 @@ def load_cross_encoder(source: str, max_length: int = DEFAULT_MAX_LENGTH, device
     from sentence_transformers import CrossEncoder
     from transformers.utils import logging as hf_logging
 
-    from finetuner.weights import local_path
+    from finetuner.models.weights import local_path
 
     hf_logging.disable_progress_bar()
     path = local_path(source)

@@ -256,7 +256,8 @@ def text_lengths(data, model) -> list[int] | None:
     other models, whose inputs have a fixed size."""
     import pyarrow.compute as pc
 
-    if model.spec.family != "text" or data.kind == "labeled":
+    spec = model.spec
+    if not spec.query_kind == spec.document_kind == "text" or data.kind == "labeled":
         return None
     columns = data.table.column_names[:2]
     total = pc.add(*(pc.utf8_length(data.table.column(c)) for c in columns))

