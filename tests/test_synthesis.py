@@ -327,8 +327,9 @@ def test_synthesized_rows_train_through_finetuner_run(synthesized, tmp_path):
     counts = steps.preprocess(spec, result.output, "", 0.25, 42, {}, str(tmp_path / "train"),
                               str(tmp_path / "eval"), str(tmp_path / "report.md"))  # fmt: skip
     assert counts["kind"] == "margins" and counts["train_rows"] == 27 and counts["eval_rows"] == 9
-    trained = steps.train(spec, str(tmp_path / "train"), str(tmp_path / "m"), "MarginMSELoss",
-                          epochs=1, batch_size=9, learning_rate=2e-4, seed=0)  # fmt: skip
+    trained = steps.train(spec, str(tmp_path / "train"), str(tmp_path / "m"), {
+        "loss": "MarginMSELoss", "epochs": 1, "batch_size": 9, "learning_rate": 2e-4, "seed": 0,
+    })  # fmt: skip
     assert trained["loss"] == "MarginMSELoss" and trained["steps"] == 3
 
     rows = dataset.load(tmp_path / "train").rows(list(range(27)))
