@@ -84,10 +84,9 @@ def step_images(args) -> tuple[str, str] | None:
 def run_command(args) -> None:
     from rich.text import Text
 
+    from finetuner.parameters import Finetune
     from finetuner.run import run_pipeline
     from finetuner.tables import console
-
-    from finetuner.parameters import Finetune
 
     params = {name: getattr(args, name) for name in Finetune.model_fields if hasattr(args, name)}
     params["data_options"] = data_options(args)

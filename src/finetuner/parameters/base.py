@@ -167,7 +167,11 @@ class Parameters(BaseModel):
         parsed = {}
         for name, value in values.items():
             field = cls.model_fields.get(name)
-            if isinstance(value, str) and field is not None and str not in parts(field.annotation)[0]:
+            if (
+                isinstance(value, str)
+                and field is not None
+                and str not in parts(field.annotation)[0]
+            ):
                 try:
                     value = json.loads(value)
                 except ValueError:

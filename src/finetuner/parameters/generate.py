@@ -135,7 +135,7 @@ def json_value(text: str, kind: type = dict):
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
     if not isinstance(value, kind):
-        example = "'{\"input_size\": 64}'" if kind is dict else "'[{\"key\": \"gpu\"}]'"
+        example = "'{\"input_size\": 64}'" if kind is dict else '\'[{"key": "gpu"}]\''
         what = "a JSON object" if kind is dict else "a JSON list"
         raise argparse.ArgumentTypeError(f"expected {what}, like {example}")
     return value

@@ -30,9 +30,7 @@ def _all(*groups) -> list[str]:
 
 Finetune = subset(
     "Finetune",
-    _all(
-        DataParameters, ModelParameters, TrainOptions, OutputParameters, ClusterParameters
-    ),
+    _all(DataParameters, ModelParameters, TrainOptions, OutputParameters, ClusterParameters),
 )
 
 # The synthesized rows train with MarginMSELoss and random batches, and the training
