@@ -11,6 +11,12 @@ def train(
     eval_dataset: Input[Dataset],
     options: dict,
     output_uri: str,
+    loss_options: dict,
+    miner_options: dict,
+    optimizer_options: dict,
+    scheduler_options: dict,
+    loss_optimizer_options: dict,
+    early_stopping_options: dict,
     num_gpus: int,
     run_id: str,
     claim: str,
@@ -21,8 +27,9 @@ def train(
     evaluating after each epoch, with checkpoints under output_uri that a restarted step
     resumes from; data-parallel over num_gpus GPUs through torchrun. Checkpoints are written
     only while the run holds its claim on output_uri. `options` are the training options
-    (finetuner.parameters.TrainOptions), each value as KFP hands it over (text); the values
-    that auto resolved to go to train_metrics."""
+    (finetuner.parameters.TrainOptions), each value as KFP hands it over (text), but for
+    those that are JSON objects (STRUCT_OPTIONS), which come as inputs of their own; the
+    values that auto resolved to go to train_metrics."""
     from finetuner.failures import reported
 
     with reported("train"):
@@ -34,7 +41,15 @@ def train(
             model_spec,
             train_dataset.path,
             model.path,
-            options,
+            {
+                **options,
+                "loss_options": loss_options,
+                "miner_options": miner_options,
+                "optimizer_options": optimizer_options,
+                "scheduler_options": scheduler_options,
+                "loss_optimizer_options": loss_optimizer_options,
+                "early_stopping_options": early_stopping_options,
+            },
             run_output(output_uri, run_id),
             eval_dataset.path,
             num_gpus,

@@ -11,7 +11,7 @@ from finetuner.components.export import export
 from finetuner.components.preprocess import preprocess
 from finetuner.components.promote import promote as promote_step
 from finetuner.components.train import train
-from finetuner.parameters import Finetune, training_options
+from finetuner.parameters import Finetune, struct_options, training_options
 from finetuner.parameters.generate import pipeline_function
 
 DESCRIPTION = "Fine-tune an embedding model from the catalogue on (query, document) pairs."
@@ -48,6 +48,7 @@ def finetune(p: dict):
         train_dataset=data.outputs["train_dataset"],
         eval_dataset=data.outputs["eval_dataset"],
         options=training_options(p),
+        **struct_options(p),
         output_uri=p["output_uri"],
         num_gpus=p["gpu_count"],
         run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,

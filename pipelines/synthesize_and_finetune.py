@@ -13,7 +13,7 @@ from finetuner.components.preprocess import preprocess
 from finetuner.components.synthesize import synthesize_pairs
 from finetuner.components.train import train
 from finetuner.losses import MARGIN_MSE
-from finetuner.parameters import SynthesizeAndFinetune, training_options
+from finetuner.parameters import SynthesizeAndFinetune, struct_options, training_options
 from finetuner.parameters.generate import pipeline_function
 
 DESCRIPTION = (
@@ -74,6 +74,7 @@ def synthesize_and_finetune(p: dict):
         eval_dataset=data.outputs["eval_dataset"],
         # The training options not among this pipeline's parameters keep their defaults.
         options={**training_options(p), "loss": MARGIN_MSE, "sampler": "random"},
+        **struct_options(p),
         output_uri=p["output_uri"],
         num_gpus=p["gpu_count"],
         run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,

@@ -197,3 +197,15 @@ def test_a_value_given_counts_as_given_even_at_the_usual_default():
             lookup("clip-base-en", **{name: value}, resolve_weights=False)
     text = catalogue_lookup("minilm-l6-en", pooler_p="auto", max_length="64")
     assert (text["pooler"], text["pooler_p"], text["max_length"]) == ("mean", 3.0, 64)
+
+
+def test_the_train_step_takes_each_json_object_option_as_an_input():
+    """kfp.local cannot nest a JSON object in the options dict: each is an input."""
+    from finetuner.components.train import train
+    from finetuner.parameters import STRUCT_OPTIONS
+
+    inputs = train.component_spec.inputs
+    assert set(STRUCT_OPTIONS) == {n for n, i in inputs.items() if i.type == "Dict"} - {
+        "model_spec", "options",
+    }  # fmt: skip
+    assert STRUCT_OPTIONS

@@ -366,9 +366,8 @@ def test_compiled_pipeline_parses_strictly_with_its_steps_and_dropdowns():
     assert "claim-output" in tasks["synthesize-pairs"].dependent_tasks
     source = tasks["preprocess"].inputs.parameters["train_data"].task_output_parameter
     assert source.producer_task == "synthesize-pairs"
-    assert tasks["train"].inputs.parameters["loss"].runtime_value.constant.string_value == (
-        "MarginMSELoss"
-    )
+    options = tasks["train"].inputs.parameters["options"].runtime_value.constant.struct_value
+    assert options.fields["loss"].string_value == "MarginMSELoss"
     parameters = spec.root.input_definitions.parameters
     literals = {name: [v.string_value for v in parameters[name].literals] for name in parameters}
     assert literals["cross_encoder"] == [CROSS_ENCODER]

@@ -8,8 +8,10 @@ from finetuner.parameters.base import AUTO, NONE, Parameters, param, valid_text
 from finetuner.parameters.declared import DEFAULT_MODEL, RunParameters, TrainOptions
 from finetuner.parameters.pipelines import (
     PIPELINES,
+    STRUCT_OPTIONS,
     Finetune,
     SynthesizeAndFinetune,
+    struct_options,
     training_options,
 )
 
@@ -18,12 +20,14 @@ __all__ = [
     "DEFAULT_MODEL",
     "NONE",
     "PIPELINES",
+    "STRUCT_OPTIONS",
     "Finetune",
     "Parameters",
     "RunParameters",
     "SynthesizeAndFinetune",
     "TrainOptions",
     "param",
+    "struct_options",
     "training_options",
     "valid_text",
 ]

@@ -60,6 +60,24 @@ SynthesizeAndFinetune = subset(
 PIPELINES = {"finetune": Finetune, "synthesize_and_finetune": SynthesizeAndFinetune}
 
 
+# The training options that are JSON objects. The train step takes each as an input of its
+# own: kfp.local writes a dict nested in a dict of pipeline channels into the step's input
+# as unescaped JSON text, which breaks it.
+STRUCT_OPTIONS = tuple(n for n, f in TrainOptions.model_fields.items() if f.annotation is dict)
+
+
 def training_options(params: dict) -> dict:
-    """The train step's options among a pipeline's parameters (values or channels)."""
-    return {name: params[name] for name in TrainOptions.model_fields if name in params}
+    """The train step's options among a pipeline's parameters (values or channels), but
+    for STRUCT_OPTIONS."""
+    return {
+        name: params[name]
+        for name in TrainOptions.model_fields
+        if name in params and name not in STRUCT_OPTIONS
+    }
+
+
+def struct_options(params: dict) -> dict:
+    """The STRUCT_OPTIONS, each an input of the train step: a pipeline's parameter, or the
+    default where the pipeline has none."""
+    fields = TrainOptions.model_fields
+    return {name: params.get(name, fields[name].get_default()) for name in STRUCT_OPTIONS}
