@@ -7,15 +7,16 @@ from finetuner.components import IMAGE
 def catalogue_lookup(
     model: str,
     pooler: str,
-    pooler_p: float,
-    pooler_eps: float,
-    max_length: int,
+    pooler_p: str,
+    pooler_eps: str,
+    max_length: str,
     loss: str,
     model_options: dict,
     weights: str,
     model_artifact: str,
 ) -> dict:
-    """Validate the backbone and its options against the catalogue; output the ModelSpec."""
+    """Validate the backbone and its options against the catalogue; output the ModelSpec.
+    pooler_p, pooler_eps and max_length are numbers or auto (the model's own)."""
     from finetuner.failures import reported
 
     with reported("catalogue-lookup"):

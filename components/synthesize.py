@@ -14,7 +14,7 @@ def synthesize_pairs(
     relation_miner_weights: str,
     cross_encoder_weights: str,
     num_relations: int,
-    max_length: int,
+    max_length: str,
     data_options: dict,
     seed: int,
     output_uri: str,

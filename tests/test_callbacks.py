@@ -91,7 +91,10 @@ def test_early_stopping_with_a_baseline_never_beaten(tiny_model, split_pairs):
     "changes, message",
     [
         ({"best_model_metric": "ndcg@5"}, "no metric 'ndcg@5' is reported each epoch"),
-        ({"best_model_metric": "ndcg@10", "best_model_mode": "up"}, "mode 'up' is not valid"),
+        (
+            {"best_model_metric": "ndcg@10", "best_model_mode": "up"},
+            "parameter best_model_mode: invalid value 'up'. Valid: one of auto, max, min",
+        ),
         (
             {"early_stopping_patience": 1, "early_stopping_options": {"patience": 3}},
             "unknown option(s) patience; valid: monitor, mode, min_delta, baseline",

@@ -269,8 +269,11 @@ def test_cosent_prefers_the_order_of_the_scores():
 def test_losses_follow_the_kind_of_data():
     from finetuner.losses import loss_for
 
-    assert loss_for("text", "MultipleNegativesRankingLoss", "labeled") == "TripletMarginLoss"
-    assert loss_for("text", "MultipleNegativesRankingLoss", "scored") == "CoSENTLoss"
+    assert loss_for("text", "auto", "labeled") == "TripletMarginLoss"
+    assert loss_for("text", "auto", "scored") == "CoSENTLoss"
+    with pytest.raises(FinetunerError, match="MultipleNegativesRankingLoss does not train on "
+                       "labeled data"):  # fmt: skip
+        loss_for("text", "MultipleNegativesRankingLoss", "labeled")
     with pytest.raises(FinetunerError, match="does not train on scored data. Valid losses for "
                        "scored data: CoSENTLoss, CosineSimilarityLoss"):  # fmt: skip
         loss_for("text", "TripletMarginLoss", "scored")

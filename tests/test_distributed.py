@@ -52,9 +52,10 @@ def test_train_step_in_two_processes(tiny_bert, pairs_csv, tmp_path):
     spec = lookup("minilm-l6-en", max_length=16, weights=str(tiny_bert(tmp_path / "bert")))
     dataset.write([tuple(r) for r in _rows(pairs_csv(64))], tmp_path / "train")
     result = steps.train(
-        spec.model_dump(), str(tmp_path / "train"), str(tmp_path / "model"),
-        "MultipleNegativesRankingLoss", epochs=2, batch_size=8, learning_rate=1e-3, seed=3,
-        choices={"eval_k": 10}, num_gpus=2,
+        spec.model_dump(), str(tmp_path / "train"), str(tmp_path / "model"), {
+            "loss": "MultipleNegativesRankingLoss", "epochs": 2, "batch_size": 8,
+            "learning_rate": 1e-3, "seed": 3, "eval_k": 10,
+        }, num_gpus=2,
     )  # fmt: skip
     # 64 pairs in batches of 8 make 8 batches an epoch: 4 steps in each process.
     assert result["steps"] == 8 and len(result["history"]) == 2

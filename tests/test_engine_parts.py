@@ -267,9 +267,11 @@ def test_loss_names_resolve_by_kind():
     assert loss_for("text", "arcfaceloss", "labeled") == "ArcFaceLoss"
     assert loss_for("text", "ProxyAnchorLoss", "labeled") == "ProxyAnchorLoss"
     assert loss_for("text", "ProxyAnchorLoss") == "ProxyAnchorLoss"  # kind not known yet
-    assert loss_for("text", "MultipleNegativesRankingLoss", "margins") == "MarginMSELoss"
+    assert loss_for("text", "auto", "margins") == "MarginMSELoss"
     assert loss_for("text", "MarginMSELoss") == "MarginMSELoss"  # kind not known yet
-    assert loss_for("clip", "MultipleNegativesRankingLoss", "pairs") == "CLIPLoss"
+    assert loss_for("clip", "auto", "pairs") == "CLIPLoss"
+    with pytest.raises(FinetunerError, match="does not train on margins data"):
+        loss_for("text", "MultipleNegativesRankingLoss", "margins")
 
 
 # ---------------------------------------------------------------- optimizers

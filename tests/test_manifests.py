@@ -10,7 +10,7 @@ import yaml
 
 from finetuner import submit
 from finetuner.cluster import S3_SECRET_KEYS
-from finetuner.defaults import CLUSTER_DEFAULTS
+from finetuner.parameters import RunParameters
 
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 KUBERNETES = "1.32.0"
@@ -80,7 +80,7 @@ def test_secret_templates_hold_placeholders_for_the_pipelines_secret():
     secrets = resources("Secret")
     assert len(secrets) >= 2  # base and the in-cluster overlay
     for path, secret in secrets:
-        assert secret["metadata"]["name"] == CLUSTER_DEFAULTS["s3_secret_name"]
+        assert secret["metadata"]["name"] == RunParameters.model_fields["s3_secret_name"].default
         values = secret["stringData"]
         assert set(values) == set(S3_SECRET_KEYS), path
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
@@ -96,7 +96,7 @@ def test_launcher_configs_read_the_same_secret():
         assert default["endpoint"] and isinstance(default["disableSSL"], bool), path
         ref = default["credentials"]["secretRef"]
         assert default["credentials"]["fromEnv"] is False
-        assert ref["secretName"] == CLUSTER_DEFAULTS["s3_secret_name"]
+        assert ref["secretName"] == RunParameters.model_fields["s3_secret_name"].default
         assert {ref["accessKeyKey"], ref["secretKeyKey"]} <= set(S3_SECRET_KEYS)
 
 

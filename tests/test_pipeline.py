@@ -36,8 +36,10 @@ def test_compiled_yaml_parses_strictly_with_dropdowns_and_descriptions():
     assert literals["model"] == trainable
     assert {"minilm-l6-en", "efficientnet-lite0", "clip-base-en", "mlp"} <= set(trainable)
     assert "crossencoder-base-en" not in trainable  # data synthesis only
-    assert literals["pooler"] == ["mean", "cls", "max", "GeM"]
-    assert literals["loss"][:3] == ["MultipleNegativesRankingLoss", "TripletMarginLoss", "CLIPLoss"]
+    assert literals["pooler"] == ["auto", "mean", "cls", "max", "GeM"]
+    assert literals["loss"][:4] == [
+        "auto", "MultipleNegativesRankingLoss", "TripletMarginLoss", "CLIPLoss",
+    ]  # fmt: skip
     assert {"CoSENTLoss", "CosineSimilarityLoss"} <= set(literals["loss"])
     assert literals["sampler"] == ["auto", "random", "class", "no_duplicates"]
     for name in ("model", "train_data", "eval_data", "val_split", "loss", "epochs",

@@ -328,8 +328,9 @@ def test_synthesized_rows_train_through_finetuner_run(synthesized, tmp_path):
     counts = steps.preprocess(spec, result.output, "", 0.25, 42, {}, str(tmp_path / "train"),
                               str(tmp_path / "eval"), str(tmp_path / "report.md"))  # fmt: skip
     assert counts["kind"] == "margins" and counts["train_rows"] == 27 and counts["eval_rows"] == 9
-    trained = steps.train(spec, str(tmp_path / "train"), str(tmp_path / "m"), "MarginMSELoss",
-                          epochs=1, batch_size=9, learning_rate=2e-4, seed=0)  # fmt: skip
+    trained = steps.train(spec, str(tmp_path / "train"), str(tmp_path / "m"), {
+        "loss": "MarginMSELoss", "epochs": 1, "batch_size": 9, "learning_rate": 2e-4, "seed": 0,
+    })  # fmt: skip
     assert trained["loss"] == "MarginMSELoss" and trained["steps"] == 3
 
     rows = dataset.load(tmp_path / "train").rows(list(range(27)))
@@ -366,9 +367,8 @@ def test_compiled_pipeline_parses_strictly_with_its_steps_and_dropdowns():
     assert "claim-output" in tasks["synthesize-pairs"].dependent_tasks
     source = tasks["preprocess"].inputs.parameters["train_data"].task_output_parameter
     assert source.producer_task == "synthesize-pairs"
-    assert tasks["train"].inputs.parameters["loss"].runtime_value.constant.string_value == (
-        "MarginMSELoss"
-    )
+    options = tasks["train"].inputs.parameters["options"].runtime_value.constant.struct_value
+    assert options.fields["loss"].string_value == "MarginMSELoss"
     parameters = spec.root.input_definitions.parameters
     literals = {name: [v.string_value for v in parameters[name].literals] for name in parameters}
     assert literals["cross_encoder"] == [CROSS_ENCODER]

@@ -190,7 +190,7 @@ def test_wiseft_blends_the_fine_tuned_with_the_pretrained_weights():
          "in [0, 1]"),
         ({"max_steps": 0}, "parameter max_steps: invalid value 0. Valid: an integer >= 1, or "
          "None (None: no limit)."),
-        ({"epochs": 2.5}, "parameter epochs: invalid value 2.5. Valid: an integer >= 1."),
+        ({"epochs": 2.5}, "parameter epochs: invalid value 2.5. Valid: an integer >= 1, or auto."),
         ({"max_grad_norm": 0}, "parameter max_grad_norm: invalid value 0. Valid: a number > 0"),
     ],
 )  # fmt: skip
@@ -241,8 +241,9 @@ def test_the_train_step_checks_the_data_before_it_loads_the_model(tmp_path):
     dataset.write([(f"item {i}", f"label {i}") for i in range(6)], tmp_path / "train", "labeled")
     spec = lookup("mlp", model_options={"input_size": 2}).model_dump()
     with pytest.raises(FinetunerError, match="no label of the train data has two items"):
-        steps.train(spec, str(tmp_path / "train"), str(tmp_path / "model"), "TripletMarginLoss",
-                    1, 4, 1e-3, 0)  # fmt: skip
+        steps.train(spec, str(tmp_path / "train"), str(tmp_path / "model"), {
+            "loss": "TripletMarginLoss", "epochs": 1, "batch_size": 4, "learning_rate": 1e-3,
+        })  # fmt: skip
     assert not (tmp_path / "model").exists()
 
 

@@ -84,39 +84,12 @@ def step_images(args) -> tuple[str, str] | None:
 def run_command(args) -> None:
     from rich.text import Text
 
+    from finetuner.parameters import Finetune
     from finetuner.run import run_pipeline
     from finetuner.tables import console
 
-    params = {
-        "model": args.model,
-        "train_data": args.train_data,
-        "eval_data": args.eval_data,
-        "val_split": args.val_split,
-        "loss": args.loss,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "learning_rate": args.learning_rate,
-        "pooler": args.pooler,
-        "pooler_p": args.pooler_p,
-        "pooler_eps": args.pooler_eps,
-        "max_length": args.max_length,
-        "model_options": args.model_options,
-        "weights": args.weights,
-        "model_artifact": args.model_artifact,
-        "data_options": data_options(args),
-        "sampler": args.sampler,
-        "num_items_per_class": args.num_items_per_class,
-        "checkpoint_every": args.checkpoint_every,
-        "gpu_count": args.num_gpus,
-        **{name: getattr(args, name) for name in CHOICE_FLAGS},
-        "eval_k": args.eval_k,
-        "seed": args.seed,
-        "output_uri": args.output,
-        "promote": args.promote,
-        "promotion_metric": args.promotion_metric,
-        "promotion_min_delta": args.promotion_min_delta,
-        "force_claim": args.force_claim,
-    }
+    params = {name: getattr(args, name) for name in Finetune.model_fields if hasattr(args, name)}
+    params["data_options"] = data_options(args)
     check_summary_json(args.summary_json)
     run = run_pipeline(
         params, pipeline_root=check_local_root(args.pipeline_root), images=step_images(args)
@@ -158,12 +131,16 @@ def synthesize_command(args) -> None:
 def synthesize_and_finetune_command(args) -> None:
     from rich.text import Text
 
-    from finetuner.run_synthesis import PARAMETERS, run_synthesis_pipeline
+    from finetuner.parameters import SynthesizeAndFinetune
+    from finetuner.run_synthesis import run_synthesis_pipeline
     from finetuner.tables import console
 
-    params = {name: getattr(args, name) for name in PARAMETERS}
-    params["output_uri"] = args.output
-    params["force_claim"] = args.force_claim
+    params = {
+        name: getattr(args, name)
+        for name in SynthesizeAndFinetune.model_fields
+        if hasattr(args, name)
+    }
+    params["data_options"] = data_options(args)
     check_summary_json(args.summary_json)
     run = run_synthesis_pipeline(
         params, pipeline_root=check_local_root(args.pipeline_root), images=step_images(args)
@@ -326,37 +303,8 @@ def s3_server_command(args) -> None:
         raise SystemExit(code)
 
 
-FORCE_CLAIM_HELP = (
-    "take the output over from the run that claimed it (its error names it), once you have "
-    "checked that that run is no longer running"
-)
-
-# The train step's choices by name and their options: flag name -> (type, help).
-CHOICE_FLAGS = {
-    "loss_options": ("json", "the loss's options as JSON, e.g. '{\"margin\": 0.1}'"),
-    "miner": (str, "a pytorch-metric-learning miner, e.g. TripletMarginMiner"),
-    "miner_options": ("json", "the miner's options as JSON"),
-    "optimizer": (str, "any torch.optim optimizer"),
-    "optimizer_options": ("json", "the optimizer's options as JSON"),
-    "layerwise_decay": (float, "lr x this per transformer layer below the top (1: none)"),
-    "scheduler": (str, "linear, cosine, cosine_with_restarts, polynomial, constant or "
-                  "constant_with_warmup"),
-    "scheduler_options": ("json", "the scheduler's options as JSON"),
-    "num_warmup_steps": (int, "warm-up steps; -1: warmup_ratio of the batch steps"),
-    "scheduler_step": (str, "step the schedule every batch or every epoch"),
-    "wiseft_alpha": (float, "WiSE-FT: alpha x fine-tuned + (1 - alpha) x pretrained weights"),
-    "loss_optimizer": (str, "optimizer of a loss's own weights (ArcFace's); empty: as "
-                       "--optimizer"),
-    "loss_optimizer_options": ("json", "the loss optimizer's options as JSON"),
-    "loss_learning_rate": (float, "learning rate of a loss's own weights"),
-    "evaluate_every_epoch": ("bool", "retrieval metrics on the eval data after every epoch "
-                             "(true or false)"),
-    "best_model_metric": (str, "keep the epoch that is best by this metric, e.g. ndcg@10; "
-                          "empty: the last"),
-    "best_model_mode": (str, "max, min or auto (min for losses)"),
-    "early_stopping_patience": (int, "stop after N epochs without improvement; 0: never"),
-    "early_stopping_options": ("json", "monitor, mode, min_delta and baseline as JSON"),
-}  # fmt: skip
+# Flags named otherwise than their pipeline parameter.
+FLAGS = {"output_uri": "--output", "gpu_count": "--num-gpus"}
 
 
 def data_options(args) -> dict:
@@ -367,25 +315,9 @@ def data_options(args) -> dict:
     return options
 
 
-def boolean(text: str) -> bool:
-    value = text.strip().lower()
-    if value not in ("true", "false", "1", "0", "yes", "no"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
-    return value in ("true", "1", "yes")
-
-
-def json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object, like '{\"input_size\": 64}'")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from finetuner.defaults import CLUSTER_DEFAULTS, PIPELINE_DEFAULTS
+    from finetuner.parameters import Finetune, SynthesizeAndFinetune
+    from finetuner.parameters.generate import add_flags, json_object
 
     parser = Parser(
         prog="finetuner",
@@ -401,7 +333,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a catalogue name, e.g. minilm-l6-en")
     p.set_defaults(func=list_model_options_command)
 
-    d = PIPELINE_DEFAULTS
     p = sub.add_parser(
         "run",
         help="run the finetune pipeline on this machine (kfp.local)",
@@ -410,112 +341,18 @@ def build_parser() -> argparse.ArgumentParser:
         "credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or paths.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", default=d["model"], help="catalogue name of the backbone")
-    p.add_argument(
-        "--train-data", required=True, help="CSV of query,document pairs (text,image for CLIP)"
-    )
-    p.add_argument("--eval-data", default="", help="CSV of held-out pairs (default: split)")
-    p.add_argument("--val-split", type=float, default=d["val_split"], help="held-out fraction")
-    p.add_argument(
-        "--loss",
-        default=d["loss"],
-        help="MultipleNegativesRankingLoss or TripletMarginLoss; CLIPLoss for CLIP models",
-    )
-    p.add_argument("--epochs", type=int, default=d["epochs"])
-    p.add_argument("--batch-size", type=int, default=d["batch_size"])
-    p.add_argument("--learning-rate", type=float, default=d["learning_rate"])
-    p.add_argument("--pooler", default=d["pooler"], help="mean, cls, max or GeM")
-    p.add_argument("--pooler-p", type=float, default=d["pooler_p"], help="GeM's p")
-    p.add_argument("--pooler-eps", type=float, default=d["pooler_eps"], help="GeM's eps")
-    p.add_argument("--max-length", type=int, default=d["max_length"], help="tokens per text")
-    p.add_argument(
-        "--model-options",
-        type=json_object,
-        default={},
-        help="the model's own options as JSON, e.g. '{\"input_size\": 64}' for mlp",
-    )
-    p.add_argument(
-        "--weights",
-        default=d["weights"],
-        help="pretrained weights to start from: a model folder in the mirror layout "
-        "(s3:// or local; see README). Default: the mirror, a package, or upstream",
-    )
-    p.add_argument(
-        "--model-artifact",
-        default=d["model_artifact"],
-        help="continue training from a previous run's export (its --output), with the same "
-        "model and model options",
-    )
-    p.add_argument(
-        "--data-options",
-        type=json_object,
-        default={},
-        help="how the data is read, as JSON: format, dialect, encoding, is_labeled, size, "
-        "max_bad_rows, max_field_chars, e.g. '{\"is_labeled\": true}'",
-    )
+    # A flag for each pipeline parameter (finetuner.parameters), then this command's own.
+    add_flags(p, Finetune, FLAGS, optional=("output_uri",))
     p.add_argument(
         "--max-bad-rows",
         type=int,
-        help="bad rows to skip (and count) before the run fails (default 0)",
-    )
-    p.add_argument(
-        "--sampler",
-        default=d["sampler"],
-        help="auto (default), random, class (labeled data) or no_duplicates",
-    )
-    p.add_argument(
-        "--num-items-per-class",
-        type=int,
-        default=d["num_items_per_class"],
-        help="items of each label in a batch, for the class sampler",
-    )
-    for name, (kind, text) in CHOICE_FLAGS.items():
-        p.add_argument(
-            "--" + name.replace("_", "-"),
-            type={"json": json_object, "bool": boolean}.get(kind, kind),
-            default=d[name],
-            help=text,
-        )
-    p.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=d["checkpoint_every"],
-        help="steps between training checkpoints under OUTPUT/checkpoints/ (a rerun resumes)",
-    )
-    p.add_argument(
-        "--num-gpus",
-        type=int,
-        default=CLUSTER_DEFAULTS["gpu_count"],
-        help="above 1: train data-parallel, one process per GPU (batch size per GPU)",
-    )
-    p.add_argument("--eval-k", type=int, default=d["eval_k"], help="cut-off of the metrics")
-    p.add_argument("--seed", type=int, default=d["seed"])
-    p.add_argument(
-        "--output",
-        help="export location (default: runs/<model>-<time>); {run_id} in it: the run's time",
-    )
-    p.add_argument(
-        "--promote",
-        action="store_true",
-        help="promotion gate: copy the export to latest/ beside it when --promotion-metric "
-        "beats the model there by --promotion-min-delta",
-    )
-    p.add_argument(
-        "--promotion-metric",
-        default=CLUSTER_DEFAULTS["promotion_metric"],
-        help="e.g. ndcg, mrr@10, spearman; auto: ndcg@k, or spearman for scored data",
-    )
-    p.add_argument(
-        "--promotion-min-delta",
-        type=float,
-        default=CLUSTER_DEFAULTS["promotion_min_delta"],
-        help="the least improvement that promotes",
+        help="bad rows to skip (and count) before the run fails (default 0); goes into "
+        "--data-options",
     )
     p.add_argument(
         "--summary-json", help="write metrics and artifact URIs to this file (s3:// or a path)"
     )
     p.add_argument("--pipeline-root", help="keep the step artifacts here (default: temporary)")
-    p.add_argument("--force-claim", action="store_true", help=FORCE_CLAIM_HELP)
     add_image_flags(p)
     p.set_defaults(func=run_command)
 
@@ -593,32 +430,14 @@ def build_parser() -> argparse.ArgumentParser:
         " evaluate and export: the synthesize_and_finetune pipeline, run with kfp.local.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--query-data", required=True, help="the queries, one per row")
-    p.add_argument("--corpus-data", required=True, help="the documents, one per row")
-    p.add_argument("--output", required=True, help="export location (s3:// or a folder)")
-    p.add_argument("--model", default=d["model"], help="catalogue name of the model to train")
-    p.add_argument("--relation-miner", default=DATA_SYNTHESIS_EN.relation_miner)
-    p.add_argument("--cross-encoder", default=DATA_SYNTHESIS_EN.cross_encoder)
-    p.add_argument("--relation-miner-weights", default="", help="a model folder")
-    p.add_argument("--cross-encoder-weights", default="", help="a cross-encoder folder")
-    p.add_argument("--num-relations", type=int, default=DEFAULT_NUM_RELATIONS)
-    p.add_argument("--data-options", type=json_object, default={}, help="as for synthesize")
-    p.add_argument("--val-split", type=float, default=d["val_split"], help="held-out queries")
-    p.add_argument("--epochs", type=int, default=d["epochs"])
-    p.add_argument("--batch-size", type=int, default=d["batch_size"])
-    p.add_argument("--learning-rate", type=float, default=d["learning_rate"])
-    p.add_argument("--pooler", default=d["pooler"], help="mean, cls, max or GeM")
-    p.add_argument("--max-length", type=int, default=d["max_length"], help="tokens per text")
-    p.add_argument("--model-options", type=json_object, default={}, help="as for run")
-    p.add_argument("--weights", default=d["weights"], help="the model's weights, as for run")
-    p.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"])
-    p.add_argument("--eval-k", type=int, default=d["eval_k"], help="cut-off of the metrics")
-    p.add_argument("--seed", type=int, default=d["seed"])
+    add_flags(p, SynthesizeAndFinetune, FLAGS)
+    p.add_argument(
+        "--max-bad-rows", type=int, help="bad rows to skip before failing; into --data-options"
+    )
     p.add_argument(
         "--summary-json", help="write metrics and artifact URIs to this file (s3:// or a path)"
     )
     p.add_argument("--pipeline-root", help="keep the step artifacts here (default: temporary)")
-    p.add_argument("--force-claim", action="store_true", help=FORCE_CLAIM_HELP)
     add_image_flags(p)
     p.set_defaults(func=synthesize_and_finetune_command)
 

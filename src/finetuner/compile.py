@@ -22,19 +22,22 @@ PIPELINES = {
 
 
 def choices() -> dict[str, list[str]]:
-    """Parameters that the KFP UI shows as dropdowns, and their valid values."""
+    """Parameters that the KFP UI shows as dropdowns, and their valid values: those whose
+    type is a set of words (finetuner.parameters), and the names that the catalogue and
+    the losses know, which that low layer cannot."""
     from typing import get_args
 
     from finetuner.catalogue import CATALOGUE, PIPELINE_TASKS
     from finetuner.losses import LOSSES
     from finetuner.models.text import TextOptions
-    from finetuner.samplers import SAMPLERS
+    from finetuner.parameters import AUTO, RunParameters
+    from finetuner.parameters.generate import literals
 
     return {
+        **literals(RunParameters),
         "model": [entry.name for entry in CATALOGUE if entry.task in PIPELINE_TASKS],
-        "pooler": list(get_args(TextOptions.model_fields["pooler"].annotation)),
-        "loss": list(LOSSES),
-        "sampler": list(SAMPLERS),
+        "pooler": [AUTO, *get_args(TextOptions.model_fields["pooler"].annotation)],
+        "loss": [AUTO, *LOSSES],
         # synthesize_and_finetune's models of the synthesis
         "relation_miner": [entry.name for entry in CATALOGUE if entry.task == "text-to-text"],
         "cross_encoder": [entry.name for entry in CATALOGUE if entry.task == "synthesis"],

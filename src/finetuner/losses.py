@@ -23,6 +23,7 @@ from __future__ import annotations
 import inspect
 
 from finetuner.errors import FinetunerError
+from finetuner.parameters import AUTO
 
 # Each kind's named losses; the first is its default. Any PML loss also trains on pairs
 # (parameter-free ones) and labeled data (all).
@@ -33,9 +34,8 @@ KIND_LOSSES: dict[str, tuple[str, ...]] = {
     "margins": ("MarginMSELoss",),
 }
 LOSSES = tuple(dict.fromkeys(n for names in KIND_LOSSES.values() for n in names))
-DEFAULT_LOSS = "MultipleNegativesRankingLoss"
 # CLIP's symmetric loss needs the model's learnable temperature: it trains CLIP models only,
-# and is theirs whatever the loss parameter says while it is left at its default.
+# and is theirs when the loss is auto.
 CLIP_LOSS = "CLIPLoss"
 MARGIN_MSE = "MarginMSELoss"
 MNRL_SCALE = 20.0  # inverse temperature on cosine similarities, as in sentence-transformers
@@ -94,7 +94,8 @@ def check_loss(name: str) -> str:
     near = [n for n in pml if n.lower() == name.lower()]
     hint = f" Did you mean {near[0]}?" if near else ""
     raise FinetunerError(
-        f"parameter loss: unknown loss '{name}'. Valid losses: {', '.join(LOSSES)}; or any "
+        f"parameter loss: unknown loss '{name}'. Valid losses: {', '.join(LOSSES)}; auto, "
+        f"the data's own; or any "
         f"pytorch-metric-learning loss by its exact class name (such as ContrastiveLoss or "
         f"MultiSimilarityLoss).{hint}"
     )
@@ -122,21 +123,28 @@ def learns_class_weights(name: str) -> bool:
 
 
 def loss_for(family: str, name: str, kind: str | None = None) -> str:
-    """The loss a model trains with on a kind of data, given the loss parameter. Left at its
-    default, the parameter means the default of the model and the data. With the kind not
-    known yet (before the data is read), only the model is checked."""
+    """The loss a model trains with on a kind of data, given the loss parameter: auto is
+    the model's and the data's own (a family's own loss, as CLIP's, else the kind's first in
+    KIND_LOSSES); a loss given that does not fit them is refused. With the kind not known
+    yet (before the data is read), only the model is checked."""
     from finetuner.models.registry import get_family
 
-    name = check_loss(name)
     valid = KIND_LOSSES[kind or "pairs"]
     own = get_family(family)
+    if name == AUTO:
+        if own.losses:
+            return own.losses[0]
+        if kind is None:
+            return AUTO
+        name = valid[0]
+    name = check_loss(name)
     if own.losses:  # a family that trains with its own losses only (CLIP)
-        if name not in (*own.losses, DEFAULT_LOSS):
+        if name not in own.losses:
             raise FinetunerError(
                 f"parameter loss: {family} models train with {' or '.join(own.losses)} "
                 f"only (part of the model, as CLIP's learnable temperature is), not {name}."
             )
-        return own.losses[0]
+        return name
     if name == CLIP_LOSS:
         raise FinetunerError(
             f"parameter loss: {CLIP_LOSS} trains CLIP models (text-to-image) only. "
@@ -158,8 +166,6 @@ def loss_for(family: str, name: str, kind: str | None = None) -> str:
         )
     if kind is None:
         return name
-    if name == DEFAULT_LOSS:
-        return valid[0]
     if name in valid:
         return name
     if kind in ("pairs", "labeled") and is_pml(name):

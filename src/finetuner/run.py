@@ -6,6 +6,7 @@ one clear message and before anything is written; the steps validate again on a 
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -18,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from finetuner import storage
-from finetuner.defaults import CLUSTER_DEFAULTS
-from finetuner.defaults import PIPELINE_DEFAULTS as DEFAULTS
 from finetuner.errors import FinetunerError
+from finetuner.parameters import Finetune, training_options
+from finetuner.parameters.generate import args_section, keywords, kfp_arguments
 
 
 @dataclass
@@ -46,14 +47,16 @@ def preflight(params: dict) -> dict:
     from finetuner.catalogue import ModelSpec
     from finetuner.data import check_val_split
     from finetuner.promote import check_metric_name, run_output
-    from finetuner.steps import CHOICES, catalogue_lookup, train_choices
+    from finetuner.steps import catalogue_lookup
     from finetuner.train import TrainConfig
 
-    unknown = set(params) - set(DEFAULTS) - set(CLUSTER_DEFAULTS) - {"train_data", "output_uri"}
+    unknown = set(params) - set(Finetune.model_fields)
     if unknown:
         raise FinetunerError(f"unknown parameter(s): {', '.join(sorted(unknown))}.")
-    params = {**DEFAULTS, **CLUSTER_DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
+    params = {**Finetune.defaults(), **{k: v for k, v in params.items() if v is not None}}
     check_locations(params)
+    params["output_uri"] = params.get("output_uri") or default_output(params["model"])
+    params = Finetune(**params).model_dump()  # every type and range
     spec = catalogue_lookup(
         params["model"],
         params["pooler"],
@@ -65,15 +68,7 @@ def preflight(params: dict) -> dict:
         params["weights"],
         params["model_artifact"],
     )
-    config = TrainConfig(
-        loss=params["loss"],
-        epochs=params["epochs"],
-        batch_size=params["batch_size"],
-        learning_rate=params["learning_rate"],
-        sampler=params["sampler"],
-        num_items_per_class=params["num_items_per_class"],
-        **train_choices({k: params[k] for k in CHOICES}),
-    ).validate()
+    config = TrainConfig(**training_options(params)).validate()
     check_choices(config)
     check_metric_name(params["promotion_metric"])
     opts = formats.options(params["data_options"])
@@ -81,9 +76,6 @@ def preflight(params: dict) -> dict:
     from finetuner.distributed import check_processes
 
     check_processes(params["gpu_count"])
-    if params["eval_k"] < 1:
-        raise FinetunerError(f"parameter eval_k: must be >= 1, got {params['eval_k']}.")
-    params["output_uri"] = params.get("output_uri") or default_output(params["model"])
     # Resolved here, so that this process knows where the export lands.
     params["output_uri"] = run_output(params["output_uri"], time.strftime("%Y%m%d-%H%M%S"))
     # The output is claimed before any data is read: a second run with it fails here.
@@ -338,7 +330,7 @@ def run_pipeline(
 
     output = params["output_uri"]
     try:
-        manifest = run_locally(finetune, params, pipeline_root, images)
+        manifest = run_locally(finetune, kfp_arguments(Finetune, params), pipeline_root, images)
     except BaseException:
         release(params, made)  # checkpoints stay for a rerun to resume from
         raise
@@ -368,12 +360,6 @@ def fit(
     callbacks: list | None = None,
     **options,
 ) -> Run:
-    """Fine-tune `model` on `train_data`, as Finetuner's `fit`: options are the pipeline's
-    parameters (eval_data, val_split, loss, epochs, batch_size, learning_rate, pooler, ...;
-    see `finetuner run --help`). `callbacks` are those of finetuner.callback
-    (EvaluationCallback, BestModelCheckpoint, EarlyStopping, TrainingCheckpoint,
-    WiSEFTCallback); an option given too must agree with them. `force_claim=True` takes
-    `output` over from a run that claimed it and is no longer running."""
     from finetuner.callback import callback_params
 
     from_callbacks = callback_params(callbacks or [])
@@ -384,3 +370,23 @@ def fit(
             )
     params = {"model": model, "train_data": train_data, "output_uri": output}
     return run_pipeline(params | from_callbacks | options)
+
+
+# fit's keywords are the finetune pipeline's parameters: its signature and docstring show
+# each with its default and description (finetuner.parameters).
+_FIT_OWN = ("model", "train_data", "output_uri")
+fit.__signature__ = inspect.Signature(
+    [
+        *list(inspect.signature(fit).parameters.values())[:4],
+        *keywords(Finetune, skip=_FIT_OWN),
+    ],
+    return_annotation=Run,
+)
+fit.__doc__ = f"""Fine-tune `model` (a catalogue name) on `train_data`, as Finetuner's `fit`,
+through the finetune pipeline; `output` is where the model is exported (default:
+runs/<model>-<time>). `callbacks` are those of finetuner.callback (EvaluationCallback,
+BestModelCheckpoint, EarlyStopping, TrainingCheckpoint, WiSEFTCallback); a keyword given
+too must agree with them. Any other keyword is refused.
+
+{args_section(Finetune, skip=_FIT_OWN)}
+"""

@@ -10,28 +10,19 @@ import time
 
 from finetuner import storage
 from finetuner.errors import FinetunerError
+from finetuner.parameters import AUTO, SynthesizeAndFinetune
+from finetuner.parameters.generate import kfp_arguments
 from finetuner.run import Run, claim_output, makes_output, release, run_locally
-
-# The pipeline's parameters other than output_uri, as `finetuner synthesize-and-finetune`
-# flags.
-PARAMETERS = (
-    "query_data", "corpus_data", "model", "relation_miner", "cross_encoder",
-    "relation_miner_weights", "cross_encoder_weights", "num_relations", "data_options",
-    "val_split", "epochs", "batch_size", "learning_rate", "pooler", "max_length",
-    "model_options", "weights", "checkpoint_every", "eval_k", "seed",
-)  # fmt: skip
 
 
 def preflight(params: dict) -> dict:
     """The pipeline's parameters, completed with its defaults and checked."""
-    import inspect
-
     from finetuner import formats
     from finetuner.data import check_val_split
-    from finetuner.pipelines.synthesize_and_finetune import synthesize_and_finetune
     from finetuner.promote import run_output
     from finetuner.steps import catalogue_lookup
     from finetuner.synthesis import (
+        DEFAULT_MAX_LENGTH,
         SynthesisModels,
         check_num_relations,
         cross_encoder_source,
@@ -39,16 +30,11 @@ def preflight(params: dict) -> dict:
         read_texts,
     )
 
-    signature = inspect.signature(synthesize_and_finetune.pipeline_func)
-    unknown = set(params) - set(signature.parameters)
+    unknown = set(params) - set(SynthesizeAndFinetune.model_fields)
     if unknown:
         raise FinetunerError(f"unknown parameter(s): {', '.join(sorted(unknown))}.")
-    defaults = {
-        name: p.default
-        for name, p in signature.parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-    params = {**defaults, **{k: v for k, v in params.items() if v is not None}}
+    given = {k: v for k, v in params.items() if v is not None}
+    params = {**SynthesizeAndFinetune.defaults(), **given}
     for name in ("query_data", "corpus_data", "output_uri"):
         if not params.get(name):
             raise FinetunerError(f"parameter {name}: required.")
@@ -58,15 +44,17 @@ def preflight(params: dict) -> dict:
     for name in ("weights", "relation_miner_weights", "cross_encoder_weights"):
         if params.get(name):
             storage.check_uri(params[name], name, need_key=False)
+    params = SynthesizeAndFinetune(**params).model_dump()  # every type and range
     catalogue_lookup(
-        params["model"], params["pooler"], 3.0, 1e-6, params["max_length"], "MarginMSELoss",
+        params["model"], params["pooler"], AUTO, AUTO, params["max_length"], "MarginMSELoss",
         params["model_options"], params["weights"],
     )  # fmt: skip
     models = SynthesisModels(
         params["relation_miner"], params["cross_encoder"], params["relation_miner_weights"],
         params["cross_encoder_weights"],
     )  # fmt: skip
-    miner_spec(models, params["max_length"])
+    max_length = params["max_length"]
+    miner_spec(models, DEFAULT_MAX_LENGTH if max_length == AUTO else max_length)
     cross_encoder_source(models.cross_encoder, models.cross_encoder_weights)
     num_relations = check_num_relations(params["num_relations"])
     check_val_split(params["val_split"], has_eval_data=False)
@@ -107,7 +95,12 @@ def run_synthesis_pipeline(
 
     output = params["output_uri"]
     try:
-        manifest = run_locally(synthesize_and_finetune, params, pipeline_root, images)
+        manifest = run_locally(
+            synthesize_and_finetune,
+            kfp_arguments(SynthesizeAndFinetune, params),
+            pipeline_root,
+            images,
+        )
     except BaseException:
         release(params, made)  # what the run wrote stays for a rerun
         raise

@@ -14,22 +14,30 @@ from finetuner.losses import loss_for
 
 def catalogue_lookup(
     model: str,
-    pooler: str,
-    pooler_p: float,
-    pooler_eps: float,
-    max_length: int,
-    loss: str,
+    pooler: str = "auto",
+    pooler_p: float | str = "auto",
+    pooler_eps: float | str = "auto",
+    max_length: int | str = "auto",
+    loss: str = "auto",
     model_options: dict | None = None,
     weights: str = "",
     model_artifact: str = "",
 ) -> dict:
     """Validate every choice before any data is read or GPU used; the ModelSpec as a dict.
 
-    With `model_artifact` (a previous run's export), training continues from its model."""
+    pooler, pooler_p, pooler_eps and max_length may be auto (the model's own), and may come
+    as text, as KFP hands them over. With `model_artifact` (a previous run's export),
+    training continues from its model."""
     from finetuner import storage
     from finetuner.catalogue.weights import continue_from
     from finetuner.errors import FinetunerError
+    from finetuner.parameters import AUTO
+    from finetuner.parameters.declared import ModelParameters
 
+    chosen = ModelParameters.from_strings(
+        dict(pooler=pooler, pooler_p=pooler_p, pooler_eps=pooler_eps, max_length=max_length)
+    )
+    given = {k: None if v == AUTO else v for k, v in chosen.model_dump().items()}
     for name, uri in (("weights", weights), ("model_artifact", model_artifact)):
         if uri:
             storage.check_uri(uri, name, need_key=False)
@@ -39,8 +47,8 @@ def catalogue_lookup(
             "weights or continues from an export, not both."
         )
     spec = lookup(
-        model, pooler, pooler_p, pooler_eps, max_length, model_options,
-        resolve_weights=not model_artifact, weights=weights,
+        model, given["pooler"], given["pooler_p"], given["pooler_eps"], given["max_length"],
+        model_options, resolve_weights=not model_artifact, weights=weights,
     )  # fmt: skip
     if model_artifact:
         spec = continue_from(spec, model_artifact)
@@ -73,7 +81,7 @@ def synthesize(
     relation_miner_weights: str,
     cross_encoder_weights: str,
     num_relations: int,
-    max_length: int,
+    max_length: int | str,
     data_options: dict,
     seed: int,
     output_uri: str,
@@ -83,15 +91,19 @@ def synthesize(
     `<output_uri>/synthesized/margins.parquet`, beside the model they train, and a Markdown
     report; the rows' URI, for preprocess. A retried step writes them again."""
     from finetuner import storage
-    from finetuner.synthesis import SynthesisModels
+    from finetuner.parameters import AUTO
+    from finetuner.synthesis import DEFAULT_MAX_LENGTH, SynthesisModels
     from finetuner.synthesis import synthesize as run_synthesis
+
+    # auto: the synthesis's own, as `finetuner synthesize` uses it
+    max_length = DEFAULT_MAX_LENGTH if max_length == AUTO else int(float(max_length))
 
     models = SynthesisModels(
         relation_miner, cross_encoder, relation_miner_weights, cross_encoder_weights
     )
     result = run_synthesis(
         query_data, corpus_data, models, int(num_relations),
-        storage.join(output_uri, SYNTHESIZED), max_length=int(max_length),
+        storage.join(output_uri, SYNTHESIZED), max_length=max_length,
         data_options=data_options, seed=int(seed), overwrite=True,
     )  # fmt: skip
     Path(report_out).write_text(result.report())
@@ -140,28 +152,21 @@ def train(
     model_spec: dict,
     train_path: str,
     model_out: str,
-    loss: str,
-    epochs: int,
-    batch_size: int,
-    learning_rate: float,
-    seed: int,
-    sampler: str = "auto",
-    num_items_per_class: int = 4,
+    options: dict,
     output_uri: str = "",
-    checkpoint_every: int = 500,
-    choices: dict | None = None,
     eval_path: str = "",
     num_gpus: int = 1,
 ) -> dict:
     """Fine-tune the pretrained backbone on the train dataset; save it to model_out, with
     each epoch's metrics in `history.json` beside it.
 
-    `choices` holds the named choices and their options (loss_options, miner, optimizer,
-    scheduler, callbacks ...; see `train_choices`). With `eval_path`, the eval dataset is
-    evaluated after every epoch. With output_uri, checkpoints go to
-    `<output_uri>/checkpoints/`, a restarted step resumes from the newest, and they are
-    deleted once the model is saved. With num_gpus > 1 it trains data-parallel in one
-    process per GPU (finetuner.distributed)."""
+    `options` are the training options (finetuner.parameters.TrainOptions: loss, epochs,
+    optimizer, callbacks ...), values or their text as KFP hands them over; those left out
+    take their defaults, and auto ones are resolved by the training (see the result's
+    "config"). With `eval_path`, the eval dataset is evaluated after every epoch. With
+    output_uri, checkpoints go to `<output_uri>/checkpoints/`, a restarted step resumes
+    from the newest, and they are deleted once the model is saved. With num_gpus > 1 it
+    trains data-parallel in one process per GPU (finetuner.distributed)."""
     import json
 
     from finetuner import checkpoints, dataset, distributed, models, storage
@@ -169,28 +174,15 @@ def train(
     parallel = distributed.context()
     if num_gpus > 1 and parallel is None:  # this process starts the others through torchrun
         kwargs = dict(
-            model_spec=model_spec, train_path=train_path, model_out=model_out, loss=loss,
-            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
-            sampler=sampler, num_items_per_class=num_items_per_class, output_uri=output_uri,
-            checkpoint_every=checkpoint_every, choices=choices, eval_path=eval_path,
-            num_gpus=num_gpus,
+            model_spec=model_spec, train_path=train_path, model_out=model_out,
+            options=options, output_uri=output_uri, eval_path=eval_path, num_gpus=num_gpus,
         )  # fmt: skip
         return distributed.launch(num_gpus, kwargs)
     from finetuner.train import TrainConfig, check_trainable
     from finetuner.train import train as run_training
 
-    config = TrainConfig(
-        loss=loss,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        seed=seed,
-        sampler=sampler,
-        num_items_per_class=num_items_per_class,
-        checkpoint_dir=storage.join(output_uri, "checkpoints") if output_uri else "",
-        checkpoint_every=checkpoint_every,
-        **train_choices(choices or {}),
-    ).validate()
+    checkpoint_dir = storage.join(output_uri, "checkpoints") if output_uri else ""
+    config = TrainConfig.from_strings(options, checkpoint_dir=checkpoint_dir).validate()
     spec = ModelSpec(**model_spec)
     data = dataset.load(train_path)
     check_trainable(data, config, spec.family)  # before the model loads, which takes a while
@@ -205,26 +197,17 @@ def train(
     return result
 
 
-# The train step's named choices, each a pipeline parameter (finetuner.train.TrainConfig).
-CHOICES = (
-    "loss_options", "miner", "miner_options", "optimizer", "optimizer_options",
-    "layerwise_decay", "scheduler", "scheduler_options", "num_warmup_steps", "scheduler_step",
-    "wiseft_alpha", "loss_optimizer", "loss_optimizer_options", "loss_learning_rate",
-    "evaluate_every_epoch", "best_model_metric", "best_model_mode", "early_stopping_patience",
-    "early_stopping_options", "eval_k",
-)  # fmt: skip
+def resolved(result: dict) -> dict:
+    """What a training used for the options that were auto: the loss, the sampler, the
+    learning rate, the epochs and the warm-up (the train step reports them)."""
+    config = result["config"]
+    return {
+        "loss": result["loss"], "sampler": result["sampler"],
+        "learning_rate": config["learning_rate"], "epochs": config["epochs"],
+    }  # fmt: skip
+
+
 HISTORY_FILE = "history.json"  # each epoch's metrics, in the train step's model folder
-
-
-def train_choices(choices: dict) -> dict:
-    """TrainConfig fields from the pipeline's parameters, where KFP has no None: a
-    layer-wise decay of 1 is none, and -1 warm-up steps means the warm-up ratio."""
-    out = dict(choices)
-    if out.get("layerwise_decay") == 1.0:
-        out["layerwise_decay"] = None
-    if out.get("num_warmup_steps", -1) < 0:
-        out["num_warmup_steps"] = None
-    return out
 
 
 def loggable(metrics: dict) -> dict:

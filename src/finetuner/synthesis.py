@@ -38,9 +38,11 @@ from pathlib import Path, PurePosixPath
 
 from finetuner import storage
 from finetuner.errors import FinetunerError
+from finetuner.parameters import RunParameters
 from finetuner.staging import stage_dir
 
-DEFAULT_NUM_RELATIONS = 10
+# The defaults of `finetuner synthesize`, those of the pipeline parameters.
+DEFAULT_NUM_RELATIONS = RunParameters.model_fields["num_relations"].default
 DEFAULT_MAX_LENGTH = 256
 CORPUS_CHUNK = 4096  # corpus documents embedded and ranked at a time
 QUERY_BLOCK = 1024  # queries per score matrix: QUERY_BLOCK x CORPUS_CHUNK floats
@@ -62,7 +64,10 @@ class SynthesisModels:
 
 
 # Finetuner's English preset: an MS MARCO bi-encoder mines, an MS MARCO cross-encoder scores.
-DATA_SYNTHESIS_EN = SynthesisModels("sbert-base-en", "crossencoder-base-en")
+DATA_SYNTHESIS_EN = SynthesisModels(
+    RunParameters.model_fields["relation_miner"].default,
+    RunParameters.model_fields["cross_encoder"].default,
+)
 
 
 @dataclass

@@ -15,78 +15,75 @@ from dataclasses import asdict, dataclass, field
 
 from finetuner import callback, samplers
 from finetuner.errors import FinetunerError
-from finetuner.losses import DEFAULT_LOSS, build_loss, check_loss, loss_for
+from finetuner.losses import build_loss, check_loss, loss_for
 from finetuner.optim import build_optimizer, build_scheduler, optimizer_options, steps_for
+from finetuner.parameters import AUTO, NONE, TrainOptions, param
 from finetuner.progress import Progress
 
 WORKERS_FROM_ROWS = 256
 
 
-@dataclass
-class TrainConfig:
-    loss: str = DEFAULT_LOSS
-    epochs: int = 1
-    batch_size: int = 32
-    learning_rate: float = 2e-5
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    seed: int = 42
-    max_steps: int | None = None  # stop early, e.g. for benchmarks
-    # Forward passes per side of a batch, grouped by length to skip padding (exact); None:
-    # 1 when the batches are grouped by length already (see length_grouping), else 2.
-    length_buckets: int | None = None
-    # Text rows of this many batches at a time are sorted by length before they are cut
-    # into batches (random and no_duplicates samplers), which removes most padding; 1: off.
-    length_grouping: int = 4
-    log_every: int = 10
-    sampler: str = "auto"  # see finetuner.samplers; auto: by the data's kind and the loss
-    num_items_per_class: int = 4  # the class sampler's items of each label in a batch
-    # DataLoader workers that decode media ahead of the training step; None: up to 2, for
-    # WORKERS_FROM_ROWS rows or more.
-    num_workers: int | None = None
-    checkpoint_dir: str = ""  # a folder or s3:// prefix; empty: no checkpoints
-    checkpoint_every: int = 500  # steps between checkpoints (and one at each epoch's end)
-    # Choices by name, each with its options (finetuner.losses, finetuner.optim).
-    loss_options: dict = field(default_factory=dict)
-    miner: str = ""  # a pytorch-metric-learning miner, for its losses; empty: none
-    miner_options: dict = field(default_factory=dict)
-    optimizer: str = "AdamW"  # any torch.optim optimizer
-    optimizer_options: dict = field(default_factory=dict)
-    # A loss's own parameters (ArcFace's class weights) get an optimizer of their own;
-    # loss_optimizer empty: the same kind as `optimizer`.
-    loss_optimizer: str = ""
-    loss_optimizer_options: dict = field(default_factory=dict)
-    loss_learning_rate: float = 1e-2
-    layerwise_decay: float | None = None  # lr x decay per layer below the top (transformers)
-    scheduler: str = "linear"
-    scheduler_options: dict = field(default_factory=dict)
-    num_warmup_steps: int | None = None  # None: warmup_ratio of the batch steps
-    scheduler_step: str = "batch"  # or "epoch"
-    # WiSE-FT: the trained weights end as alpha x fine-tuned + (1 - alpha) x pretrained.
-    wiseft_alpha: float = 1.0
-    # Callbacks (finetuner.callback): metrics on the eval data given to train() after each
-    # epoch, the best epoch's model kept by a metric, early stopping.
-    evaluate_every_epoch: bool = True
-    eval_k: int = 10
-    best_model_metric: str = ""  # empty: keep the last epoch's model
-    best_model_mode: str = "auto"
-    early_stopping_patience: int = 0  # epochs without improvement; 0: never stop early
-    early_stopping_options: dict = field(default_factory=dict)  # monitor, mode, min_delta, ...
+def family_defaults(family: str) -> dict:
+    """The learning rate and epochs that train a model family when they are auto: the
+    family's own (finetuner.models.registry)."""
+    from finetuner.models.registry import get_family
+
+    declared = get_family(family)
+    return {"learning_rate": declared.learning_rate, "epochs": declared.epochs}
+
+
+class TrainConfig(TrainOptions):
+    """The training loop's settings: the train step's options (the pipeline parameters of
+    finetuner.parameters.TrainOptions), and the loop's own below, which are no pipeline
+    parameters. Building one checks every value."""
+
+    max_grad_norm: float = param(
+        1.0, "Gradients are clipped to this norm.", why="gradients are clipped to this norm",
+        gt=0,
+    )  # fmt: skip
+    max_steps: int | None = param(
+        None, "Stop early, e.g. for benchmarks; None: no limit.", why="None: no limit", ge=1
+    )
+    length_buckets: int | None = param(
+        None,
+        "Forward passes per side of a batch, grouped by length to skip padding (exact); None: "
+        "1 when the batches are grouped by length already (see length_grouping), else 2.",
+        why="None: chosen by the sampler",
+        ge=1,
+    )
+    length_grouping: int = param(
+        4,
+        "Text rows of this many batches at a time are sorted by length before they are cut "
+        "into batches (random and no_duplicates samplers), which removes most padding.",
+        why="1 turns grouping off",
+        ge=1,
+    )
+    log_every: int = param(10, "Steps between progress lines.", why="it counts steps", ge=1)
+    num_workers: int | None = param(
+        None,
+        "DataLoader workers that decode media ahead of the training step; None: up to 2, for "
+        "WORKERS_FROM_ROWS rows or more.",
+        why="0 decodes media in the main process",
+        ge=0,
+    )
+    checkpoint_dir: str = param("", "A folder or s3:// prefix; empty: no checkpoints.")
 
     def validate(self) -> TrainConfig:
-        self.loss = check_loss(self.loss)
-        for name, valid, why in _CHECKS:
-            value = getattr(self, name)
-            if not _valid(value, valid):
-                raise FinetunerError(
-                    f"parameter {name}: invalid value {value!r}. Valid: {_range(valid)}"
-                    f"{f' ({why})' if why else ''}."
-                )
+        if self.loss != AUTO:
+            self.loss = check_loss(self.loss)
         samplers.check_sampler(self.sampler)
         callback.resolve_mode(self.best_model_metric, self.best_model_mode)
         callback.early_stopping_options(self.early_stopping_options)
         return self
+
+    def resolved(self, family: str) -> TrainConfig:
+        """The config with the learning rate and epochs that are auto set to the family's
+        (family_defaults): the one place where they are resolved."""
+        defaults = family_defaults(family)
+        chosen = {name: getattr(self, name) for name in defaults}
+        return self.model_copy(
+            update={k: defaults[k] if v == AUTO else v for k, v in chosen.items()}
+        )
 
     def monitors(self, eval_kind: str | None) -> dict[str, callback.Monitor]:
         """The best-model and early-stopping monitors, checked against the metrics that
@@ -108,61 +105,6 @@ class TrainConfig:
                 metric, mode, opts["min_delta"], best=opts["baseline"]
             )
         return out
-
-
-# Each numeric parameter: (name, (low, high, low included, high included, None allowed,
-# integer), why the range, where it is not obvious).
-_INF = math.inf
-_CHECKS = (
-    ("epochs", (1, _INF, True, False, False, True), ""),
-    ("batch_size", (2, _INF, True, False, False, True),
-     "in-batch negatives and positives need two or more rows in a batch"),
-    ("learning_rate", (0, 1, False, False, False, False),
-     "a step of the whole gradient or more makes training diverge"),
-    ("warmup_ratio", (0, 1, True, False, False, False),
-     "it is the share of the steps spent warming up"),
-    ("weight_decay", (0, _INF, True, False, False, False), ""),
-    ("max_grad_norm", (0, _INF, False, False, False, False),
-     "gradients are clipped to this norm"),
-    ("num_items_per_class", (2, _INF, True, False, False, True),
-     "the class sampler gives each item another of its label in the batch, as its positive"),
-    ("checkpoint_every", (1, _INF, True, False, False, True), "it counts steps"),
-    ("log_every", (1, _INF, True, False, False, True), "it counts steps"),
-    ("max_steps", (1, _INF, True, False, True, True), "None: no limit"),
-    ("length_buckets", (1, _INF, True, False, True, True), "None: chosen by the sampler"),
-    ("length_grouping", (1, _INF, True, False, False, True), "1 turns grouping off"),
-    ("num_workers", (0, _INF, True, False, True, True), "0 decodes media in the main process"),
-    ("num_warmup_steps", (0, _INF, True, False, True, True), "None: warmup_ratio decides"),
-    ("wiseft_alpha", (0, 1, True, True, False, False),
-     "it weighs the fine-tuned weights against the pretrained ones"),
-    ("loss_learning_rate", (0, 10, False, False, False, False), ""),
-    ("eval_k", (1, _INF, True, False, False, True), "metrics look at the top k results"),
-    ("early_stopping_patience", (0, _INF, True, False, False, True),
-     "it counts epochs; 0 never stops early"),
-)  # fmt: skip
-
-
-def _valid(value, valid) -> bool:
-    low, high, low_in, high_in, none_ok, integer = valid
-    if value is None:
-        return none_ok
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    if integer and not (math.isfinite(value) and value == int(value)):
-        return False
-    above = value >= low if low_in else value > low
-    below = value <= high if high_in else value < high
-    return above and below  # false for NaN
-
-
-def _range(valid) -> str:
-    low, high, low_in, high_in, none_ok, integer = valid
-    kind = "an integer" if integer else "a number"
-    if high == _INF:
-        text = f"{kind} {'>=' if low_in else '>'} {low}"
-    else:
-        text = f"{kind} in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
-    return text + (", or None" if none_ok else "")
 
 
 def resolve_sampler(config: TrainConfig, family: str, kind: str) -> tuple[str, str]:
@@ -427,9 +369,8 @@ def _optimizer(config: TrainConfig, embedder):
     options = dict(config.optimizer_options)
     if "weight_decay" in optimizer_options(config.optimizer):
         options.setdefault("weight_decay", config.weight_decay)  # none on biases, LayerNorm
-    return build_optimizer(
-        config.optimizer, embedder, config.learning_rate, options, config.layerwise_decay
-    )
+    decay = None if config.layerwise_decay == NONE else config.layerwise_decay
+    return build_optimizer(config.optimizer, embedder, config.learning_rate, options, decay)
 
 
 def _scheduler(config: TrainConfig, optimizer, total: int, steps_per_epoch: int):
@@ -438,7 +379,7 @@ def _scheduler(config: TrainConfig, optimizer, total: int, steps_per_epoch: int)
     if config.scheduler_step == "epoch":
         steps = steps_for("epoch", steps_per_epoch, config.epochs)
     warmup = config.num_warmup_steps
-    if warmup is None:  # the ratio applies to batch steps; epochs warm up only when told
+    if warmup == AUTO:  # the ratio applies to batch steps; epochs warm up only when told
         warmup = math.ceil(total * config.warmup_ratio) if config.scheduler_step == "batch" else 0
     return build_scheduler(config.scheduler, optimizer, warmup, steps, config.scheduler_options)
 
@@ -481,7 +422,7 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
     from finetuner.models import sides
 
     data = as_dataset(data)
-    config.validate()
+    config = config.validate().resolved(model.spec.family)
     if eval_data is not None and config.evaluate_every_epoch:
         eval_data = as_dataset(eval_data)
     else:
@@ -647,5 +588,5 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
         "loss": loss_name,
         "sampler": sampler,
         "items_skipped": pos.skipped,
-        "config": asdict(config),
+        "config": config.model_dump(),
     }

@@ -41,11 +41,10 @@ __all__ = [
 def _choices(parameters: dict, model_options: dict) -> dict:
     """The pipeline's flat parameters with model_options; they must agree where both give one.
 
-    The pipeline passes every parameter: one left at its default counts as not given, so it
-    is no error for a model that lacks it, and a group in model_options may set it."""
-    from finetuner.defaults import PIPELINE_DEFAULTS
-
-    given = {k: v for k, v in parameters.items() if v is not None and v != PIPELINE_DEFAULTS.get(k)}
+    A parameter that is None (auto: the model's own) is not given, so it is no error for a
+    model that lacks it, and a group in model_options may set it; one given is checked
+    against the model, even when it equals the model's default."""
+    given = {k: v for k, v in parameters.items() if v is not None}
     for key in given.keys() & model_options.keys():
         if given[key] != model_options[key]:
             raise FinetunerError(
@@ -58,8 +57,8 @@ def _choices(parameters: dict, model_options: dict) -> dict:
 def lookup(
     model: str,
     pooler: str | None = None,
-    pooler_p: float = 3.0,
-    pooler_eps: float = 1e-6,
+    pooler_p: float | None = None,
+    pooler_eps: float | None = None,
     max_length: int | None = None,
     model_options: dict | None = None,
     resolve_weights: bool = True,

@@ -1,0 +1,362 @@
+"""Every run parameter of the pipelines, declared once: its type, default, bounds, choices,
+description and group. The pipelines' signatures and docstrings, the CLI flags, the
+keywords of `finetuner.fit`, the UI's dropdowns and the README's table are made from these
+(finetuner.parameters.generate)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from finetuner.parameters.base import Auto, NoneWord, Parameters, param
+
+DEFAULT_MODEL = "minilm-l6-en"
+
+
+class DataParameters(Parameters):
+    train_data: str = param(
+        description="Training data, s3:// or a path: CSV of query,document pairs (text,image "
+        "for CLIP), item,label rows or text1,text2,score rows; or JSONL or Parquet with those "
+        "column names.",
+        group="data",
+    )
+    eval_data: str = param(
+        "", "CSV of held-out pairs; empty to hold out val_split of train_data.", "data"
+    )
+    val_split: float = param(
+        0.2, "Fraction of the queries held out for evaluation when eval_data is empty.", "data"
+    )
+    data_options: dict = param(
+        {},
+        "How the data is read: format, dialect, encoding, is_labeled, size, max_bad_rows (bad "
+        'rows skipped before the run fails; default 0) and max_field_chars, e.g. {"is_labeled":'
+        ' true, "max_bad_rows": 10}.',
+        "data",
+    )
+
+
+class SynthesisParameters(Parameters):
+    query_data: str = param(
+        description="The queries, one text per row (s3:// or a path): a one-column CSV, or "
+        "JSONL or Parquet with a 'text' column.",
+        group="synthesis",
+    )
+    corpus_data: str = param(
+        description="The documents, one text per row, in the same formats.", group="synthesis"
+    )
+    relation_miner: str = param(
+        "sbert-base-en",
+        "Catalogue name of the text model that mines each query's candidates.",
+        "synthesis",
+    )
+    cross_encoder: str = param(
+        "crossencoder-base-en", "Catalogue name of the cross-encoder that scores them.",
+        "synthesis",
+    )  # fmt: skip
+    relation_miner_weights: str = param(
+        "",
+        "A model folder for the relation miner; empty for the mirror, a package or upstream.",
+        "synthesis",
+    )
+    cross_encoder_weights: str = param(
+        "", "A cross-encoder folder; empty for the mirror or upstream.", "synthesis"
+    )
+    num_relations: int = param(
+        10, "Candidates per query: one positive and num_relations - 1 hard negatives.",
+        "synthesis",
+    )  # fmt: skip
+
+
+class ModelParameters(Parameters):
+    model: str = param(
+        DEFAULT_MODEL, "Catalogue name of the backbone (see `finetuner describe-models`).",
+        "model",
+    )  # fmt: skip
+    pooler: str = param(
+        "auto",
+        "How token embeddings become one vector: mean, cls, max or GeM; auto: the model's "
+        "own (mean for text models). A model that pools as it was pretrained (CLIP, "
+        "PointNet++) refuses any other value.",
+        "model",
+    )
+    pooler_p: float | Auto = param(
+        "auto", "GeM's exponent p (1 is mean pooling); auto: the model's own (3).", "model"
+    )
+    pooler_eps: float | Auto = param(
+        "auto", "GeM's eps, the floor of |x| before the power; auto: the model's own (1e-6).",
+        "model",
+    )  # fmt: skip
+    max_length: int | Auto = param(
+        "auto", "Tokens kept of each text; auto: the model's own (128 for text models).",
+        "model",
+    )  # fmt: skip
+    model_options: dict = param(
+        {},
+        'The model\'s own options, e.g. {"input_size": 128} for mlp (see `finetuner '
+        "list-model-options MODEL`).",
+        "model",
+    )
+    weights: str = param(
+        "",
+        "Pretrained weights to start from: a model folder (s3:// or a path) in the model "
+        "mirror's layout; empty for the mirror, a package or upstream.",
+        "model",
+    )
+    model_artifact: str = param(
+        "",
+        "A previous run's export (its output_uri) to continue training from, with the same "
+        "model and model options; empty: start from the pretrained weights.",
+        "model",
+    )
+
+
+class TrainOptions(Parameters):
+    """The train step's options: it gets them as one dict and builds these from it."""
+
+    loss: str = param(
+        "auto",
+        "Training loss; auto: by the data, MultipleNegativesRankingLoss for pairs, "
+        "TripletMarginLoss for labeled data, CoSENTLoss for scored data, CLIPLoss for CLIP "
+        "models. Pairs: MultipleNegativesRankingLoss or TripletMarginLoss; labeled data: "
+        "TripletMarginLoss, ArcFaceLoss, CosFaceLoss, SubCenterArcFaceLoss or any "
+        "pytorch-metric-learning loss; scored data: CoSENTLoss or CosineSimilarityLoss. A "
+        "loss that does not fit the data is refused.",
+        "training",
+    )
+    epochs: int | Auto = param(
+        "auto", "Passes over the training data; auto: the model family's default.",
+        "training", ge=1,
+    )  # fmt: skip
+    batch_size: int = param(
+        32, "Rows per step; the other pairs of a batch are the negatives.", "training",
+        why="in-batch negatives and positives need two or more rows in a batch", ge=2,
+    )  # fmt: skip
+    learning_rate: float | Auto = param(
+        "auto",
+        "Peak learning rate, reached after the warm-up; auto: the model family's default.",
+        "training",
+        why="a step of the whole gradient or more makes training diverge",
+        gt=0,
+        lt=1,
+    )
+    warmup_ratio: float = param(
+        0.1,
+        "Share of the batch steps spent warming the learning rate up, unless "
+        "num_warmup_steps is given.",
+        "training",
+        why="it is the share of the steps spent warming up",
+        ge=0,
+        lt=1,
+    )
+    weight_decay: float = param(
+        0.01,
+        "Weight decay of the optimizer, where it has one (none on biases and LayerNorm "
+        "weights); optimizer_options' weight_decay wins.",
+        "training",
+        ge=0,
+    )
+    sampler: Literal["auto", "random", "class", "no_duplicates"] = param(
+        "auto",
+        "Batches: random, class (labeled data) or no_duplicates; auto: class for labeled "
+        "data with a pytorch-metric-learning loss, random otherwise.",
+        "training",
+    )
+    num_items_per_class: int = param(
+        4, "Items of each label in a batch, for the class sampler.", "training",
+        why="the class sampler gives each item another of its label in the batch, as its "
+        "positive", ge=2,
+    )  # fmt: skip
+    loss_options: dict = param({}, 'The loss\'s options, e.g. {"margin": 0.1}.', "training")
+    miner: str = param(
+        "", "A pytorch-metric-learning miner for its losses, e.g. TripletMarginMiner.",
+        "training",
+    )  # fmt: skip
+    miner_options: dict = param(
+        {}, 'The miner\'s options, e.g. {"type_of_triplets": "semihard"}.', "training"
+    )
+    optimizer: str = param("AdamW", "Any torch.optim optimizer, e.g. AdamW, SGD.", "training")
+    optimizer_options: dict = param(
+        {}, 'The optimizer\'s options, e.g. {"momentum": 0.9}.', "training"
+    )
+    layerwise_decay: float | NoneWord = param(
+        "none",
+        "Learning rate x this per transformer layer below the top; none: the same rate for "
+        "every layer.",
+        "training",
+        gt=0,
+        le=1,
+    )
+    scheduler: str = param(
+        "linear",
+        "linear, cosine, cosine_with_restarts, polynomial, constant or constant_with_warmup.",
+        "training",
+    )
+    scheduler_options: dict = param(
+        {}, 'The scheduler\'s options, e.g. {"num_cycles": 2}.', "training"
+    )
+    num_warmup_steps: int | Auto = param(
+        "auto",
+        "Warm-up steps of the schedule; auto: warmup_ratio of the batch steps.",
+        "training",
+        ge=0,
+    )
+    scheduler_step: Literal["batch", "epoch"] = param(
+        "batch", "Step the schedule after every batch, or every epoch.", "training"
+    )
+    wiseft_alpha: float = param(
+        1.0,
+        "WiSE-FT: the model ends as alpha x fine-tuned + (1 - alpha) x pretrained weights; "
+        "1: fine-tuned only.",
+        "training",
+        why="it weighs the fine-tuned weights against the pretrained ones",
+        ge=0,
+        le=1,
+    )
+    loss_optimizer: str = param(
+        "",
+        "Optimizer of a loss's own weights (ArcFace's class centres); empty: the same kind as "
+        "optimizer.",
+        "training",
+    )
+    loss_optimizer_options: dict = param(
+        {}, 'The loss optimizer\'s options, e.g. {"momentum": 0.9}.', "training"
+    )
+    loss_learning_rate: float = param(
+        1e-2, "Learning rate of a loss's own weights (ArcFace's class centres).", "training",
+        gt=0, lt=10,
+    )  # fmt: skip
+    checkpoint_every: int = param(
+        500,
+        "Steps between training checkpoints (also one at each epoch's end), kept under "
+        "output_uri/checkpoints/ until the model is trained: a restarted or rerun train step "
+        "resumes from the newest.",
+        "training",
+        why="it counts steps",
+        ge=1,
+    )
+    seed: int = param(42, "Seed of the split, shuffling and initialisation.", "training")
+    evaluate_every_epoch: bool = param(
+        True,
+        "Compute the retrieval metrics on the eval data after every epoch (logged per epoch; "
+        "needed to monitor them).",
+        "evaluation",
+    )
+    eval_k: int = param(
+        10, "The cut-off k of the retrieval metrics (ndcg@k, mrr@k, ...).", "evaluation",
+        why="metrics look at the top k results", ge=1,
+    )  # fmt: skip
+    best_model_metric: str = param(
+        "",
+        "Keep the model of the epoch that is best by this metric, e.g. ndcg@10 or train_loss; "
+        "empty: keep the last epoch's model.",
+        "evaluation",
+    )
+    best_model_mode: Literal["auto", "max", "min"] = param(
+        "auto", "max, min, or auto (min for losses, max for the rest).", "evaluation"
+    )
+    early_stopping_patience: int = param(
+        0,
+        "Stop after this many epochs without improvement of the monitored metric; 0: never "
+        "stop early.",
+        "evaluation",
+        why="it counts epochs; 0 never stops early",
+        ge=0,
+    )
+    early_stopping_options: dict = param(
+        {},
+        "monitor (default: best_model_metric, else ndcg@eval_k), mode, min_delta and "
+        'baseline, e.g. {"min_delta": 0.001}.',
+        "evaluation",
+    )
+
+
+class OutputParameters(Parameters):
+    output_uri: str = param(
+        description="Where the model is exported (s3://bucket/prefix/ or a folder); {run_id} "
+        "in it becomes the run's id, e.g. s3://bucket/models/minilm/{run_id} for a schedule, "
+        "whose runs each need a new folder.",
+        group="output",
+    )
+    force_claim: bool = param(
+        False,
+        "Take output_uri over from the run that claimed it (see claim_id), once you have "
+        "checked that that run is no longer running.",
+        "output",
+    )
+    claim_id: str = param(
+        "",
+        "The id under which the run claims output_uri, so that no other run writes there; "
+        "empty: the KFP run's id (`finetuner run` sets its own).",
+        "output",
+        local=False,
+    )
+    promote: bool = param(
+        False,
+        "Promotion gate: copy the export to latest/ beside it (the folder above output_uri) "
+        "when promotion_metric beats the model promoted there.",
+        "output",
+    )
+    promotion_metric: str = param(
+        "auto",
+        "The metric the gate compares, e.g. ndcg, mrr@10, spearman; auto: ndcg@eval_k, or "
+        "spearman for scored data.",
+        "output",
+    )
+    promotion_min_delta: float = param(
+        0.0, "The least improvement of promotion_metric that promotes.", "output"
+    )
+
+
+class ClusterParameters(Parameters):
+    """The Kubernetes settings (finetuner.cluster); kfp.local ignores all but gpu_count."""
+
+    s3_secret_name: str = param(
+        "finetuner-s3",
+        "Kubernetes Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL and "
+        "AWS_DEFAULT_REGION for every step that reads or writes S3.",
+        "cluster",
+        local=False,
+    )
+    gpu_type: str = param(
+        "nvidia.com/gpu", "Accelerator resource of the train step, e.g. nvidia.com/gpu.",
+        "cluster", local=False,
+    )  # fmt: skip
+    gpu_count: int = param(
+        1,
+        "GPUs of the train step; above 1 it trains data-parallel, one process per GPU through "
+        "torchrun (batch_size is per GPU).",
+        "cluster",
+    )
+    node_selector: dict = param(
+        {},
+        'Node labels the train step must run on, e.g. {"nvidia.com/gpu.product": '
+        '"NVIDIA-H100-80GB-HBM3"}.',
+        "cluster",
+        local=False,
+    )
+    # Most clusters add the toleration of the GPU taint to pods that request GPUs themselves
+    # (the ExtendedResourceToleration admission plugin); other taints go here.
+    tolerations: list = param(
+        [],
+        'Taints the train step tolerates, as Kubernetes toleration objects, e.g. [{"key": '
+        '"gpu", "operator": "Exists", "effect": "NoSchedule"}].',
+        "cluster",
+        local=False,
+    )
+    train_cpu: str = param(
+        "4", "CPU request of the train step, e.g. 4 or 3500m.", "cluster", local=False
+    )
+    train_memory: str = param(
+        "16Gi", "Memory request of the train step, e.g. 32Gi.", "cluster", local=False
+    )
+
+
+class RunParameters(
+    DataParameters,
+    SynthesisParameters,
+    ModelParameters,
+    TrainOptions,
+    OutputParameters,
+    ClusterParameters,
+):
+    """Every run parameter of every pipeline, each declared once; each pipeline takes some
+    (see finetuner.parameters.pipelines)."""
