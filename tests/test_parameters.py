@@ -182,7 +182,7 @@ def test_an_explicit_loss_that_does_not_fit_the_data_is_refused():
     refused = "MultipleNegativesRankingLoss does not train on labeled data. Valid losses for "
     with pytest.raises(FinetunerError, match=refused + "labeled data: TripletMarginLoss"):
         loss_for("text", "MultipleNegativesRankingLoss", "labeled")
-    with pytest.raises(FinetunerError, match="CLIP models train with CLIPLoss"):
+    with pytest.raises(FinetunerError, match="clip models train with CLIPLoss only"):
         loss_for("clip", "MultipleNegativesRankingLoss", "pairs")
 
 
