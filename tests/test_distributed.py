@@ -87,13 +87,18 @@ def _trained(ctx, spec: dict, rows: list, kind: str, config: dict) -> dict:
     }
 
 
-def _compare(spec, rows: list, kind: str, config: dict, batch_size: int, steps: int) -> dict:
-    """Train in two processes with batch_size, and in one with twice it; check that all
-    agree, and return the single process's result."""
+def _compare(spec, rows: list, kind: str, config: dict, batch_size: int, steps: int, **extra):
+    """Train in two processes with batch_size (and the `extra` config), and in one with
+    twice it; check that all agree, and return the single process's result."""
+    single = _trained(None, spec, rows, kind, {**config, "batch_size": 2 * batch_size})
+    parallel = _spawn(_trained, spec, rows, kind, {**config, "batch_size": batch_size, **extra})
+    _agree(parallel, single, steps)
+    return single
+
+
+def _agree(parallel: list, single: dict, steps: int) -> None:
     import numpy as np
 
-    parallel = _spawn(_trained, spec, rows, kind, {**config, "batch_size": batch_size})
-    single = _trained(None, spec, rows, kind, {**config, "batch_size": 2 * batch_size})
     assert [r["steps"] for r in parallel] == [single["steps"]] * 2 == [steps] * 2
     assert parallel[0]["state"].keys() == single["state"].keys()
     for name, value in single["state"].items():
@@ -101,7 +106,6 @@ def _compare(spec, rows: list, kind: str, config: dict, batch_size: int, steps: 
         np.testing.assert_allclose(
             parallel[0]["state"][name], value, rtol=1e-4, atol=1e-6, err_msg=name
         )
-    return single
 
 
 def _bert(path):
@@ -142,22 +146,77 @@ def test_two_processes_train_text_as_one_on_the_union_of_their_batches(options, 
         assert any("encoder" in k for k in single["moved"])
 
 
-def test_two_processes_train_a_loss_with_its_own_weights_as_one():
-    """ArcFace's class weights are averaged too: the second step's gradient of the model
-    goes through them."""
+def test_two_processes_train_a_loss_with_its_own_weights_as_one_and_resume(tmp_path):
+    """ArcFace's class weights are averaged too: the later steps' gradients of the model go
+    through them. Process 0's checkpoints hold the modules themselves (no wrapper's
+    names), and a new run in two processes resumes from them to the same weights."""
     import numpy as np
+
+    from finetuner import checkpoints
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(4, 6))
     rows = [(" ".join(f"{x:.4f}" for x in centres[i % 4] + 0.3 * rng.normal(size=6)), f"c{i % 4}")
             for i in range(32)]  # fmt: skip
-    spec = lookup("mlp", model_options={"input_size": 6, "hidden_sizes": [16]})
+    spec = lookup("mlp", model_options={"input_size": 6, "hidden_sizes": [16]}).model_dump()
     config = {
         **EXACT, "loss": "ArcFaceLoss", "loss_optimizer": "SGD", "loss_learning_rate": 0.5,
         "epochs": 2,
     }  # fmt: skip
-    single = _compare(spec.model_dump(), rows, "labeled", config, batch_size=8, steps=4)
+    saving = {"checkpoint_dir": str(tmp_path / "checkpoints"), "checkpoint_every": 1}
+    single = _compare(spec, rows, "labeled", config, batch_size=8, steps=4, **saving)
     assert single["moved"]
+    # Checkpoints at steps 1 to 3 (the last step ends training): the newest is step 3's.
+    assert checkpoints.complete_steps(saving["checkpoint_dir"])[-1] == 3
+    state = checkpoints.latest(saving["checkpoint_dir"])
+    assert state["model"].keys() == single["state"].keys()
+    assert list(state["loss"]) == ["W"]
+    resumed = _spawn(_trained, spec, rows, "labeled", {**config, "batch_size": 8, **saving})
+    _agree(resumed, single, steps=4)
+
+
+def _clip_step(ctx, rows: list) -> dict:
+    from finetuner import models
+    from finetuner.train import TrainConfig, train
+
+    torch.manual_seed(0)
+    model = models.pretrained(lookup("clip-base-en"))
+    start = {k: v.clone() for k, v in model.embedder.state_dict().items()}
+    config = TrainConfig(**{**EXACT, "loss": "CLIPLoss", "batch_size": 4, "max_steps": 1})
+    train(model, dataset.from_rows(rows, "pairs"), config, parallel=ctx)
+    state = model.embedder.state_dict()
+    return {
+        "state": {k: v.numpy().copy() for k, v in state.items()},
+        "moved": {k for k, v in state.items() if not torch.equal(v, start[k])},
+    }
+
+
+def test_two_processes_train_both_towers_of_clip_alike(tmp_path, monkeypatch):
+    """CLIP's loss is over the whole batch, so no single process sees the union's: the
+    check is that both towers and the temperature moved, identically in both processes
+    though each had other rows."""
+    import numpy as np
+    from PIL import Image
+
+    from finetuner import weights
+    from finetuner.models.clip import build_clip, save_clip
+
+    torch.manual_seed(0)
+    save_clip(build_clip("clip-base-en", size="tiny"), tmp_path / "mirror" / "clip-base-en")
+    monkeypatch.setenv(weights.MIRROR_ENV, str(tmp_path / "mirror"))  # the processes inherit it
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(8):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(path)
+        rows.append((f"picture number {i} of {'many ' * (i % 3)}things", str(path)))
+    first, second = _spawn(_clip_step, rows)
+    assert first["moved"] == second["moved"]
+    assert "logit_scale" in first["moved"]
+    assert any(k.startswith("visual.") for k in first["moved"])
+    assert any(k.startswith("text.") for k in first["moved"])
+    for name, value in first["state"].items():
+        np.testing.assert_array_equal(value, second["state"][name], err_msg=name)
 
 
 def test_train_step_in_two_processes(tiny_bert, pairs_csv, tmp_path):
