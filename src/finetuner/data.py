@@ -1,24 +1,124 @@
-"""Pairs and their items: reading (query, document) pairs whole, checking the items that are
-not text (images, meshes, vectors), text-image rows, the held-out split and eval sets.
+"""Rows and their items: checking a data file's rows for their kind (RowChecker), the items
+that are not text (images, meshes, vectors) and text-image rows; reading (query, document)
+pairs whole; the held-out split and eval sets.
 
 Data files at scale go through finetuner.dataset, which streams them; this module serves
-it and the code that wants a list of pairs."""
+it (and does not import it) and the code that wants a list of pairs."""
 
 from __future__ import annotations
 
 import math
 import os
 import stat
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from finetuner import storage
+from finetuner import formats, storage
 from finetuner.errors import BadItem, FinetunerError
+from finetuner.formats import KINDS, NUMBER_ROLES, BadRow, DataOptions
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MAX_FIELD_CHARS = 100_000
 
 Pair = tuple[str, str]
+
+
+class BadRowError(FinetunerError):
+    """One row's problem, with its location; skipped while max_bad_rows allows."""
+
+
+def digest(text: str) -> int:
+    """A 64-bit key of a text that is the same in every process (unlike hash()), so a seed
+    holds out the same queries in every run. Two checksums, as they are several times
+    faster than a cryptographic hash; a rare collision only holds two queries out together."""
+    data = text.encode("utf-8", "surrogatepass")
+    return zlib.crc32(data) << 32 | zlib.adler32(data)
+
+
+def _text_error(where: str, role: str, value: str, opts: DataOptions) -> BadRowError:
+    if not value:
+        return BadRowError(f"{where} ({role}): empty {role}.")
+    return BadRowError(
+        f"{where} ({role}): {len(value)} characters, more than the limit of "
+        f"{opts.max_field_chars} (data_options.max_field_chars)."
+    )
+
+
+# Training reads scores and margins as float32: a larger one would be inf there.
+MAX_NUMBER = 3.4028234663852886e38
+
+
+def _score(value: str) -> float | None:
+    """The score, or None if it is not a finite number in float32."""
+    try:
+        score = float(value)
+    except ValueError:
+        return None
+    return score if math.isfinite(score) and abs(score) <= MAX_NUMBER else None
+
+
+@dataclass
+class RowChecker:
+    """Checks the rows of one file for a model: `check(row) -> values`, raising BadRowError.
+
+    `field(uri, line, column, value)` resolves items that are not text (see
+    field_checker); `pair_row(uri, line, pair)` orders text-image pairs."""
+
+    uri: str
+    kind: str
+    opts: DataOptions
+    field: Callable | None = None
+    pair_row: Callable | None = None
+    unit: str = "line"
+
+    def check(self, row: formats.Row | BadRow) -> tuple:
+        # The hot loop of preprocess: messages are only built for a bad row.
+        if isinstance(row, BadRow):
+            raise BadRowError(f"{row.where(self.uri, self.unit)}: {row.reason}.")
+        limit = self.opts.max_field_chars
+        if self.kind == "pairs" and not self.field and not self.pair_row:  # text pairs
+            query, document = row.values[0].strip(), row.values[1].strip()
+            if query and document and len(query) <= limit and len(document) <= limit:
+                return query, document
+        values = []
+        for column, role in enumerate(KINDS[self.kind], 1):
+            value = row.values[column - 1]
+            if role in NUMBER_ROLES:
+                score = _score(value)
+                if score is None:
+                    what = (
+                        f"'{value[:40]}' is not a finite number (valid: magnitude up to "
+                        f"{MAX_NUMBER:.3g}, float32's largest, in which training computes)"
+                    )
+                    raise BadRowError(f"{self._where(row.line, column)} ({role}): {what}.")
+                values.append(score)
+                continue
+            value = value.strip()
+            if not value or len(value) > limit:
+                raise _text_error(self._where(row.line, column), role, value, self.opts)
+            if self.field and role != "label":
+                value = self._item(row.line, column, value)
+            values.append(value)
+        if self.pair_row:
+            values = list(self._guard(self.pair_row, self.uri, row.line, tuple(values)))
+        return tuple(values)
+
+    def _where(self, line: int, column: int) -> str:
+        return f"{self.uri}, {self.unit} {line}, column {column}"
+
+    def _item(self, line: int, column: int, value: str) -> str:
+        return self._guard(self.field, self.uri, line, column, value)
+
+    @staticmethod
+    def _guard(fn, *args):
+        try:
+            return fn(*args)
+        except BadRowError:
+            raise
+        except FinetunerError as exc:  # the item checkers name the row themselves
+            raise BadRowError(str(exc)) from None
 
 
 def read_pairs(
@@ -31,20 +131,16 @@ def read_pairs(
     items are not plain text (see `field_checker`); `check_row(uri, line, pair) -> pair`
     checks and reorders a whole row.
     """
-    from finetuner import dataset, formats
-
-    opts = formats.DataOptions(
-        encoding=encoding, max_field_chars=max_field_chars or MAX_FIELD_CHARS
-    )
+    opts = DataOptions(encoding=encoding, max_field_chars=max_field_chars or MAX_FIELD_CHARS)
     kind, rows = formats.read_rows(uri, opts)
     if kind != "pairs":
         raise FinetunerError(f"{uri} holds {kind} rows, not query,document pairs.")
-    checker = dataset.RowChecker(uri, kind, opts, field, check_row)
+    checker = RowChecker(uri, kind, opts, field, check_row)
     pairs = []
     for row in rows:
         try:
             pairs.append(checker.check(row))
-        except dataset.BadRowError as exc:
+        except BadRowError as exc:
             raise FinetunerError(str(exc)) from None
     return pairs
 
@@ -233,14 +329,27 @@ def check_val_split(val_split: float, has_eval_data: bool = True) -> None:
 def split_by_query(pairs: list[Pair], val_split: float, seed: int) -> tuple[list[Pair], list[Pair]]:
     """Hold out a fraction of the queries, with all their pairs, so none leaks into training;
     the same queries as preprocess holds out of the same data."""
-    from finetuner.dataset import digest, held_out
-
     check_val_split(val_split)
     keys = [digest(q) for q, _ in pairs]
     held = held_out(set(keys), val_split, seed)
     train = [p for p, key in zip(pairs, keys, strict=True) if key not in held]
     evaluation = [p for p, key in zip(pairs, keys, strict=True) if key in held]
     return train, evaluation
+
+
+def held_out(groups: set[int], val_split: float, seed: int) -> set[int]:
+    """Exactly round(n * val_split) groups, chosen by the seed, the same in every run."""
+    import numpy as np
+
+    ordered = np.sort(np.fromiter(groups, dtype=np.uint64, count=len(groups)))
+    ordered = np.random.default_rng(seed).permutation(ordered)
+    n_held = round(len(ordered) * val_split)
+    if val_split > 0 and not 1 <= n_held < len(ordered):
+        raise FinetunerError(
+            f"parameter val_split: {val_split} of {len(ordered)} distinct queries leaves "
+            "no queries for training or none for evaluation; give more data or --eval-data."
+        )
+    return set(ordered[:n_held].tolist())
 
 
 @dataclass

@@ -10,16 +10,23 @@ Parquet shards as they come, and only a 64-bit digest per row and per query is k
 
 from __future__ import annotations
 
-import math
-import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from finetuner import formats
+from finetuner.data import (
+    BadRowError,
+    RowChecker,
+    TextImageRows,
+    check_val_split,
+    digest,
+    field_checker,
+    held_out,
+)
 from finetuner.errors import FinetunerError
-from finetuner.formats import KINDS, NUMBER_ROLES, BadRow, DataOptions
+from finetuner.formats import KINDS, NUMBER_ROLES, DataOptions
 from finetuner.staging import stage_dir
 
 KIND_KEY = b"finetuner.kind"
@@ -27,105 +34,6 @@ ROWS_PER_SHARD = 250_000
 BATCH_ROWS = 8192
 BAD_ROW_SAMPLES = 20
 LENGTH_EDGES = (1, 2, 4, 8, 16, 32, 64, 128)
-
-
-class BadRowError(FinetunerError):
-    """One row's problem, with its location; skipped while max_bad_rows allows."""
-
-
-def digest(text: str) -> int:
-    """A 64-bit key of a text that is the same in every process (unlike hash()), so a seed
-    holds out the same queries in every run. Two checksums, as they are several times
-    faster than a cryptographic hash; a rare collision only holds two queries out together."""
-    data = text.encode("utf-8", "surrogatepass")
-    return zlib.crc32(data) << 32 | zlib.adler32(data)
-
-
-# ---------------------------------------------------------------- checking rows
-
-
-def _text_error(where: str, role: str, value: str, opts: DataOptions) -> BadRowError:
-    if not value:
-        return BadRowError(f"{where} ({role}): empty {role}.")
-    return BadRowError(
-        f"{where} ({role}): {len(value)} characters, more than the limit of "
-        f"{opts.max_field_chars} (data_options.max_field_chars)."
-    )
-
-
-# Training reads scores and margins as float32: a larger one would be inf there.
-MAX_NUMBER = 3.4028234663852886e38
-
-
-def _score(value: str) -> float | None:
-    """The score, or None if it is not a finite number in float32."""
-    try:
-        score = float(value)
-    except ValueError:
-        return None
-    return score if math.isfinite(score) and abs(score) <= MAX_NUMBER else None
-
-
-@dataclass
-class RowChecker:
-    """Checks the rows of one file for a model: `check(row) -> values`, raising BadRowError.
-
-    `field(uri, line, column, value)` resolves items that are not text (see
-    data.field_checker); `pair_row(uri, line, pair)` orders text-image pairs."""
-
-    uri: str
-    kind: str
-    opts: DataOptions
-    field: Callable | None = None
-    pair_row: Callable | None = None
-    unit: str = "line"
-
-    def check(self, row: formats.Row | BadRow) -> tuple:
-        # The hot loop of preprocess: messages are only built for a bad row.
-        if isinstance(row, BadRow):
-            raise BadRowError(f"{row.where(self.uri, self.unit)}: {row.reason}.")
-        limit = self.opts.max_field_chars
-        if self.kind == "pairs" and not self.field and not self.pair_row:  # text pairs
-            query, document = row.values[0].strip(), row.values[1].strip()
-            if query and document and len(query) <= limit and len(document) <= limit:
-                return query, document
-        values = []
-        for column, role in enumerate(KINDS[self.kind], 1):
-            value = row.values[column - 1]
-            if role in NUMBER_ROLES:
-                score = _score(value)
-                if score is None:
-                    what = (
-                        f"'{value[:40]}' is not a finite number (valid: magnitude up to "
-                        f"{MAX_NUMBER:.3g}, float32's largest, in which training computes)"
-                    )
-                    raise BadRowError(f"{self._where(row.line, column)} ({role}): {what}.")
-                values.append(score)
-                continue
-            value = value.strip()
-            if not value or len(value) > limit:
-                raise _text_error(self._where(row.line, column), role, value, self.opts)
-            if self.field and role != "label":
-                value = self._item(row.line, column, value)
-            values.append(value)
-        if self.pair_row:
-            values = list(self._guard(self.pair_row, self.uri, row.line, tuple(values)))
-        return tuple(values)
-
-    def _where(self, line: int, column: int) -> str:
-        return f"{self.uri}, {self.unit} {line}, column {column}"
-
-    def _item(self, line: int, column: int, value: str) -> str:
-        return self._guard(self.field, self.uri, line, column, value)
-
-    @staticmethod
-    def _guard(fn, *args):
-        try:
-            return fn(*args)
-        except BadRowError:
-            raise
-        except FinetunerError as exc:  # the item checkers name the row themselves
-            raise BadRowError(str(exc)) from None
 
 
 @dataclass
@@ -154,8 +62,6 @@ class BadRows:
 def open_rows(uri: str, spec, opts: DataOptions) -> tuple[str, Iterator, RowChecker]:
     """The kind of the data at `uri`, its raw rows, and the checker for the model of
     `spec` that each must pass."""
-    from finetuner.data import TextImageRows, field_checker
-
     kind, rows = formats.read_rows(uri, opts)
     _check_kind(uri, kind, spec)
     checker = RowChecker(
@@ -384,21 +290,6 @@ def check_train_shape(where: str, rows: int) -> None:
         )
 
 
-def held_out(groups: set[int], val_split: float, seed: int) -> set[int]:
-    """Exactly round(n * val_split) groups, chosen by the seed, the same in every run."""
-    import numpy as np
-
-    ordered = np.sort(np.fromiter(groups, dtype=np.uint64, count=len(groups)))
-    ordered = np.random.default_rng(seed).permutation(ordered)
-    n_held = round(len(ordered) * val_split)
-    if val_split > 0 and not 1 <= n_held < len(ordered):
-        raise FinetunerError(
-            f"parameter val_split: {val_split} of {len(ordered)} distinct queries leaves "
-            "no queries for training or none for evaluation; give more data or --eval-data."
-        )
-    return set(ordered[:n_held].tolist())
-
-
 def split_staged(
     staged: Path,
     kind: str,
@@ -476,8 +367,6 @@ def preprocess(
     opts: DataOptions, train_out: str, eval_out: str,
 ) -> Preprocessed:  # fmt: skip
     """Check, deduplicate and split the data into train and eval datasets (Parquet shards)."""
-    from finetuner.data import check_val_split
-
     check_val_split(val_split, has_eval_data=bool(eval_data))
     stats, eval_stats, bad = Stats(), Stats(), BadRows(opts.max_bad_rows)
     with stage_dir("stage") as tmp:

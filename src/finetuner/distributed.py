@@ -1,11 +1,15 @@
 """Data-parallel training on several GPUs of one node: one process per GPU, started by
 torchrun (`torch.distributed.run`).
 
-Every process builds the same model from the same seed and trains on its own share of each
-epoch's batches; after each backward pass the gradients are averaged across the processes
-(as DistributedDataParallel does), so the weights stay identical everywhere. Process 0
-alone prints progress, writes checkpoints and saves the model. Without CUDA (e.g. in tests)
-the processes run on the CPU and talk through gloo.
+Every process builds the same model and trains on its own share of each epoch's batches.
+A training step runs as one forward pass of a DistributedDataParallel wrapper (see
+`Context.data_parallel`), which starts every process from process 0's weights and averages
+the gradients across the processes in the backward pass, so the weights stay identical
+everywhere. Process 0 alone prints progress, writes checkpoints and saves the model.
+Without CUDA (e.g. in tests) the processes run on the CPU and talk through gloo.
+
+This module knows nothing of what a process runs: `launch` starts a module's entry point
+(`run_process`), so the training layer does not import the steps that call it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,33 +38,47 @@ class Context:
 
     def shard(self, batches: list) -> list:
         """This process's share of an epoch's batches: every world-th one. Each process gets
-        as many, so the gradient averaging of every step has all of them."""
+        as many, so every step has a batch in each."""
         usable = len(batches) // self.world * self.world
         return batches[self.rank : usable : self.world]
 
-    def broadcast(self, module) -> None:
-        """Give every process process 0's weights and buffers (a projection head's random
-        start, say), so that all begin alike."""
-        import torch.distributed as dist
+    def data_parallel(self, modules: list, forward: Callable):
+        """A DistributedDataParallel of `modules` (the embedder, and a loss's own weights)
+        that, called, returns `forward(*args)`: a whole training step's forward passes in
+        one call. Its construction gives every process process 0's weights and buffers; the
+        backward pass of its result averages the gradients across the processes.
 
-        for tensor in module.state_dict().values():
-            dist.broadcast(tensor, 0)
+        One call per step, whatever the step does inside (a query and a document side,
+        a forward pass per length bucket, two towers), so every process makes the same
+        calls. Parameters that a step never reaches (a text backbone's unused pooler)
+        are found on the first step: the graph is static (`static_graph`), as each step
+        reaches the same ones. Frozen parameters are no part of it."""
+        import torch
+        from torch.nn.parallel import DistributedDataParallel
 
-    def average_gradients(self, parameters: list) -> None:
-        """All-reduce the gradients as one flat buffer, and divide by the world size."""
+        class Step(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.parts = torch.nn.ModuleList(modules)
+
+            def forward(self, *args):
+                return forward(*args)
+
+        cuda = self.device.startswith("cuda")
+        return DistributedDataParallel(
+            Step(),
+            device_ids=[torch.device(self.device).index] if cuda else None,
+            static_graph=True,
+        )
+
+    def all(self, flag: bool) -> bool:
+        """Whether `flag` holds in every process (so that all take a step, or none)."""
         import torch
         import torch.distributed as dist
 
-        grads = [p.grad for p in parameters if p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= self.world
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
+        tensor = torch.tensor([int(flag)], device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        return bool(tensor.item())
 
 
 def context() -> Context | None:
@@ -92,9 +111,9 @@ def check_processes(num_gpus: int) -> None:
         )
 
 
-def launch(num_gpus: int, kwargs: dict) -> dict:
-    """Run finetuner.steps.train(**kwargs) in `num_gpus` processes through torchrun; the
-    result of process 0."""
+def launch(num_gpus: int, module: str, kwargs: dict) -> dict:
+    """Run a module's torchrun entry point in `num_gpus` processes: `python -m module
+    kwargs.json result.json`, which calls `run_process`. The result of process 0."""
     import torch
 
     check_processes(num_gpus)
@@ -109,8 +128,7 @@ def launch(num_gpus: int, kwargs: dict) -> dict:
         payload.write_text(json.dumps(kwargs))
         command = [
             sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc-per-node={num_gpus}", "-m", "finetuner.distributed",
-            str(payload), str(result),
+            f"--nproc-per-node={num_gpus}", "-m", module, str(payload), str(result),
         ]  # fmt: skip
         status = subprocess.run(command).returncode
         if status != 0 or not result.exists():
@@ -121,23 +139,18 @@ def launch(num_gpus: int, kwargs: dict) -> dict:
         return json.loads(result.read_text())
 
 
-def main(argv: list[str]) -> int:
-    """One process of a torchrun launch: train, and let process 0 write the result."""
+def run_process(function: Callable[..., dict], argv: list[str]) -> int:
+    """One process of a torchrun launch (a module's `__main__`, see `launch`): call
+    `function` with the launch's keywords, and let process 0 write its result."""
     import torch.distributed as dist
-
-    from finetuner import steps
 
     payload, result_path = argv
     ctx = context()
     try:
-        result = steps.train(**json.loads(Path(payload).read_text()))
+        result = function(**json.loads(Path(payload).read_text()))
         if ctx is None or ctx.main:
             Path(result_path).write_text(json.dumps(result))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -166,7 +166,8 @@ def train(
     "config"). With `eval_path`, the eval dataset is evaluated after every epoch. With
     output_uri, checkpoints go to `<output_uri>/checkpoints/`, a restarted step resumes
     from the newest, and they are deleted once the model is saved. With num_gpus > 1 it
-    trains data-parallel in one process per GPU (finetuner.distributed)."""
+    trains data-parallel in one process per GPU (finetuner.distributed), each started as
+    `python -m` this module."""
     import json
 
     from finetuner import checkpoints, dataset, distributed, models, storage
@@ -177,7 +178,8 @@ def train(
             model_spec=model_spec, train_path=train_path, model_out=model_out,
             options=options, output_uri=output_uri, eval_path=eval_path, num_gpus=num_gpus,
         )  # fmt: skip
-        return distributed.launch(num_gpus, kwargs)
+        # The processes run this module's entry point (below), which calls train() again.
+        return distributed.launch(num_gpus, __name__, kwargs)
     from finetuner.train import TrainConfig, check_trainable
     from finetuner.train import train as run_training
 
@@ -299,3 +301,11 @@ def promote(
     subject = f"{result['metric']} " if result["metric"] else ""
     print(f"{verb}: {subject}{result['reason']}", flush=True)
     return result
+
+
+if __name__ == "__main__":  # one process of a data-parallel train step (see train)
+    import sys
+
+    from finetuner import distributed
+
+    sys.exit(distributed.run_process(train, sys.argv[1:]))

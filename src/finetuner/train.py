@@ -461,10 +461,14 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
         total = min(total, config.max_steps)
     optimizers = [_optimizer(config, embedder)]
     trainable = [p for g in optimizers[0].param_groups for p in g["params"]]  # not frozen ones
-    if parallel is not None:  # every process starts from process 0's weights
-        parallel.broadcast(embedder)
-        if loss_fn.parameters():
-            parallel.broadcast(loss_fn.module)
+
+    def forward(rows, prepared):
+        return batch_loss(data.kind, model, loss_fn, rows, device, buckets, prepared, label_ids)
+
+    step = forward
+    if parallel is not None:  # from process 0's weights; gradients averaged in backward
+        owned = [loss_fn.module] if loss_fn.parameters() else []
+        step = parallel.data_parallel([embedder, *owned], forward)
     if loss_fn.parameters():  # a loss with its own weights gets its own optimizer
         optimizers.append(
             build_optimizer(
@@ -514,16 +518,14 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
                 print(f"skipped a bad item: {message}", file=sys.stderr, flush=True)
             pos.skipped += len(bad)
             pos.batch += 1
-            if len(rows) < 2:
+            usable = len(rows) >= 2
+            if parallel is not None:  # every process steps, or none: gradients are averaged
+                usable = parallel.all(usable)
+            if not usable:
                 continue
             with autocast:
-                loss = batch_loss(
-                    data.kind, model, loss_fn, rows, device, buckets, prepared,
-                    label_ids,
-                )  # fmt: skip
+                loss = step(rows, prepared)
             loss.backward()
-            if parallel is not None:
-                parallel.average_gradients(trainable + list(loss_fn.parameters()))
             norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             loss_value = loss.item()
             # Before the optimizer step, so the weights, and the checkpoints, stay finite.
