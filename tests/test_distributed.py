@@ -113,7 +113,7 @@ def _bert(path):
     it is computed."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from finetuner.weights import local_path
+    from finetuner.models.weights import local_path
 
     torch.manual_seed(0)
     config = BertConfig(
@@ -198,8 +198,8 @@ def test_two_processes_train_both_towers_of_clip_alike(tmp_path, monkeypatch):
     import numpy as np
     from PIL import Image
 
-    from finetuner import weights
-    from finetuner.models.clip import build_clip, save_clip
+    from finetuner.catalogue import weights
+    from finetuner.models.clip_net import build_clip, save_clip
 
     torch.manual_seed(0)
     save_clip(build_clip("clip-base-en", size="tiny"), tmp_path / "mirror" / "clip-base-en")
