@@ -2,7 +2,7 @@
 
 The same finetune pipeline, with the same parameters and data, runs twice through kfp.local:
 with the SubprocessRunner in this environment, and compiled against the step images with
-every step in its hardened container (finetuner.containers). Each step's wall time comes
+every step in its hardened container (finetuner.launch.containers). Each step's wall time comes
 from kfp.local's own "Executing task" / "Task ... finished" log records.
 
     make images && HF_HUB_OFFLINE=1 CONTAINERS_CONF=images/containers.conf \\
@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from finetuner import s3server, storage
-from finetuner.run import run_pipeline
+from finetuner.io import s3server, storage
+from finetuner.launch.local import run_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK = re.compile(r"(Executing task|Task) \W*'?([\w-]+)'?")

@@ -3,7 +3,7 @@ torchvision-style dataset, over one epoch of many small PNGs.
 
 Both sides read the same files in the same random batches of 256 (`samplers.random_batches`,
 seeded) with 2 DataLoader workers and the same transform (Resize(32), ToTensor). The media
-side is exactly what `finetuner.train` runs: `batches.batch_loader` over a labeled
+side is exactly what `finetuner.training.loop` runs: `batches.batch_loader` over a labeled
 `dataset.Dataset` of (path, label) rows, whose image side's `prepare_one` loads each item
 with `media.load_image`, as `ImageModel.prepare_one` does: `MediaCache` (opening the file and
 checking its size), PIL's header and the image caps, decoding, and the error handling that
@@ -139,7 +139,7 @@ class ImageSide:
     """The worker half of an image model side, as in `ImageModel.prepare_one`."""
 
     def __init__(self, transform):
-        from finetuner import media
+        from finetuner.data import media
 
         self.load, self.transform = media.load_image, transform
 
@@ -168,8 +168,8 @@ def one_run(impl: str, root: Path, n: int, batch_size: int, workers: int) -> dic
     from torch.utils.data import DataLoader
     from torchvision import transforms
 
-    from finetuner import dataset, samplers
-    from finetuner.batches import batch_loader
+    from finetuner.data import dataset, samplers
+    from finetuner.data.batches import batch_loader
 
     paths = [str(image_path(root, i)) for i in range(n)]
     transform = transforms.Compose([transforms.Resize(32), transforms.ToTensor()])

@@ -64,8 +64,8 @@ def generate(path: Path, rows: int) -> None:
 
 
 def run_finetuner(uri: str, out: Path) -> dict:
-    from finetuner import steps
     from finetuner.catalogue import lookup
+    from finetuner.orchestration import steps
 
     spec = lookup("minilm-l6-en").model_dump()
     start = time.perf_counter()
@@ -79,7 +79,7 @@ def run_finetuner(uri: str, out: Path) -> dict:
 def run_datasets(uri: str, out: Path) -> dict:
     from datasets import disable_progress_bars, load_dataset
 
-    from finetuner import storage
+    from finetuner.io import storage
 
     disable_progress_bars()
     start = time.perf_counter()
@@ -122,7 +122,7 @@ def main() -> None:
         child(args.side, args.uri, args.json_out)
         return
 
-    from finetuner import s3server, storage
+    from finetuner.io import s3server, storage
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

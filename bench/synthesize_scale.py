@@ -116,7 +116,7 @@ def child(args) -> None:
     """One synthesis, timed; prints a JSON line with the counts and the peak RSS."""
     import torch
 
-    from finetuner.synthesis import SynthesisModels, synthesize
+    from finetuner.synthesis.synthesize import SynthesisModels, synthesize
 
     torch.set_num_threads(args.threads)
     folder = Path(args.workdir)

@@ -62,7 +62,7 @@ def peak_rss_mib() -> float:
 
 
 def load_data():
-    from finetuner import data
+    from finetuner.data import pairs as data
 
     pairs = data.read_pairs(str(PAIRS_CSV))
     train_pairs, eval_pairs = data.split_by_query(pairs, EVAL_SPLIT, SEED)
@@ -70,7 +70,7 @@ def load_data():
 
 
 def ndcg(model, eval_set) -> float:
-    from finetuner import evaluate
+    from finetuner.evaluation import evaluate
 
     return evaluate.evaluate(model, eval_set, k=K)[f"ndcg@{K}"]
 
@@ -100,10 +100,10 @@ def step_span(step_ends: list[tuple[float, float]], batch_size: int) -> dict:
 def run_finetuner(args, train_pairs, eval_set) -> dict:
     import torch
 
-    from finetuner import train as ft_train
     from finetuner.catalogue import lookup
+    from finetuner.io.progress import Progress
     from finetuner.models import TextModel
-    from finetuner.progress import Progress
+    from finetuner.training import loop as ft_train
 
     step_ends: list[tuple[float, float]] = []
     losses: list[float] = []

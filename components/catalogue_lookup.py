@@ -17,10 +17,10 @@ def catalogue_lookup(
 ) -> dict:
     """Validate the backbone and its options against the catalogue; output the ModelSpec.
     pooler_p, pooler_eps and max_length are numbers or auto (the model's own)."""
-    from finetuner.failures import reported
+    from finetuner.orchestration.failures import reported
 
     with reported("catalogue-lookup"):
-        from finetuner import steps
+        from finetuner.orchestration import steps
 
         return steps.catalogue_lookup(
             model, pooler, pooler_p, pooler_eps, max_length, loss, model_options, weights,

@@ -8,10 +8,10 @@ def claim_output(output_uri: str, run_id: str, claim_id: str, force_claim: bool)
     """Claim output_uri ({run_id} in it: this run's id) for this run before any data is read:
     of two runs with one output, the second fails here and names the first. Outputs the id
     the claim is held under, which every step that writes there checks."""
-    from finetuner.failures import reported
+    from finetuner.orchestration.failures import reported
 
     with reported("claim-output"):
-        from finetuner import steps
+        from finetuner.orchestration import steps
 
         return steps.claim_output(output_uri, run_id, claim_id, force_claim)
 

@@ -14,12 +14,12 @@ def evaluate(
     report: Output[HTML],
 ) -> dict:
     """Retrieval metrics@k of the pretrained and the fine-tuned model, for the UI and export."""
-    from finetuner.failures import reported
+    from finetuner.orchestration.failures import reported
 
     with reported("evaluate"):
         from pathlib import Path
 
-        from finetuner import steps
+        from finetuner.orchestration import steps
 
         result = steps.evaluate(model_spec, model.path, eval_dataset.path, k)
         for stage in ("before", "after"):

@@ -9,11 +9,11 @@ def export(model: Input[Model], metrics: dict, output_uri: str, run_id: str, cla
     """Publish safetensors, a sentence-transformers folder, checked ONNX, metrics and a model
     card to output_uri ({run_id} in it: this run's id), with the manifest written last, while
     the run still holds its claim on output_uri."""
-    from finetuner.failures import reported
+    from finetuner.orchestration.failures import reported
 
     with reported("export"):
-        from finetuner import steps
-        from finetuner.promote import run_output
+        from finetuner.export.promote import run_output
+        from finetuner.orchestration import steps
 
         uris = steps.export(model.path, metrics, run_output(output_uri, run_id), claim)
         # KFP cannot pass a None inside a dict to the next step (no ONNX file for PointNet++).

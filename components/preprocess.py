@@ -17,10 +17,10 @@ def preprocess(
     data_report: Output[Markdown],
 ) -> dict:
     """Check the data (CSV, JSONL or Parquet; s3:// or local), split it, write Parquet."""
-    from finetuner.failures import reported
+    from finetuner.orchestration.failures import reported
 
     with reported("preprocess"):
-        from finetuner import steps
+        from finetuner.orchestration import steps
 
         return steps.preprocess(
             model_spec,

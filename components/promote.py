@@ -18,10 +18,10 @@ def promote(
     """Promote the export to latest/ beside it when the monitored metric improves by at least
     min_delta, claiming latest/ while it copies; the decision and its reason go to the run's
     metrics."""
-    from finetuner.failures import reported
+    from finetuner.orchestration.failures import reported
 
     with reported("promote"):
-        from finetuner import steps
+        from finetuner.orchestration import steps
 
         result = steps.promote(
             export["manifest"], metrics, enabled, promotion_metric, min_delta, claim, force_claim

@@ -25,11 +25,11 @@ def synthesize_pairs(
     """Mine candidates for each query with the relation miner, score them with the
     cross-encoder, and publish (query, positive, negative, margin) rows under output_uri;
     their URI. `{run_id}` in output_uri is this run's id, which must hold its claim on it."""
-    from finetuner.failures import reported
+    from finetuner.orchestration.failures import reported
 
     with reported("synthesize-pairs"):
-        from finetuner import steps
-        from finetuner.promote import run_output
+        from finetuner.export.promote import run_output
+        from finetuner.orchestration import steps
 
         steps.check_claim(output_uri, run_id, claim)
         return steps.synthesize(

@@ -30,11 +30,11 @@ def train(
     (finetuner.parameters.TrainOptions), each value as KFP hands it over (text), but for
     those that are JSON objects (STRUCT_OPTIONS), which come as inputs of their own; the
     values that auto resolved to go to train_metrics."""
-    from finetuner.failures import reported
+    from finetuner.orchestration.failures import reported
 
     with reported("train"):
-        from finetuner import steps
-        from finetuner.promote import run_output
+        from finetuner.export.promote import run_output
+        from finetuner.orchestration import steps
 
         steps.check_claim(output_uri, run_id, claim)
         result = steps.train(

@@ -14,10 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from finetuner import s3server, storage, tables
 from finetuner.cli import internal_error, print_metrics
 from finetuner.errors import FinetunerError, redact
-from finetuner.run import run_pipeline
+from finetuner.io import s3server, storage, tables
+from finetuner.launch.local import run_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "finetuner"

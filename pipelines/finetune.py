@@ -3,7 +3,6 @@
 
 from kfp import dsl
 
-from finetuner.cluster import gpu_step, s3_step
 from finetuner.components.catalogue_lookup import catalogue_lookup
 from finetuner.components.claim import claim_step
 from finetuner.components.evaluate import evaluate
@@ -11,6 +10,7 @@ from finetuner.components.export import export
 from finetuner.components.preprocess import preprocess
 from finetuner.components.promote import promote as promote_step
 from finetuner.components.train import train
+from finetuner.orchestration.cluster import gpu_step, s3_step
 from finetuner.parameters import Finetune, struct_options, training_options
 from finetuner.parameters.generate import pipeline_function
 

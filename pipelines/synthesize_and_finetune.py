@@ -4,7 +4,6 @@ without labels."""
 
 from kfp import dsl
 
-from finetuner.cluster import gpu_step, s3_step
 from finetuner.components.catalogue_lookup import catalogue_lookup
 from finetuner.components.claim import claim_step
 from finetuner.components.evaluate import evaluate
@@ -12,9 +11,10 @@ from finetuner.components.export import export
 from finetuner.components.preprocess import preprocess
 from finetuner.components.synthesize import synthesize_pairs
 from finetuner.components.train import train
-from finetuner.losses import MARGIN_MSE
+from finetuner.orchestration.cluster import gpu_step, s3_step
 from finetuner.parameters import SynthesizeAndFinetune, struct_options, training_options
 from finetuner.parameters.generate import pipeline_function
+from finetuner.training.losses import MARGIN_MSE
 
 DESCRIPTION = (
     "Synthesize MarginMSE training data from unlabelled queries and a corpus, then fine-tune "

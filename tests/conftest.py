@@ -10,7 +10,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from finetuner import s3server  # noqa: E402
+from finetuner.io import s3server  # noqa: E402
 
 # AWS settings from the developer's machine that would change what boto3 does in a test.
 _AWS_VARS_TO_CLEAR = (

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from finetuner import dataset, formats
 from finetuner.catalogue import lookup
 from finetuner.cli import main
+from finetuner.data import dataset, formats
 from finetuner.errors import FinetunerError
 
 MLP = ["--model", "mlp", "--model-options", '{"input_size": 2}']
@@ -247,7 +247,7 @@ def test_missing_s3_data(s3, s3_server, capsys, tmp_path, where):
 
 
 def test_wrong_s3_credentials(s3, s3_server, capsys, tmp_path, monkeypatch):
-    from finetuner import storage
+    from finetuner.io import storage
 
     storage.write_text(f"s3://{s3}/d.csv", "a,b\nc,d\n")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")

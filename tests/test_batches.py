@@ -1,4 +1,4 @@
-"""finetuner.batches: training batches whose media items are prepared in DataLoader
+"""finetuner.data.batches: training batches whose media items are prepared in DataLoader
 workers; a bad item drops its row and comes back as a message, never stops a worker."""
 
 import os
@@ -11,8 +11,8 @@ from conftest import fashion_mnist
 from test_media import Server, limits, png_bytes, png_claiming
 from torchvision.transforms.functional import to_tensor
 
-from finetuner import dataset, media
-from finetuner.batches import batch_loader
+from finetuner.data import dataset, media
+from finetuner.data.batches import batch_loader
 
 
 class ImageSide:

@@ -1,9 +1,14 @@
-"""Callbacks: per-epoch evaluation, best-model checkpoint, early stopping (finetuner.callback)."""
+"""Callbacks: per-epoch evaluation, best-model checkpoint, early stopping
+(finetuner.training.callbacks)."""
 
 import pytest
 
-from finetuner import data
-from finetuner.callback import (
+from finetuner.data import pairs as data
+from finetuner.errors import FinetunerError
+from finetuner.evaluation.evaluate import evaluate
+from finetuner.evaluation.plots import history_svg
+from finetuner.orchestration.steps import evaluation_html
+from finetuner.training.callbacks import (
     BestModelCheckpoint,
     EarlyStopping,
     EvaluationCallback,
@@ -12,11 +17,7 @@ from finetuner.callback import (
     WiSEFTCallback,
     callback_params,
 )
-from finetuner.errors import FinetunerError
-from finetuner.evaluate import evaluate
-from finetuner.plots import history_svg
-from finetuner.steps import evaluation_html
-from finetuner.train import TrainConfig, train
+from finetuner.training.loop import TrainConfig, train
 
 CONFIG = dict(epochs=3, batch_size=8, learning_rate=1e-3, log_every=100)
 

@@ -13,15 +13,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from finetuner import checkpoints
+from finetuner.training import checkpoints
 
 SCRIPT = """
 import sys, time
 from safetensors.torch import save_file
-from finetuner import data
+from finetuner.data import pairs as data
 from finetuner.catalogue import lookup
 from finetuner.models import TextModel
-from finetuner.train import TrainConfig, train
+from finetuner.training.loop import TrainConfig, train
 
 weights, pairs_csv, checkpoint_dir, out = sys.argv[1:5]
 spec = lookup("minilm-l6-en", max_length=16).model_copy(update={"weights": weights})

@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from finetuner import claim, steps, storage
-from finetuner.claim import CLAIM_FILE, MANIFEST
 from finetuner.errors import FinetunerError
+from finetuner.io import claim, storage
+from finetuner.io.claim import CLAIM_FILE, MANIFEST
+from finetuner.orchestration import steps
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -110,7 +111,7 @@ def test_the_pipeline_steps_claim_under_the_kfp_run_id(base):
 
 
 def test_export_publishes_only_while_it_holds_the_claim(tiny_model, tmp_path):
-    from finetuner.export import export
+    from finetuner.export.publish import export
 
     metrics = {"k": 10, "before": {"ndcg@10": 0.5}, "after": {"ndcg@10": 0.6}}
     out = str(tmp_path / "out")
@@ -137,7 +138,7 @@ def assert_whole(out: str) -> None:
 
 
 def test_promotion_claims_latest(tmp_path):
-    from finetuner.promote import promote
+    from finetuner.export.promote import promote
 
     values = {"k": 10, "kind": "pairs", "before": {"ndcg@10": 0.4}, "after": {"ndcg@10": 0.6}}
     run = tmp_path / "models" / "run-1"

@@ -65,7 +65,7 @@ def test_non_positive_pooler_p(pairs_csv, output, p):
 
 
 def test_wrong_s3_secret_names_the_endpoint(s3, s3_server, pairs_csv, output):
-    from finetuner import storage
+    from finetuner.io import storage
 
     uri = f"s3://{s3}/data/pairs.csv"
     storage.upload_file(pairs_csv(), uri)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from finetuner.errors import FinetunerError
-from finetuner.export import export_onnx
+from finetuner.export.publish import export_onnx
 from finetuner.models.clip_net import (
     CLIP_MODELS,
     ClipTextTower,

@@ -10,9 +10,9 @@ from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s_pb
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from finetuner.cli import main
-from finetuner.cluster import S3_SECRET_KEYS
-from finetuner.compile import compile_pipelines
 from finetuner.components import GPU_IMAGE, IMAGE
+from finetuner.launch.compile import compile_pipelines
+from finetuner.orchestration.cluster import S3_SECRET_KEYS
 
 COMPILED = Path(__file__).resolve().parent.parent / "pipelines" / "finetune.yaml"
 S3_STEPS = {
@@ -177,8 +177,8 @@ def test_ui_descriptions_outputs_and_caching(compiled):
 
 
 def test_local_runs_do_not_retry():
+    from finetuner.launch.local import without_retries
     from finetuner.pipelines.finetune import finetune
-    from finetuner.run import without_retries
 
     def train_retries(pipeline):
         return pipeline.component_spec.implementation.graph.root.dag.tasks["train"].retry_policy

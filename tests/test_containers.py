@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from finetuner import claim, containers, storage
 from finetuner.cli import main
 from finetuner.errors import FinetunerError
+from finetuner.io import claim, storage
+from finetuner.launch import containers
 
 pytestmark = pytest.mark.containers
 # runc and ulimits that this kind of VM allows, for a podman that the tests start (as make does).
@@ -169,9 +170,10 @@ def uninterrupted(engine, s3_server, tmp_path_factory):
 
 
 def test_finetune_pipeline_runs_in_its_images(uninterrupted, capfd, monkeypatch):
-    from finetuner import dataset, models
-    from finetuner.evaluate import evaluate_dataset
-    from finetuner.inference import get_model
+    from finetuner import models
+    from finetuner.data import dataset
+    from finetuner.evaluation.evaluate import evaluate_dataset
+    from finetuner.export.inference import get_model
 
     for name, value in uninterrupted["env"].items():
         monkeypatch.setenv(name, value)
@@ -212,7 +214,7 @@ def test_synthesize_and_finetune_pipeline_runs_in_its_images(
 ):
     """The synthesis pipeline's compiled YAML, every step in its image: the cross-encoder's
     weights come from S3, as a cluster's would."""
-    from finetuner.inference import get_model
+    from finetuner.export.inference import get_model
 
     for name in ("queries", "corpus"):
         storage.upload_file(texts[name], f"s3://{s3}/data/{name}.csv")

@@ -5,9 +5,11 @@ import re
 
 import pytest
 
-from finetuner import data, dataset, storage
-from finetuner.data import EvalSet, deduplicate, read_pairs, split_by_query
+from finetuner.data import dataset
+from finetuner.data import pairs as data
+from finetuner.data.pairs import EvalSet, deduplicate, read_pairs, split_by_query
 from finetuner.errors import FinetunerError
+from finetuner.io import storage
 
 
 @pytest.fixture(autouse=True)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from finetuner import dataset, formats, samplers
 from finetuner.catalogue import lookup
+from finetuner.data import dataset, formats, samplers
+from finetuner.data.formats import DataOptions
 from finetuner.errors import FinetunerError
-from finetuner.formats import DataOptions
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +256,7 @@ def test_samplers_are_checked_against_the_data():
 
 
 def test_cosent_prefers_the_order_of_the_scores():
-    from finetuner.losses import cosent
+    from finetuner.training.losses import cosent
 
     a = torch.nn.functional.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(0)))
     b = a.clone()
@@ -267,7 +267,7 @@ def test_cosent_prefers_the_order_of_the_scores():
 
 
 def test_losses_follow_the_kind_of_data():
-    from finetuner.losses import loss_for
+    from finetuner.training.losses import loss_for
 
     assert loss_for("text", "auto", "labeled") == "TripletMarginLoss"
     assert loss_for("text", "auto", "scored") == "CoSENTLoss"
@@ -282,7 +282,7 @@ def test_losses_follow_the_kind_of_data():
 def test_correlation_matches_scipy():
     from scipy.stats import pearsonr, spearmanr
 
-    from finetuner.evaluate import _pearson, _ranks
+    from finetuner.evaluation.evaluate import _pearson, _ranks
 
     rng = np.random.default_rng(0)
     a = rng.integers(0, 5, 50).astype(float)
@@ -292,8 +292,8 @@ def test_correlation_matches_scipy():
 
 
 def test_labeled_eval_finds_the_other_items_of_a_label_not_itself():
-    from finetuner.data import EvalSet
-    from finetuner.evaluate import top_k
+    from finetuner.data.pairs import EvalSet
+    from finetuner.evaluation.evaluate import top_k
 
     rows = [("a1", "a"), ("b1", "b"), ("a2", "a"), ("c1", "c")]
     ev = EvalSet.from_labeled(rows)

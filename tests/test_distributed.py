@@ -9,10 +9,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from finetuner import dataset, distributed, steps
 from finetuner.catalogue import lookup
+from finetuner.data import dataset
 from finetuner.errors import FinetunerError
 from finetuner.models.folder import read_spec
+from finetuner.orchestration import steps
+from finetuner.training import distributed
 
 
 def _free_port() -> int:
@@ -73,7 +75,7 @@ EXACT = dict(
 def _trained(ctx, spec: dict, rows: list, kind: str, config: dict) -> dict:
     from finetuner import models
     from finetuner.catalogue import ModelSpec
-    from finetuner.train import TrainConfig, train
+    from finetuner.training.loop import TrainConfig, train
 
     torch.manual_seed(0 if ctx is None else ctx.rank)  # a head's random start differs
     model = models.pretrained(ModelSpec(**spec))
@@ -152,7 +154,7 @@ def test_two_processes_train_a_loss_with_its_own_weights_as_one_and_resume(tmp_p
     names), and a new run in two processes resumes from them to the same weights."""
     import numpy as np
 
-    from finetuner import checkpoints
+    from finetuner.training import checkpoints
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(4, 6))
@@ -177,7 +179,7 @@ def test_two_processes_train_a_loss_with_its_own_weights_as_one_and_resume(tmp_p
 
 def _clip_step(ctx, rows: list) -> dict:
     from finetuner import models
-    from finetuner.train import TrainConfig, train
+    from finetuner.training.loop import TrainConfig, train
 
     torch.manual_seed(0)
     model = models.pretrained(lookup("clip-base-en"))

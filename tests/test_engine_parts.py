@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from finetuner.errors import FinetunerError
-from finetuner.losses import (
+from finetuner.training.losses import (
     KIND_LOSSES,
     LOSSES,
     build_loss,
@@ -17,7 +17,7 @@ from finetuner.losses import (
     loss_for,
     margin_mse,
 )
-from finetuner.optim import SCHEDULERS, build_optimizer, build_scheduler, steps_for
+from finetuner.training.optim import SCHEDULERS, build_optimizer, build_scheduler, steps_for
 
 DIM, CLASSES, PER_CLASS = 16, 4, 4
 

@@ -3,11 +3,12 @@ import json
 import numpy as np
 import pytest
 
-from finetuner import inference, storage
 from finetuner.catalogue import lookup
-from finetuner.claim import MANIFEST
 from finetuner.errors import FinetunerError
-from finetuner.export import export
+from finetuner.export import inference
+from finetuner.export.publish import export
+from finetuner.io import storage
+from finetuner.io.claim import MANIFEST
 from finetuner.models import TextModel
 
 TEXTS = ["aardvark", "nocturnal burrowing mammal of Africa", "x", "a longer text " * 5]
@@ -78,7 +79,7 @@ def test_an_existing_export_is_never_overwritten(minilm, tmp_path):
 
 
 def test_a_bad_onnx_export_publishes_nothing(minilm, tmp_path, monkeypatch):
-    import finetuner.export as export_module
+    import finetuner.export.publish as export_module
 
     monkeypatch.setattr(export_module, "ONNX_TOLERANCE", 0.0)  # no export can pass
     with pytest.raises(FinetunerError, match="ONNX export differs from PyTorch"):

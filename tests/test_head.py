@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from finetuner import inference, models
+from finetuner import models
 from finetuner.catalogue import lookup
-from finetuner.export import export, export_onnx
+from finetuner.export import inference
+from finetuner.export.publish import export, export_onnx
 from finetuner.models import TextModel
-from finetuner.train import TrainConfig, train
+from finetuner.training.loop import TrainConfig, train
 
 TEXTS = ["aardvark", "nocturnal burrowing mammal of Africa", "x", "a longer text " * 5]
 PAIRS = [(f"query number {i}", f"the document that answers query {i}") for i in range(12)]

@@ -5,11 +5,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from finetuner import data, models
+from finetuner import models
 from finetuner.catalogue import lookup
+from finetuner.data import pairs as data
 from finetuner.errors import FinetunerError
-from finetuner.evaluate import evaluate
-from finetuner.train import TrainConfig, train
+from finetuner.evaluation.evaluate import evaluate
+from finetuner.training.loop import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from finetuner import submit
-from finetuner.cluster import S3_SECRET_KEYS
+from finetuner.launch import submit
+from finetuner.orchestration.cluster import S3_SECRET_KEYS
 from finetuner.parameters import RunParameters
 
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"

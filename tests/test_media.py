@@ -1,4 +1,4 @@
-"""finetuner.media: URL checks, the media cache (local, S3, HTTP), image and mesh checks.
+"""finetuner.data.media: URL checks, the media cache (local, S3, HTTP), image and mesh checks.
 (Media items in DataLoader workers: tests/test_batches.py.)"""
 
 import io
@@ -16,8 +16,10 @@ from conftest import fashion_mnist
 from PIL import Image
 from pydantic import ValidationError
 
-from finetuner import data, media, storage
+from finetuner.data import media
+from finetuner.data import pairs as data
 from finetuner.errors import BadItem, FinetunerError
+from finetuner.io import storage
 
 MESHES = Path("/usr/share/assimp/models")  # Debian's assimp-testmodels
 

@@ -1,4 +1,4 @@
-"""finetuner.mesh on real meshes from Debian's assimp-testmodels package."""
+"""finetuner.data.mesh on real meshes from Debian's assimp-testmodels package."""
 
 from pathlib import Path
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import trimesh
 
+from finetuner.data.mesh import load_points
 from finetuner.errors import FinetunerError
-from finetuner.mesh import load_points
 
 MODELS = Path("/usr/share/assimp/models")  # installed by the Debian package assimp-testmodels
 

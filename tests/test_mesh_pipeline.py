@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from finetuner import inference
 from finetuner.errors import FinetunerError
+from finetuner.export import inference
 
 MODELS = "/usr/share/assimp/models"
 # The same object saved in different formats: real positives for each other.

@@ -94,7 +94,7 @@ def test_piped_tables_never_wrap_a_name_nor_colour_it(command):
 def test_a_narrow_terminal_gets_a_block_per_row():
     from rich.console import Console
 
-    from finetuner.tables import print_table
+    from finetuner.io.tables import print_table
 
     console = Console(force_terminal=True, color_system=None, width=40, record=True)
     row = ["efficientnet-base", "image-to-image", "EfficientNet B4 pre-trained on ImageNet"]

@@ -6,7 +6,7 @@ import random
 import pytest
 import pytrec_eval
 
-from finetuner.metrics import METRICS, query_metrics, retrieval_metrics
+from finetuner.evaluation.metrics import METRICS, query_metrics, retrieval_metrics
 
 N_QUERIES = 200
 N_DOCS = 50

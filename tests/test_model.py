@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from finetuner import storage
 from finetuner.catalogue import get_entry, lookup, weights
 from finetuner.errors import FinetunerError
+from finetuner.io import storage
 from finetuner.models import TextModel
 
 TEXTS = ["aardvark", "nocturnal burrowing mammal of the grasslands of Africa", "a red car"]

@@ -124,7 +124,7 @@ def test_readme_tables_are_made_from_the_declarations():
 
 
 def test_ui_dropdowns_come_from_the_types_and_the_catalogue():
-    from finetuner.compile import choices
+    from finetuner.launch.compile import choices
     from finetuner.models.text import TextOptions
 
     found = choices()
@@ -161,8 +161,8 @@ def test_values_that_arrive_as_text_are_parsed_as_declared():
 
 
 def test_auto_resolves_once_from_the_family_and_the_data():
-    from finetuner.losses import loss_for
-    from finetuner.train import TrainConfig, family_defaults
+    from finetuner.training.loop import TrainConfig, family_defaults
+    from finetuner.training.losses import loss_for
 
     config = TrainConfig().validate().resolved("text")
     assert (config.learning_rate, config.epochs) == tuple(family_defaults("text").values())
@@ -176,7 +176,7 @@ def test_auto_resolves_once_from_the_family_and_the_data():
 
 
 def test_an_explicit_loss_that_does_not_fit_the_data_is_refused():
-    from finetuner.losses import loss_for
+    from finetuner.training.losses import loss_for
 
     # It used to become TripletMarginLoss silently.
     refused = "MultipleNegativesRankingLoss does not train on labeled data. Valid losses for "
@@ -188,7 +188,7 @@ def test_an_explicit_loss_that_does_not_fit_the_data_is_refused():
 
 def test_a_value_given_counts_as_given_even_at_the_usual_default():
     from finetuner.catalogue import lookup
-    from finetuner.steps import catalogue_lookup
+    from finetuner.orchestration.steps import catalogue_lookup
 
     # Not given (None, auto): CLIP pools as it was pretrained.
     assert lookup("clip-base-en", resolve_weights=False).family == "clip"

@@ -11,10 +11,11 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from finetuner import inference, storage
 from finetuner.catalogue import CATALOGUE, PIPELINE_TASKS
-from finetuner.compile import compile_pipelines
-from finetuner.metrics import METRICS
+from finetuner.evaluation.metrics import METRICS
+from finetuner.export import inference
+from finetuner.io import storage
+from finetuner.launch.compile import compile_pipelines
 
 PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
 
@@ -104,7 +105,7 @@ def test_local_pipeline_run_end_to_end_on_s3(s3, s3_server, pairs_csv, tmp_path)
 
 def test_fit_runs_the_pipeline_with_eval_data_gem_and_triplet_loss(pairs_csv, tmp_path):
     import finetuner
-    from finetuner.callback import BestModelCheckpoint, EarlyStopping
+    from finetuner.training.callbacks import BestModelCheckpoint, EarlyStopping
 
     train_csv, eval_csv = pairs_csv(60, "train.csv"), tmp_path / "eval.csv"
     eval_csv.write_text(

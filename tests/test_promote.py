@@ -4,10 +4,8 @@ import json
 
 import pytest
 
-from finetuner import storage
 from finetuner.errors import FinetunerError
-from finetuner.export import MANIFEST
-from finetuner.promote import (
+from finetuner.export.promote import (
     check_metric_name,
     decide,
     latest_uri,
@@ -15,6 +13,8 @@ from finetuner.promote import (
     promote,
     run_output,
 )
+from finetuner.export.publish import MANIFEST
+from finetuner.io import storage
 
 
 def metrics(ndcg: float, k: int = 10) -> dict:

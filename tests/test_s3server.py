@@ -8,8 +8,8 @@ from urllib.parse import urlparse
 import psutil
 import pytest
 
-from finetuner import s3server
 from finetuner.errors import FinetunerError
+from finetuner.io import s3server
 
 
 def _listening_addresses(pid: int) -> set[tuple[str, int]]:

@@ -7,7 +7,7 @@ import tempfile
 
 STAGE_AND_HANG = """
 import sys, time
-from finetuner.staging import stage_dir
+from finetuner.io.staging import stage_dir
 with stage_dir("export") as folder:
     (folder / "model.safetensors").write_bytes(b"0" * (1 << 20))
     print(folder, flush=True)
@@ -24,7 +24,7 @@ def staging_process():
 
 
 def test_a_killed_exports_staging_folder_goes_at_the_next_export(tiny_model, tmp_path, monkeypatch):
-    from finetuner.export import export
+    from finetuner.export.publish import export
 
     temp = tmp_path / "temp"
     temp.mkdir()

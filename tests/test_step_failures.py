@@ -12,7 +12,7 @@ import pytest
 SITECUSTOMIZE = """
 import os
 if os.environ.get("_KFP_RUNTIME"):
-    from finetuner import steps
+    from finetuner.orchestration import steps
 
     def broken(*args, **kwargs):
         if os.environ["FAULT"] == "crash":
@@ -50,8 +50,8 @@ def test_a_failed_steps_cause_is_the_final_message(fault, pairs_csv, tmp_path):
 def test_a_step_that_refuses_its_input_exits_2(tmp_path, pairs_csv):
     # The local checks run before the pipeline; here the step itself meets the bad input.
     from finetuner.errors import StepFailed
+    from finetuner.launch.local import run_locally
     from finetuner.pipelines.finetune import finetune
-    from finetuner.run import run_locally
 
     params = {"train_data": str(pairs_csv()), "output_uri": str(tmp_path / "out")}
     with pytest.raises(StepFailed) as failed:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from finetuner import storage
 from finetuner.errors import FinetunerError
+from finetuner.io import storage
 
 # ---------------------------------------------------------------- URIs
 

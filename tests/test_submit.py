@@ -182,7 +182,7 @@ def test_a_refusing_backend_is_reported_with_its_host(kfp_api, capsys):
 
 
 def test_the_packaged_pipeline_is_the_compiled_one():
-    from finetuner.submit import default_pipeline
+    from finetuner.launch.submit import default_pipeline
 
     repo = Path(__file__).resolve().parent.parent / "pipelines" / "finetune.yaml"
     assert default_pipeline().read_text() == repo.read_text()

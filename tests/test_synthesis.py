@@ -13,11 +13,12 @@ import pytest
 import torch
 from conftest import write_texts  # noqa: E402
 
-from finetuner import storage, synthesis
 from finetuner.catalogue import weights
 from finetuner.cli import main
 from finetuner.errors import FinetunerError
-from finetuner.synthesis import SynthesisModels, synthesize
+from finetuner.io import storage
+from finetuner.synthesis import synthesize as synthesis
+from finetuner.synthesis.synthesize import SynthesisModels, synthesize
 
 MINILM = "minilm-l6-en"
 CROSS_ENCODER = "crossencoder-base-en"
@@ -236,7 +237,7 @@ def test_texts_are_read_from_csv_jsonl_and_parquet_and_deduplicated(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from finetuner import formats
+    from finetuner.data import formats
 
     opts = formats.options({})
     text_file(tmp_path / "q.csv", 'query\n"a, with a comma"\n b \n"a, with a comma"\n\nb\n')
@@ -263,8 +264,8 @@ def test_an_existing_output_is_never_overwritten(cli, tmp_path):
 
 
 def test_margins_data_is_read_checked_and_evaluated(tmp_path, minilm_spec):
-    from finetuner import dataset, formats
-    from finetuner.data import EvalSet
+    from finetuner.data import dataset, formats
+    from finetuner.data.pairs import EvalSet
 
     (tmp_path / "m.csv").write_text(
         "query,positive,negative,margin\nq1,p1,n1,0.5\nq1,p1,n2,0.25\nq2,p2,p1,1e-3\n"
@@ -297,8 +298,8 @@ def test_margin_mse_batch_loss_is_the_mse_of_cosine_margins(minilm_spec):
     import torch.nn.functional as F
 
     from finetuner import models
-    from finetuner.losses import build_loss
-    from finetuner.train import batch_loss
+    from finetuner.training.loop import batch_loss
+    from finetuner.training.losses import build_loss
 
     model = models.pretrained(minilm_spec)
     rows = [("hotelier", "an owner of hotels", "a narrow strait", 0.7),
@@ -314,10 +315,13 @@ def test_margin_mse_batch_loss_is_the_mse_of_cosine_margins(minilm_spec):
 def test_synthesized_rows_train_through_finetuner_run(synthesized, tmp_path):
     """`finetuner run --loss MarginMSELoss` takes the output as it is: its checks pass, and
     its steps preprocess, train (the MarginMSE of the train rows falls) and evaluate it."""
-    from finetuner import dataset, models, run, steps
+    from finetuner import models
     from finetuner.catalogue import ModelSpec
-    from finetuner.losses import build_loss
-    from finetuner.train import batch_loss
+    from finetuner.data import dataset
+    from finetuner.launch import local as run
+    from finetuner.orchestration import steps
+    from finetuner.training.loop import batch_loss
+    from finetuner.training.losses import build_loss
 
     result, _ = synthesized
     params = run.preflight({
@@ -407,8 +411,8 @@ def test_synthesize_and_finetune_pipeline_end_to_end(s3, texts, cross_encoder_di
     """`finetuner synthesize-and-finetune`: the pipeline through kfp.local, S3 in and out."""
     import pyarrow.parquet as pq
 
-    from finetuner import inference
-    from finetuner.steps import SYNTHESIZED
+    from finetuner.export import inference
+    from finetuner.orchestration.steps import SYNTHESIZED
 
     for name in ("queries", "corpus"):
         storage.upload_file(texts[name], f"s3://{s3}/data/{name}.csv")

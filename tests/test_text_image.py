@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from conftest import FASHION_CLASSES, fashion_mnist
 
-from finetuner import data, storage
 from finetuner.catalogue import lookup, weights
+from finetuner.data import pairs as data
 from finetuner.errors import FinetunerError
+from finetuner.io import storage
 
 
 @pytest.fixture
@@ -75,7 +76,7 @@ def test_bad_text_image_rows_name_line_and_column(captions, rows, message):
 
 
 def test_clip_options_and_losses_are_checked(tiny_clip_mirror):
-    from finetuner.steps import catalogue_lookup
+    from finetuner.orchestration.steps import catalogue_lookup
 
     d = dict(pooler="mean", pooler_p=3.0, pooler_eps=1e-6, max_length=128)
     assert catalogue_lookup("clip-base-en", **{**d, "loss": "CLIPLoss"}) is not None
@@ -102,9 +103,9 @@ def test_no_clip_weights_offline_names_every_place_and_the_mirror_command(monkey
 def test_trains_exports_towers_that_load_alone_and_match_onnx(captions, tiny_clip_mirror, tmp_path):
 
     from finetuner import get_model, models
-    from finetuner.evaluate import evaluate
-    from finetuner.export import export
-    from finetuner.train import TrainConfig, train
+    from finetuner.evaluation.evaluate import evaluate
+    from finetuner.export.publish import export
+    from finetuner.training.loop import TrainConfig, train
 
     spec = lookup("clip-base-en")
     assert spec.weights == f"{tiny_clip_mirror}/clip-base-en/"
@@ -150,7 +151,7 @@ def test_trains_exports_towers_that_load_alone_and_match_onnx(captions, tiny_cli
 
 def test_select_model_is_refused_for_a_one_tower_export(tmp_path):
     from finetuner import get_model, models
-    from finetuner.export import export
+    from finetuner.export.publish import export
 
     spec = lookup("mlp", model_options={"input_size": 4, "hidden_sizes": [8]})
     export(models.pretrained(spec), {}, str(tmp_path / "out"))

@@ -72,7 +72,8 @@ def test_a_plugin_that_cannot_import_is_named(monkeypatch):
 
 
 def test_the_toy_family_trains_evaluates_and_exports_through_the_pipeline(toy, tmp_path):
-    from finetuner import fit, inference
+    from finetuner import fit
+    from finetuner.export import inference
 
     output = tmp_path / "out"
     run = fit(

@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-from finetuner import data
 from finetuner.catalogue import lookup
+from finetuner.data import pairs as data
+from finetuner.data.samplers import random_batches as batches
 from finetuner.errors import FinetunerError
-from finetuner.evaluate import evaluate
+from finetuner.evaluation.evaluate import evaluate
 from finetuner.models import TextModel
-from finetuner.samplers import random_batches as batches
-from finetuner.train import TrainConfig, train
+from finetuner.training.loop import TrainConfig, train
 
 
 def test_batches_cover_every_pair_once_and_drop_a_lonely_last():
@@ -67,7 +67,7 @@ def test_progress_lines_on_stderr(tiny_model, pairs_csv, capsys):
 def test_a_terminal_gets_a_progress_bar_and_logs_get_lines():
     import io
 
-    from finetuner.progress import Progress
+    from finetuner.io.progress import Progress
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -116,7 +116,8 @@ def test_arcface_with_its_own_optimizer_on_labeled_vectors():
     a pytorch-metric-learning loss."""
     import numpy as np
 
-    from finetuner import dataset, models
+    from finetuner import models
+    from finetuner.data import dataset
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(4, 6))
@@ -135,7 +136,9 @@ def test_arcface_with_its_own_optimizer_on_labeled_vectors():
 
 
 def test_the_loss_optimizer_is_chosen_by_name_with_options(tmp_path):
-    from finetuner import checkpoints, dataset, models
+    from finetuner import models
+    from finetuner.data import dataset
+    from finetuner.training import checkpoints
 
     rows = [(f"{i % 4} {i % 3} 1", f"c{i % 4}") for i in range(32)]
     spec = lookup("mlp", model_options={"input_size": 3, "hidden_sizes": [8]})
@@ -210,7 +213,9 @@ def _vector_pairs(poisoned: int | None = None, n: int = 12) -> list[tuple[str, s
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     import re
 
-    from finetuner import checkpoints, dataset, models
+    from finetuner import models
+    from finetuner.data import dataset
+    from finetuner.training import checkpoints
 
     spec = lookup("mlp", model_options={"input_size": 2, "hidden_sizes": [8]})
     folder = str(tmp_path / "checkpoints")
@@ -236,7 +241,8 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
 
 
 def test_the_train_step_checks_the_data_before_it_loads_the_model(tmp_path):
-    from finetuner import dataset, steps
+    from finetuner.data import dataset
+    from finetuner.orchestration import steps
 
     dataset.write([(f"item {i}", f"label {i}") for i in range(6)], tmp_path / "train", "labeled")
     spec = lookup("mlp", model_options={"input_size": 2}).model_dump()
@@ -248,7 +254,7 @@ def test_the_train_step_checks_the_data_before_it_loads_the_model(tmp_path):
 
 
 def test_only_finite_metrics_are_logged():
-    from finetuner.steps import loggable
+    from finetuner.orchestration.steps import loggable
 
     metrics = {"a": float("nan"), "b": 0.5, "c": float("inf"), "d": 3, "e": None, "f": True}
     assert loggable(metrics) == {"b": 0.5, "d": 3}

@@ -7,8 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from finetuner import data, inference
+from finetuner.data import pairs as data
 from finetuner.errors import FinetunerError
+from finetuner.export import inference
 
 
 def clustered_pairs(path, n_pairs=96, dim=16, seed=0):

@@ -11,13 +11,13 @@ __version__ = "0.1.0"
 _API = {
     "describe_models": "finetuner.catalogue",
     "list_model_options": "finetuner.catalogue.options",
-    "fit": "finetuner.run",
-    "Run": "finetuner.run",
-    "get_model": "finetuner.inference",
-    "encode": "finetuner.inference",
-    "synthesize": "finetuner.synthesis",
-    "SynthesisModels": "finetuner.synthesis",
-    "DATA_SYNTHESIS_EN": "finetuner.synthesis",
+    "fit": "finetuner.launch.local",
+    "Run": "finetuner.launch.local",
+    "get_model": "finetuner.export.inference",
+    "encode": "finetuner.export.inference",
+    "synthesize": "finetuner.synthesis.synthesize",
+    "SynthesisModels": "finetuner.synthesis.synthesize",
+    "DATA_SYNTHESIS_EN": "finetuner.synthesis.synthesize",
     "FinetunerError": "finetuner.errors",
 }
 __all__ = sorted(_API)

@@ -14,7 +14,7 @@ from finetuner.errors import FinetunerError, redact
 
 def describe_models_command(args) -> None:
     from finetuner.catalogue import TASKS, describe_models
-    from finetuner.tables import console, print_table
+    from finetuner.io.tables import console, print_table
 
     entries = describe_models(args.task)
     out = console()
@@ -33,7 +33,7 @@ def describe_models_command(args) -> None:
 def list_model_options_command(args) -> None:
     from finetuner.catalogue import get_entry
     from finetuner.catalogue.options import list_model_options
-    from finetuner.tables import print_table
+    from finetuner.io.tables import print_table
 
     columns = ["option", "type", "default", "description"]
     rows = [[row[c] for c in columns] for row in list_model_options(args.model)]
@@ -45,8 +45,8 @@ def list_model_options_command(args) -> None:
 
 def print_metrics(metrics: dict, out) -> None:
     """The before/after metrics of a run, as a table on `out`."""
-    from finetuner.metrics import METRICS
-    from finetuner.tables import print_table
+    from finetuner.evaluation.metrics import METRICS
+    from finetuner.io.tables import print_table
 
     order = [*METRICS, "spearman", "pearson"]  # retrieval, or the correlations of scored data
     rows = []
@@ -74,7 +74,7 @@ def step_images(args) -> tuple[str, str] | None:
         raise FinetunerError("--gpu-image needs --image (the image of the other steps).")
     if not args.image:
         return None
-    from finetuner.compile import check_image
+    from finetuner.launch.compile import check_image
 
     check_image("--image", args.image)
     check_image("--gpu-image", args.gpu_image)
@@ -84,9 +84,9 @@ def step_images(args) -> tuple[str, str] | None:
 def run_command(args) -> None:
     from rich.text import Text
 
+    from finetuner.io.tables import console
+    from finetuner.launch.local import run_pipeline
     from finetuner.parameters import Finetune
-    from finetuner.run import run_pipeline
-    from finetuner.tables import console
 
     params = {name: getattr(args, name) for name in Finetune.model_fields if hasattr(args, name)}
     params["data_options"] = data_options(args)
@@ -106,7 +106,7 @@ def run_command(args) -> None:
 
 
 def synthesize_command(args) -> None:
-    from finetuner.synthesis import SynthesisModels, synthesize
+    from finetuner.synthesis.synthesize import SynthesisModels, synthesize
 
     check_summary_json(args.summary_json)
     models = SynthesisModels(
@@ -131,9 +131,9 @@ def synthesize_command(args) -> None:
 def synthesize_and_finetune_command(args) -> None:
     from rich.text import Text
 
+    from finetuner.io.tables import console
+    from finetuner.launch.local_synthesis import run_synthesis_pipeline
     from finetuner.parameters import SynthesizeAndFinetune
-    from finetuner.run_synthesis import run_synthesis_pipeline
-    from finetuner.tables import console
 
     params = {
         name: getattr(args, name)
@@ -156,7 +156,7 @@ def synthesize_and_finetune_command(args) -> None:
 def check_summary_json(uri: str | None) -> None:
     """--summary-json, checked before any work: a file, s3:// or a path in a folder that
     exists and can be written (not a traceback once the export is published)."""
-    from finetuner import storage
+    from finetuner.io import storage
 
     if uri is None:
         return
@@ -170,14 +170,14 @@ def check_summary_json(uri: str | None) -> None:
 
 
 def write_summary(uri: str, summary: dict) -> None:
-    from finetuner import storage
+    from finetuner.io import storage
 
     storage.write_text(uri, json.dumps(summary, indent=2))
 
 
 def check_local_root(root: str | None) -> str | None:
     """--pipeline-root of a run on this machine: a local folder kfp.local can write."""
-    from finetuner import storage
+    from finetuner.io import storage
 
     if root is None:
         return None
@@ -192,8 +192,8 @@ def check_local_root(root: str | None) -> str | None:
 
 
 def mirror_models_command(args) -> None:
-    from finetuner import storage
     from finetuner.catalogue.weights import mirror_model
+    from finetuner.io import storage
 
     storage.check_uri(args.to, "to", need_key=False)
     for name in args.models:
@@ -201,7 +201,7 @@ def mirror_models_command(args) -> None:
 
 
 def compile_command(args) -> None:
-    from finetuner.compile import compile_pipelines
+    from finetuner.launch.compile import compile_pipelines
 
     paths = compile_pipelines(args.output_dir, args.image, args.gpu_image, args.model_cache_pvc)
     for path in paths:
@@ -209,7 +209,8 @@ def compile_command(args) -> None:
 
 
 def _cluster_arguments(args) -> tuple:
-    from finetuner import storage, submit
+    from finetuner.io import storage
+    from finetuner.launch import submit
 
     if args.pipeline_root is not None:
         storage.check_uri(args.pipeline_root, "pipeline_root", need_key=False)
@@ -234,7 +235,7 @@ def _token(args) -> str | None:
 
 
 def submit_command(args) -> None:
-    from finetuner import submit
+    from finetuner.launch import submit
 
     pipeline, arguments = _cluster_arguments(args)
     run_id = submit.submit(
@@ -252,7 +253,7 @@ def submit_command(args) -> None:
 
 
 def schedule_command(args) -> None:
-    from finetuner import submit
+    from finetuner.launch import submit
 
     pipeline, arguments = _cluster_arguments(args)
     recurring_id = submit.schedule(
@@ -296,7 +297,7 @@ def _add_cluster_flags(p) -> None:
 
 
 def s3_server_command(args) -> None:
-    from finetuner import s3server
+    from finetuner.io import s3server
 
     code = s3server.serve(args)
     if code:
@@ -356,7 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_image_flags(p)
     p.set_defaults(func=run_command)
 
-    from finetuner.synthesis import DATA_SYNTHESIS_EN, DEFAULT_MAX_LENGTH, DEFAULT_NUM_RELATIONS
+    from finetuner.synthesis.synthesize import (
+        DATA_SYNTHESIS_EN,
+        DEFAULT_MAX_LENGTH,
+        DEFAULT_NUM_RELATIONS,
+    )
 
     p = sub.add_parser(
         "synthesize",
@@ -492,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catchup", action="store_true", help="also start the runs missed while paused")
     p.set_defaults(func=schedule_command)
 
-    from finetuner import s3server
+    from finetuner.io import s3server
 
     p = sub.add_parser(
         "s3-server",

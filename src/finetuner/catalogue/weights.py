@@ -17,11 +17,11 @@ from __future__ import annotations
 import importlib
 import os
 
-from finetuner import storage
 from finetuner.errors import FinetunerError
+from finetuner.io import storage
+from finetuner.io.staging import stage_dir
 from finetuner.models.registry import get_family, resolve
 from finetuner.models.weights import hub_cached, local_path, offline
-from finetuner.staging import stage_dir
 
 MIRROR_ENV = "FINETUNER_MODEL_MIRROR"
 
@@ -118,7 +118,7 @@ def continue_from(spec, uri: str):
     (`model_artifact`): the export's model, with this run's max_length."""
     import json
 
-    from finetuner.claim import MANIFEST
+    from finetuner.io.claim import MANIFEST
     from finetuner.models.folder import CONFIG_FILE
     from finetuner.models.spec import ModelSpec
 

@@ -39,7 +39,7 @@ def pretrained(spec):
     """The pretrained model of a ModelSpec (catalogue-lookup's output): the fine-tuned
     model of an earlier export when training continues from one (`spec.artifact`)."""
     if spec.artifact:
-        from finetuner import storage
+        from finetuner.io import storage
 
         model = load(storage.local_copy(spec.artifact))
         model.spec = spec  # this run's max_length

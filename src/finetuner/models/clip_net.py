@@ -33,11 +33,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from finetuner.errors import FinetunerError
+from finetuner.io.staging import stage_dir
 from finetuner.models.clip import TOWERS
 from finetuner.models.cnn_net import load_image
 from finetuner.models.folder import read_spec, write_spec
 from finetuner.models.spec import ModelSpec
-from finetuner.staging import stage_dir
 
 # Finetuner name -> (open_clip architecture, open_clip pretrained tag)
 CLIP_MODELS: dict[str, tuple[str, str]] = {
@@ -481,7 +481,7 @@ class ImageTower(_Tower):
         return torch.stack([self.prepare_one(uri) for uri in uris])
 
     def prepare_one(self, uri: str) -> torch.Tensor:
-        """One image's pixels, in a DataLoader worker (see finetuner.batches)."""
+        """One image's pixels, in a DataLoader worker (see finetuner.data.batches)."""
         return self.tower.preprocess(load_image(uri))
 
     def embed_prepared(self, pixels: torch.Tensor, device: str = "cpu") -> torch.Tensor:

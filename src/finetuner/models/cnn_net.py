@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finetuner import media
+from finetuner.data import media
 from finetuner.errors import FinetunerError
 from finetuner.models.cnn import CNNOptions
 from finetuner.models.folder import WEIGHTS_FILE, load_weights, read_spec, save, save_weights
@@ -300,7 +300,7 @@ class ImageModel:
         return self.embedder(self.pixels(uris).to(device))
 
     def prepare_one(self, uri: str) -> torch.Tensor:
-        """One image's pixels, in a DataLoader worker (see finetuner.batches)."""
+        """One image's pixels, in a DataLoader worker (see finetuner.data.batches)."""
         return self.transform(load_image(uri))
 
     def embed_prepared(self, pixels: torch.Tensor, device: str = "cpu") -> torch.Tensor:

@@ -1,5 +1,5 @@
 """The cross-encoder family: a Hugging Face sequence classifier with one label that scores
-(query, document) pairs for data synthesis (finetuner.synthesis). The finetune pipeline
+(query, document) pairs for data synthesis (finetuner.synthesis.synthesize). The finetune pipeline
 does not train it, so it declares only its weights: a Hugging Face folder, as
 sentence-transformers' `CrossEncoder.save` writes it."""
 

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from finetuner.data.media import load_mesh
 from finetuner.errors import FinetunerError
-from finetuner.media import load_mesh
 from finetuner.models.folder import WEIGHTS_FILE, load_weights, read_spec, save, seeded_start
 from finetuner.models.pointnet import PointNetOptions
 from finetuner.models.spec import ModelSpec
@@ -132,7 +132,7 @@ class SetAbstraction(nn.Module):
 class PointNet2Embedder(nn.Module):
     """points (B, N, 3) -> unit-length embeddings (B, output_dim).
 
-    Expects clouds normalised to the unit sphere (see finetuner.mesh.load_points), since the
+    Expects clouds normalised to the unit sphere (see finetuner.data.mesh.load_points), since the
     ball radii are absolute. In training mode the head's BatchNorm needs B >= 2.
     """
 
@@ -211,7 +211,7 @@ class PointCloudModel:
         return self.embedder(self.points(uris, seeds, self.options.augment).to(device))
 
     def prepare_one(self, uri: str) -> torch.Tensor:
-        """One mesh's points, in a DataLoader worker (see finetuner.batches): a fresh sample
+        """One mesh's points, in a DataLoader worker (see finetuner.data.batches): a fresh sample
         from the worker's seeded generator."""
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
         return self.points([uri], [seed], self.options.augment)[0]

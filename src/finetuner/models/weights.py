@@ -7,8 +7,8 @@ import importlib
 import os
 from pathlib import Path
 
-from finetuner import storage
 from finetuner.errors import FinetunerError
+from finetuner.io import storage
 
 
 def offline() -> bool:

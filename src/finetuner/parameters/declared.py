@@ -307,7 +307,8 @@ class OutputParameters(Parameters):
 
 
 class ClusterParameters(Parameters):
-    """The Kubernetes settings (finetuner.cluster); kfp.local ignores all but gpu_count."""
+    """The Kubernetes settings (finetuner.orchestration.cluster); kfp.local ignores all but
+    gpu_count."""
 
     s3_secret_name: str = param(
         "finetuner-s3",

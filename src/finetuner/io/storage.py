@@ -676,7 +676,7 @@ def _stamp(path: Path, last_modified) -> None:
 def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir)
-    from finetuner.cachedir import writable
+    from finetuner.io.cachedir import writable
 
     if os.environ.get("FINETUNER_CACHE"):
         return writable(Path(os.environ["FINETUNER_CACHE"]).expanduser())

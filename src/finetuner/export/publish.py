@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from finetuner import storage
-from finetuner.claim import MANIFEST, check_output_free
 from finetuner.errors import FinetunerError
+from finetuner.io import storage
+from finetuner.io.claim import MANIFEST, check_output_free
+from finetuner.io.staging import stage_dir
 from finetuner.models.registry import get_family, resolve
-from finetuner.staging import stage_dir
 
 ONNX_FILE = "onnx/model.onnx"
 ONNX_TOLERANCE = 1e-4
@@ -128,9 +128,9 @@ def _sha256(path: Path) -> str:
 def export(model, metrics: dict, output_uri: str, run_id: str | None = None) -> dict:
     """Write everything to a local staging folder, check it, then publish to output_uri.
 
-    With `run_id`, that run must hold the claim on output_uri (finetuner.claim) until the
+    With `run_id`, that run must hold the claim on output_uri (finetuner.io.claim) until the
     manifest is written; the finished export then needs the claim no more."""
-    from finetuner import claim
+    from finetuner.io import claim
 
     check_output_free(output_uri)
     with stage_dir("export") as stage:

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from finetuner import storage
 from finetuner.errors import FinetunerError
-from finetuner.failures import FAILURE_FILE
+from finetuner.io import storage
+from finetuner.orchestration.failures import FAILURE_FILE
 
 # What a step's container gets from this environment: the S3 settings, where weights are
 # mirrored, and where a failing step records its error (a file under the pipeline root, which

@@ -13,12 +13,13 @@ import random
 import sys
 from dataclasses import asdict, dataclass, field
 
-from finetuner import callback, samplers
+from finetuner.data import samplers
 from finetuner.errors import FinetunerError
-from finetuner.losses import build_loss, check_loss, loss_for
-from finetuner.optim import build_optimizer, build_scheduler, optimizer_options, steps_for
+from finetuner.io.progress import Progress
 from finetuner.parameters import AUTO, NONE, TrainOptions, param
-from finetuner.progress import Progress
+from finetuner.training import callbacks as callback
+from finetuner.training.losses import build_loss, check_loss, loss_for
+from finetuner.training.optim import build_optimizer, build_scheduler, optimizer_options, steps_for
 
 WORKERS_FROM_ROWS = 256
 
@@ -150,7 +151,7 @@ def check_shape(
 
 
 def check_trainable(data, config: TrainConfig, family: str) -> tuple[str, str]:
-    """The loss and sampler for a dataset (finetuner.dataset), once its shape is checked
+    """The loss and sampler for a dataset (finetuner.data.dataset), once its shape is checked
     for them (see check_shape)."""
     import pyarrow.compute as pc
 
@@ -216,8 +217,8 @@ def batch_loss(
     kind: str, model, loss_fn, rows: list[tuple], device: str, buckets: int, prepared: dict,
     label_ids: dict | None = None,
 ):  # fmt: skip
-    """The loss of one batch of rows of a kind (see finetuner.losses); `prepared` holds the
-    media columns' tensors (see finetuner.batches); `label_ids` numbers the labels of the
+    """The loss of one batch of rows of a kind (see finetuner.training.losses); `prepared` holds the
+    media columns' tensors (see finetuner.data.batches); `label_ids` numbers the labels of the
     whole data set (losses with class weights need the same id for a label in every batch)."""
     import torch
 
@@ -263,7 +264,7 @@ def _stateful(embedder, loss_fn, optimizers: list, scheduler) -> dict:
 
 
 def _save(config, position: Position, epoch_generator, parts: dict, best: dict | None) -> None:
-    from finetuner import checkpoints
+    from finetuner.training import checkpoints
 
     state = {
         "position": asdict(position),
@@ -279,7 +280,7 @@ def _resume(config, parts: dict):
     """The Position, epoch-start sampler state, random states and best epoch's weights of
     the newest complete checkpoint, with the weights and the optimizers' and scheduler's
     states loaded; None without one."""
-    from finetuner import checkpoints
+    from finetuner.training import checkpoints
 
     state = checkpoints.latest(config.checkpoint_dir) if config.checkpoint_dir else None
     if state is None:
@@ -303,7 +304,7 @@ def _copy_state(module) -> dict:
 
 def _epoch_metrics(model, embedder, pos: Position, eval_data, config, device) -> dict:
     """The epoch's mean training loss, and the retrieval metrics on the eval data."""
-    from finetuner.evaluate import evaluate_dataset
+    from finetuner.evaluation.evaluate import evaluate_dataset
 
     metrics = {"epoch": pos.epoch, "train_loss": pos.epoch_loss / max(pos.epoch_steps, 1)}
     if eval_data is not None:
@@ -393,14 +394,14 @@ def train(
     eval_data=None,
     parallel=None,
 ) -> dict:
-    """Fine-tune `model` (from finetuner.models) in place on a dataset (finetuner.dataset,
+    """Fine-tune `model` (from finetuner.models) in place on a dataset (finetuner.data.dataset,
     or a list of pairs); returns training metrics, with each epoch's in "history".
 
     With `eval_data` (and `config.evaluate_every_epoch`), the evaluation's metrics are
     computed after every epoch, and the best-model and early-stopping callbacks can watch
-    them (see finetuner.callback).
+    them (see finetuner.training.callbacks).
 
-    `parallel` (a finetuner.distributed.Context) trains this process's share of the batches
+    `parallel` (a finetuner.training.distributed.Context) trains this process's share of the batches
     of a data-parallel run; only its first process prints and writes checkpoints.
 
     With `config.checkpoint_dir`, a checkpoint is written every `checkpoint_every` steps
@@ -416,10 +417,10 @@ def train(
 def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
     import torch
 
-    from finetuner import checkpoints
-    from finetuner.batches import batch_loader, media_columns
-    from finetuner.dataset import as_dataset
+    from finetuner.data.batches import batch_loader, media_columns
+    from finetuner.data.dataset import as_dataset
     from finetuner.models import sides
+    from finetuner.training import checkpoints
 
     data = as_dataset(data)
     config = config.validate().resolved(model.spec.family)

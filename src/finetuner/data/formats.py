@@ -29,8 +29,8 @@ from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from finetuner import storage
 from finetuner.errors import FinetunerError
+from finetuner.io import storage
 
 KINDS: dict[str, tuple[str, ...]] = {
     "pairs": ("query", "document"),
@@ -60,7 +60,7 @@ DIALECTS = ("auto", "excel", "excel-tab", "unix")
 SNIFF_BYTES = 64 * 1024
 
 
-# The media cache (finetuner.media) must hold one file: max_file_bytes stays within it.
+# The media cache (finetuner.data.media) must hold one file: max_file_bytes stays within it.
 MEDIA_CACHE_BYTES = 2 * 1024 * 2**20
 
 
@@ -125,8 +125,8 @@ class DataOptions(BaseModel):
         return value
 
     def media_limits(self):
-        """The caps on images and meshes, as finetuner.media takes them."""
-        from finetuner.media import MediaLimits
+        """The caps on images and meshes, as finetuner.data.media takes them."""
+        from finetuner.data.media import MediaLimits
 
         return MediaLimits(
             max_file_bytes=self.max_file_bytes,

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from finetuner.data import EvalSet
-from finetuner.metrics import retrieval_metrics
+from finetuner.data.pairs import EvalSet
+from finetuner.evaluation.metrics import retrieval_metrics
 
 
 def top_k(
@@ -86,7 +86,7 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def evaluate_dataset(model, data, k: int = 10, device: str = "cpu") -> dict[str, float]:
-    """The metrics of a model on an eval dataset (finetuner.dataset) of any kind."""
+    """The metrics of a model on an eval dataset (finetuner.data.dataset) of any kind."""
     rows = data.rows(list(range(len(data))))
     if data.kind == "scored":
         return correlation(model, rows, device=device)

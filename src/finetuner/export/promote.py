@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import uuid
 
-from finetuner import claim, storage
-from finetuner.claim import CLAIM_FILE, MANIFEST
 from finetuner.errors import FinetunerError
-from finetuner.staging import stage_dir
+from finetuner.io import claim, storage
+from finetuner.io.claim import CLAIM_FILE, MANIFEST
+from finetuner.io.staging import stage_dir
 
 LATEST = "latest"
 # `{run_id}` in output_uri becomes the run's id, so a schedule's runs each get a folder.
@@ -55,7 +55,7 @@ def monitored_metric(name: str, metrics: dict) -> str:
 
 def check_metric_name(name: str) -> None:
     """Fail before training on a name no evaluation can report."""
-    from finetuner.metrics import METRICS
+    from finetuner.evaluation.metrics import METRICS
 
     valid = [*METRICS, "spearman", "pearson"]
     if name != "auto" and name.split("@")[0] not in valid:
@@ -116,7 +116,7 @@ def promote(
 ) -> dict:
     """Run the gate for a finished export; the decision, with its reason.
 
-    The run claims latest/ (finetuner.claim) while it compares and copies, so that two runs
+    The run claims latest/ (finetuner.io.claim) while it compares and copies, so that two runs
     never promote into it at once; `force_claim` takes over a crashed run's claim."""
     if min_delta < 0:
         raise FinetunerError(f"parameter promotion_min_delta: must be >= 0, got {min_delta}.")

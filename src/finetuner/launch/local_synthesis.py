@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import time
 
-from finetuner import storage
 from finetuner.errors import FinetunerError
+from finetuner.io import storage
+from finetuner.launch.local import Run, claim_output, makes_output, release, run_locally
 from finetuner.parameters import AUTO, SynthesizeAndFinetune
 from finetuner.parameters.generate import kfp_arguments
-from finetuner.run import Run, claim_output, makes_output, release, run_locally
 
 
 def preflight(params: dict) -> dict:
     """The pipeline's parameters, completed with its defaults and checked."""
-    from finetuner import formats
-    from finetuner.data import check_val_split
-    from finetuner.promote import run_output
-    from finetuner.steps import catalogue_lookup
-    from finetuner.synthesis import (
+    from finetuner.data import formats
+    from finetuner.data.pairs import check_val_split
+    from finetuner.export.promote import run_output
+    from finetuner.orchestration.steps import catalogue_lookup
+    from finetuner.synthesis.synthesize import (
         DEFAULT_MAX_LENGTH,
         SynthesisModels,
         check_num_relations,
@@ -81,17 +81,17 @@ def run_synthesis_pipeline(
     params: dict, pipeline_root: str | None = None, images: tuple | None = None
 ) -> Run:
     """Run synthesize_and_finetune through kfp.local: in this environment, or with `images`
-    (CPU image, GPU image) each step in its image (finetuner.run.run_locally)."""
+    (CPU image, GPU image) each step in its image (finetuner.launch.local.run_locally)."""
     if images:  # before the output is claimed
-        from finetuner.containers import check_uris
+        from finetuner.launch.containers import check_uris
 
         check_uris(params, ("query_data", "corpus_data", "output_uri"), required=("output_uri",))
         check_uris(params, tuple(name for name in params if name.endswith("weights")))
     made = makes_output(params.get("output_uri"))
     params = preflight(params)
-    from finetuner.export import artifact_uris
+    from finetuner.export.publish import artifact_uris
+    from finetuner.orchestration.steps import SYNTHESIZED
     from finetuner.pipelines.synthesize_and_finetune import synthesize_and_finetune
-    from finetuner.steps import SYNTHESIZED
 
     output = params["output_uri"]
     try:

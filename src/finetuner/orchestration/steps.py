@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from finetuner.catalogue import ModelSpec, lookup
-from finetuner.losses import loss_for
+from finetuner.training.losses import loss_for
 
 
 def catalogue_lookup(
@@ -28,9 +28,9 @@ def catalogue_lookup(
     pooler, pooler_p, pooler_eps and max_length may be auto (the model's own), and may come
     as text, as KFP hands them over. With `model_artifact` (a previous run's export),
     training continues from its model."""
-    from finetuner import storage
     from finetuner.catalogue.weights import continue_from
     from finetuner.errors import FinetunerError
+    from finetuner.io import storage
     from finetuner.parameters import AUTO
     from finetuner.parameters.declared import ModelParameters
 
@@ -57,18 +57,18 @@ def catalogue_lookup(
 
 
 def claim_output(output_uri: str, run_id: str, claim_id: str, force: bool) -> str:
-    """Check output_uri and claim it (finetuner.claim) under claim_id, or else the run's id;
+    """Check output_uri and claim it (finetuner.io.claim) under claim_id, or else the run's id;
     the id it is held under. `{run_id}` in output_uri is the run's id."""
-    from finetuner import claim
-    from finetuner.promote import run_output
+    from finetuner.export.promote import run_output
+    from finetuner.io import claim
 
     return claim.claim_output(run_output(output_uri, run_id), claim_id or run_id, force)
 
 
 def check_claim(output_uri: str, run_id: str, claim_id: str) -> None:
     """Fail unless the output is still claimed under claim_id: a step writes there only then."""
-    from finetuner import claim
-    from finetuner.promote import run_output
+    from finetuner.export.promote import run_output
+    from finetuner.io import claim
 
     claim.check_held(run_output(output_uri, run_id), claim_id)
 
@@ -90,10 +90,10 @@ def synthesize(
     """Synthesize (query, positive, negative, margin) rows from queries and a corpus into
     `<output_uri>/synthesized/margins.parquet`, beside the model they train, and a Markdown
     report; the rows' URI, for preprocess. A retried step writes them again."""
-    from finetuner import storage
+    from finetuner.io import storage
     from finetuner.parameters import AUTO
-    from finetuner.synthesis import DEFAULT_MAX_LENGTH, SynthesisModels
-    from finetuner.synthesis import synthesize as run_synthesis
+    from finetuner.synthesis.synthesize import DEFAULT_MAX_LENGTH, SynthesisModels
+    from finetuner.synthesis.synthesize import synthesize as run_synthesis
 
     # auto: the synthesis's own, as `finetuner synthesize` uses it
     max_length = DEFAULT_MAX_LENGTH if max_length == AUTO else int(float(max_length))
@@ -129,7 +129,7 @@ def preprocess(
     max_bad_rows), split; write Parquet datasets and a Markdown data report.
 
     Items that are not text (images, meshes, vectors) are checked and resolved here."""
-    from finetuner import dataset, formats
+    from finetuner.data import dataset, formats
 
     for name, uri in (("train_data", train_data), ("eval_data", eval_data)):
         if uri:
@@ -166,11 +166,14 @@ def train(
     "config"). With `eval_path`, the eval dataset is evaluated after every epoch. With
     output_uri, checkpoints go to `<output_uri>/checkpoints/`, a restarted step resumes
     from the newest, and they are deleted once the model is saved. With num_gpus > 1 it
-    trains data-parallel in one process per GPU (finetuner.distributed), each started as
+    trains data-parallel in one process per GPU (finetuner.training.distributed), each started as
     `python -m` this module."""
     import json
 
-    from finetuner import checkpoints, dataset, distributed, models, storage
+    from finetuner import models
+    from finetuner.data import dataset
+    from finetuner.io import storage
+    from finetuner.training import checkpoints, distributed
 
     parallel = distributed.context()
     if num_gpus > 1 and parallel is None:  # this process starts the others through torchrun
@@ -180,8 +183,8 @@ def train(
         )  # fmt: skip
         # The processes run this module's entry point (below), which calls train() again.
         return distributed.launch(num_gpus, __name__, kwargs)
-    from finetuner.train import TrainConfig, check_trainable
-    from finetuner.train import train as run_training
+    from finetuner.training.loop import TrainConfig, check_trainable
+    from finetuner.training.loop import train as run_training
 
     checkpoint_dir = storage.join(output_uri, "checkpoints") if output_uri else ""
     config = TrainConfig.from_strings(options, checkpoint_dir=checkpoint_dir).validate()
@@ -230,8 +233,9 @@ def evaluate(model_spec: dict, model_dir: str, eval_path: str, k: int) -> dict:
     each epoch's metrics."""
     import json
 
-    from finetuner import dataset, models
-    from finetuner.evaluate import evaluate_dataset
+    from finetuner import models
+    from finetuner.data import dataset
+    from finetuner.evaluation.evaluate import evaluate_dataset
 
     data = dataset.load(eval_path)
     before = evaluate_dataset(models.pretrained(ModelSpec(**model_spec)), data, k)
@@ -246,7 +250,7 @@ def evaluate(model_spec: dict, model_dir: str, eval_path: str, k: int) -> dict:
 
 def evaluation_html(metrics: dict) -> str:
     """The evaluate step's report: before/after metrics, and each epoch's as line charts."""
-    from finetuner.plots import history_svg
+    from finetuner.evaluation.plots import history_svg
 
     history = metrics.get("history", [])
     charts = ""
@@ -275,7 +279,7 @@ def export(model_dir: str, metrics: dict, output_uri: str, claim: str | None = N
     """Publish the fine-tuned model and its metrics to output_uri; the URIs written. With
     `claim`, the id the output is claimed under, the claim must still hold."""
     from finetuner import models
-    from finetuner.export import export as run_export
+    from finetuner.export.publish import export as run_export
 
     return run_export(models.load(model_dir), metrics, output_uri, run_id=claim)
 
@@ -289,10 +293,10 @@ def promote(
     claim: str = "",
     force_claim: bool = False,
 ) -> dict:
-    """The promotion gate after export (finetuner.promote), which claims latest/ under
+    """The promotion gate after export (finetuner.export.promote), which claims latest/ under
     `claim` while it copies; prints its decision."""
-    from finetuner import promote as gate
-    from finetuner import storage
+    from finetuner.export import promote as gate
+    from finetuner.io import storage
 
     result = gate.promote(
         storage.parent(manifest_uri), metrics, enabled, metric, min_delta, claim, force_claim
@@ -306,6 +310,6 @@ def promote(
 if __name__ == "__main__":  # one process of a data-parallel train step (see train)
     import sys
 
-    from finetuner import distributed
+    from finetuner.training import distributed
 
     sys.exit(distributed.run_process(train, sys.argv[1:]))

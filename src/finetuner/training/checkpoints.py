@@ -12,7 +12,7 @@ import io
 import random
 import re
 
-from finetuner import storage
+from finetuner.io import storage
 
 STATE = "state.pt"
 MARKER = "COMPLETE"

@@ -15,8 +15,8 @@ import os
 import socket
 from datetime import UTC, datetime
 
-from finetuner import storage
 from finetuner.errors import FinetunerError
+from finetuner.io import storage
 
 # The file an export writes last: an output with it holds a finished export.
 MANIFEST = "manifest.json"

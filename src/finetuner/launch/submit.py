@@ -105,7 +105,7 @@ def parse_arguments(pairs: list[str], parameters: dict[str, dict]) -> dict:
             raise FinetunerError(f"parameter {name}: given twice.")
         arguments[name] = parse_value(name, text, parameters[name])
         if name in URI_PARAMETERS and arguments[name]:
-            from finetuner import storage
+            from finetuner.io import storage
 
             storage.check_uri(arguments[name], name, need_key=URI_PARAMETERS[name])
     missing = sorted(

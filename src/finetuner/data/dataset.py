@@ -15,8 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from finetuner import formats
-from finetuner.data import (
+from finetuner.data import formats
+from finetuner.data.formats import KINDS, NUMBER_ROLES, DataOptions
+from finetuner.data.pairs import (
     BadRowError,
     RowChecker,
     TextImageRows,
@@ -26,8 +27,7 @@ from finetuner.data import (
     held_out,
 )
 from finetuner.errors import FinetunerError
-from finetuner.formats import KINDS, NUMBER_ROLES, DataOptions
-from finetuner.staging import stage_dir
+from finetuner.io.staging import stage_dir
 
 KIND_KEY = b"finetuner.kind"
 ROWS_PER_SHARD = 250_000

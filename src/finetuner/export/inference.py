@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from finetuner import storage
-from finetuner.claim import MANIFEST
 from finetuner.errors import FinetunerError
-from finetuner.export import ONNX_FILE
+from finetuner.export.publish import ONNX_FILE
+from finetuner.io import storage
+from finetuner.io.claim import MANIFEST
 from finetuner.models.registry import get_family, resolve
 
 

@@ -36,10 +36,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from finetuner import storage
 from finetuner.errors import FinetunerError
+from finetuner.io import storage
+from finetuner.io.staging import stage_dir
 from finetuner.parameters import RunParameters
-from finetuner.staging import stage_dir
 
 # The defaults of `finetuner synthesize`, those of the pipeline parameters.
 DEFAULT_NUM_RELATIONS = RunParameters.model_fields["num_relations"].default
@@ -211,8 +211,8 @@ class Texts:
 def read_texts(uri: str, what: str, opts) -> Texts:
     """The distinct texts of a query or corpus file; bad rows fail as in preprocess (or are
     skipped up to data_options.max_bad_rows)."""
-    from finetuner import formats
-    from finetuner.dataset import BadRowError, BadRows
+    from finetuner.data import formats
+    from finetuner.data.dataset import BadRowError, BadRows
 
     storage.check_file(uri, what)
     unit = formats.row_unit(formats.detect_format(uri, opts.format))
@@ -301,7 +301,7 @@ def mine(
     """The relation miner's top-k corpus rows for each query (exact cosine)."""
     import torch
 
-    from finetuner.progress import Progress
+    from finetuner.io.progress import Progress
 
     timings = timings if timings is not None else {}
     started = time.perf_counter()
@@ -358,7 +358,7 @@ def score_and_write(
     """Score each query's candidates and write its rows, SCORE_BLOCK queries at a time;
     the pairs scored, the queries skipped (fewer than two candidates) and the seconds spent
     scoring."""
-    from finetuner.progress import Progress
+    from finetuner.io.progress import Progress
 
     scored = skipped = 0
     seconds = 0.0
@@ -398,7 +398,7 @@ class RowWriter:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            from finetuner.dataset import _schema
+            from finetuner.data.dataset import _schema
 
             self.schema = _schema("margins")
             self.writer = pq.ParquetWriter(path, self.schema)
@@ -473,7 +473,7 @@ def synthesize(
     documents, the one the cross-encoder scores highest as the positive, the rest as
     negatives. `data_options` are those of `finetuner run` (format, dialect, encoding,
     size, max_bad_rows, max_field_chars), for both files."""
-    from finetuner import formats
+    from finetuner.data import formats
 
     started = time.perf_counter()
     output = output or default_output()

@@ -132,7 +132,7 @@ class S3Server:
         self.log_path: Path = log_path
 
     def env(self) -> dict[str, str]:
-        """The environment variables that point boto3 (and so finetuner.storage) here."""
+        """The environment variables that point boto3 (and so finetuner.io.storage) here."""
         return {
             "AWS_ENDPOINT_URL": self.endpoint,
             "AWS_ACCESS_KEY_ID": self.access_key,

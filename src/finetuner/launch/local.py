@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from finetuner import storage
 from finetuner.errors import FinetunerError
+from finetuner.io import storage
 from finetuner.parameters import Finetune, training_options
 from finetuner.parameters.generate import args_section, keywords, kfp_arguments
 
@@ -43,12 +43,12 @@ def default_output(model: str) -> str:
 
 def preflight(params: dict) -> dict:
     """Validate all parameters and the data and output locations; the completed params."""
-    from finetuner import formats
     from finetuner.catalogue import ModelSpec
-    from finetuner.data import check_val_split
-    from finetuner.promote import check_metric_name, run_output
-    from finetuner.steps import catalogue_lookup
-    from finetuner.train import TrainConfig
+    from finetuner.data import formats
+    from finetuner.data.pairs import check_val_split
+    from finetuner.export.promote import check_metric_name, run_output
+    from finetuner.orchestration.steps import catalogue_lookup
+    from finetuner.training.loop import TrainConfig
 
     unknown = set(params) - set(Finetune.model_fields)
     if unknown:
@@ -73,7 +73,7 @@ def preflight(params: dict) -> dict:
     check_metric_name(params["promotion_metric"])
     opts = formats.options(params["data_options"])
     check_val_split(params["val_split"], has_eval_data=bool(params["eval_data"]))
-    from finetuner.distributed import check_processes
+    from finetuner.training.distributed import check_processes
 
     check_processes(params["gpu_count"])
     # Resolved here, so that this process knows where the export lands.
@@ -97,10 +97,10 @@ def preflight(params: dict) -> dict:
 
 
 def check_locations(params: dict) -> None:
-    """Every URI parameter parses (finetuner.storage), and the data are files."""
+    """Every URI parameter parses (finetuner.io.storage), and the data are files."""
     if not params.get("train_data"):
         raise FinetunerError("parameter train_data: required (a CSV path or s3:// URI).")
-    from finetuner.formats import check_source
+    from finetuner.data.formats import check_source
 
     for name in ("train_data", "eval_data"):
         if params.get(name):
@@ -118,9 +118,9 @@ def local_run_id() -> str:
 
 
 def claim_output(params: dict) -> bool:
-    """Check and claim params["output_uri"] for this run (finetuner.claim), setting
+    """Check and claim params["output_uri"] for this run (finetuner.io.claim), setting
     params["claim_id"]; whether this made the output's local folder."""
-    from finetuner import claim
+    from finetuner.io import claim
 
     output = params["output_uri"]
     made = not storage.is_s3(output) and not storage.local_path(output).exists()
@@ -136,7 +136,7 @@ def claim_output(params: dict) -> bool:
 def release(params: dict, made: bool) -> None:
     """After a failed run: drop its claim, and the output folder if it made it and left it
     empty."""
-    from finetuner import claim
+    from finetuner.io import claim
 
     claim.release(params["output_uri"], params["claim_id"])
     _remove_empty(params["output_uri"], made)
@@ -163,7 +163,7 @@ def _remove_empty(output: str, made: bool) -> None:
 def check_choices(config) -> None:
     """The named choices and their options, checked before the run: building them is
     what checks every option's name."""
-    from finetuner import losses, optim
+    from finetuner.training import losses, optim
 
     chosen = [("optimizer", config.optimizer, config.optimizer_options)]
     if config.loss_optimizer or config.loss_optimizer_options:
@@ -193,8 +193,8 @@ def check_data(
     it. The data's kind."""
     from collections import Counter
 
-    from finetuner import dataset
-    from finetuner.train import check_shape, resolve_sampler
+    from finetuner.data import dataset
+    from finetuner.training.loop import check_shape, resolve_sampler
 
     kind, rows = dataset.checked_rows(uri, spec, opts, dataset.BadRows(opts.max_bad_rows))
     groups, seen, labels, queries, documents = set(), set(), Counter(), set(), set()
@@ -229,15 +229,15 @@ def run_locally(
     """Run a pipeline with kfp.local; the manifest of the export it published at
     params["output_uri"]. Without `images`, every step runs in this environment
     (SubprocessRunner). With `images` (CPU image, GPU image), the pipeline is compiled against
-    them and each step runs in its image, hardened, as on a cluster (finetuner.containers).
-    A failed step's own error is the run's (finetuner.failures)."""
+    them and each step runs in its image, hardened, as on a cluster (finetuner.launch.containers).
+    A failed step's own error is the run's (finetuner.orchestration.failures)."""
     import sys
     from contextlib import nullcontext
 
     from kfp import local
 
-    from finetuner import containers
-    from finetuner.failures import FAILURE_FILE, step_failure
+    from finetuner.launch import containers
+    from finetuner.orchestration.failures import FAILURE_FILE, step_failure
 
     root = os.path.abspath(pipeline_root or tempfile.mkdtemp(prefix="finetuner-kfp-"))
     # Absolute: the steps run in folders of their own. Under the root, which the steps'
@@ -260,7 +260,8 @@ def run_locally(
             with warnings.catch_warnings(), plain_kfp_logs():
                 # Our step images are not named "python*", which kfp.local warns of.
                 warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-                # The cluster's resource requests and Kubernetes settings (finetuner.cluster).
+                # The cluster's resource requests and Kubernetes settings
+                # (finetuner.orchestration.cluster).
                 warnings.filterwarnings(
                     "ignore", message=".*no effect in the current local runner.*"
                 )
@@ -284,7 +285,7 @@ def compiled(pipeline, folder: Path, images: tuple):
     `finetuner compile --image --gpu-image` writes it, and loaded back."""
     from kfp import components
 
-    from finetuner.compile import compile_pipeline
+    from finetuner.launch.compile import compile_pipeline
 
     path = compile_pipeline(pipeline, folder / f"{pipeline.name}.yaml", *images)
     return components.load_component_from_file(str(path))
@@ -316,7 +317,7 @@ def run_pipeline(
     """Run the finetune pipeline through kfp.local: in this environment, or with `images`
     (CPU image, GPU image) each step in its image (see run_locally)."""
     if images:  # before the output is claimed
-        from finetuner.containers import check_uris
+        from finetuner.launch.containers import check_uris
 
         check_uris(
             params,
@@ -325,7 +326,7 @@ def run_pipeline(
         )
     made = makes_output(params.get("output_uri"))
     params = preflight(params)
-    from finetuner.export import artifact_uris
+    from finetuner.export.publish import artifact_uris
     from finetuner.pipelines.finetune import finetune
 
     output = params["output_uri"]
@@ -360,7 +361,7 @@ def fit(
     callbacks: list | None = None,
     **options,
 ) -> Run:
-    from finetuner.callback import callback_params
+    from finetuner.training.callbacks import callback_params
 
     from_callbacks = callback_params(callbacks or [])
     for name, value in from_callbacks.items():
@@ -384,7 +385,7 @@ fit.__signature__ = inspect.Signature(
 )
 fit.__doc__ = f"""Fine-tune `model` (a catalogue name) on `train_data`, as Finetuner's `fit`,
 through the finetune pipeline; `output` is where the model is exported (default:
-runs/<model>-<time>). `callbacks` are those of finetuner.callback (EvaluationCallback,
+runs/<model>-<time>). `callbacks` are those of finetuner.training.callbacks (EvaluationCallback,
 BestModelCheckpoint, EarlyStopping, TrainingCheckpoint, WiSEFTCallback); a keyword given
 too must agree with them. Any other keyword is refused.
 

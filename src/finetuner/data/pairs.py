@@ -2,7 +2,7 @@
 that are not text (images, meshes, vectors) and text-image rows; reading (query, document)
 pairs whole; the held-out split and eval sets.
 
-Data files at scale go through finetuner.dataset, which streams them; this module serves
+Data files at scale go through finetuner.data.dataset, which streams them; this module serves
 it (and does not import it) and the code that wants a list of pairs."""
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from finetuner import formats, storage
+from finetuner.data import formats
+from finetuner.data.formats import KINDS, NUMBER_ROLES, BadRow, DataOptions
 from finetuner.errors import BadItem, FinetunerError
-from finetuner.formats import KINDS, NUMBER_ROLES, BadRow, DataOptions
+from finetuner.io import storage
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MAX_FIELD_CHARS = 100_000
@@ -149,7 +150,7 @@ def resolve_media(data_uri: str, line: int, column: int, ref: str, limits=None) 
     """The URI of a file named in a data file: a path inside the data file's folder (which
     must exist), an s3:// URI (which must exist) or an http(s):// URL (whose host must be
     allowed by `media.check_url`; it is fetched only when the item is loaded)."""
-    from finetuner import media
+    from finetuner.data import media
 
     where = f"{data_uri}, line {line}, column {column}"
     kind = media.kind_of(ref)
@@ -273,7 +274,7 @@ def media_checker(kind: str, limits=None):
     verified, so a corrupt file is a bad row now and not a failure in training: an
     image's header, size caps and structure; a mesh parsed. An http(s) item is only
     checked for its host here: it is fetched when it is loaded."""
-    from finetuner import media
+    from finetuner.data import media
 
     limits = limits or media.MediaLimits()
     cache = media.MediaCache(limits)

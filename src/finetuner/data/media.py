@@ -5,7 +5,7 @@ Remote files come through `MediaCache`, a bounded on-disk cache that several pro
 item raises `BadItem`, whose message names the item, the problem and what is valid, so that a
 reader can point at the row and a training loader can skip the item.
 
-PIL, trimesh and boto3 are imported when first needed: `import finetuner.media` stays light.
+PIL, trimesh and boto3 are imported when first needed: `import finetuner.data.media` stays light.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from urllib.parse import urljoin, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from finetuner import storage
 from finetuner.errors import BadItem, FinetunerError
+from finetuner.io import storage
 
 __all__ = [
     "BadItem",
@@ -70,7 +70,7 @@ def default_cache_dir() -> Path:
     The underscore keeps it apart from the s3 copies that `storage.local_copy` keeps under
     $FINETUNER_CACHE/<bucket>: no bucket name can contain one.
     """
-    from finetuner.cachedir import writable
+    from finetuner.io.cachedir import writable
 
     if os.environ.get("FINETUNER_CACHE"):
         return writable(Path(os.environ["FINETUNER_CACHE"]).expanduser() / "_media")
@@ -633,7 +633,7 @@ def load_mesh(
     (buffers, textures) cannot make the loader read outside the item. Such a glTF must embed
     its buffers, or come as .glb.
     """
-    from finetuner import mesh
+    from finetuner.data import mesh
 
     cache, limits = _cache_and_limits(cache, limits)
     file_type = suffix(uri)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finetuner.errors import FinetunerError
-from finetuner.staging import stage_dir
+from finetuner.io.staging import stage_dir
 
 
 @dataclass

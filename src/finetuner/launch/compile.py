@@ -2,7 +2,7 @@
 images set.
 
 The compiled file holds two YAML documents: the PipelineSpec, then the PlatformSpec with
-the Kubernetes settings (finetuner.cluster)."""
+the Kubernetes settings (finetuner.orchestration.cluster)."""
 
 from __future__ import annotations
 
@@ -28,10 +28,10 @@ def choices() -> dict[str, list[str]]:
     from typing import get_args
 
     from finetuner.catalogue import CATALOGUE, PIPELINE_TASKS
-    from finetuner.losses import LOSSES
     from finetuner.models.text import TextOptions
     from finetuner.parameters import AUTO, RunParameters
     from finetuner.parameters.generate import literals
+    from finetuner.training.losses import LOSSES
 
     return {
         **literals(RunParameters),

@@ -1,0 +1,1 @@
+"""Reading, checking and batching data: file formats, datasets, media, meshes, samplers."""

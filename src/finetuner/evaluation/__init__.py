@@ -1,0 +1,1 @@
+"""Retrieval metrics, evaluation of a model on a dataset, and plots."""

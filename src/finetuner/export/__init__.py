@@ -1,0 +1,2 @@
+"""Publishing a trained model (PyTorch, ONNX), the promotion gate, and loading exports for
+inference."""

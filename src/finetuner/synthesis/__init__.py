@@ -1,0 +1,1 @@
+"""Data synthesis: mining and scoring (query, positive, negative) rows."""

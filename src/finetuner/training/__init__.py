@@ -1,0 +1,1 @@
+"""The training loop, losses, optimizers, callbacks, checkpoints and data-parallel training."""
