@@ -32,11 +32,7 @@ def test_mlp_default_run_learns_fashion_vectors(bench, tmp_path):
         eval_data=str(evaluation),
         data_options={"is_labeled": True},
         model_options={"input_size": 196},
-        # The mlp family's defaults once families declare theirs (bench.PROPOSED); given here
-        # until then. Today's pipeline defaults (5e-5, 1 epoch) leave nDCG@10 where it was.
-        learning_rate=1e-3,
-        epochs=10,
-    )
+    )  # learning_rate and epochs auto: the mlp family's own (1e-3, 10 epochs)
     before, after = run.metrics()["before"], run.metrics()["after"]
     assert after["ndcg@10"] > before["ndcg@10"] + 0.05, run.metrics()
     assert after["mrr@10"] > before["mrr@10"], run.metrics()

@@ -20,7 +20,10 @@ def installed_layout(folder: Path) -> Path:
 
 
 def lint_imports(folder: Path, config: Path):
-    code = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
+    code = (
+        "import sys; from importlinter.cli import lint_imports_command; "
+        "sys.exit(lint_imports_command())"
+    )
     return subprocess.run(
         [sys.executable, "-c", code, str(config), "--no-cache"],
         cwd=folder,

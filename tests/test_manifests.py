@@ -117,7 +117,7 @@ def test_the_example_schedule_is_a_valid_finetuner_schedule():
     arguments = submit.parse_arguments(
         params, submit.pipeline_parameters(submit.default_pipeline())
     )
-    assert arguments["promote"] is True and arguments["epochs"] == 3
+    assert arguments["promote"] is True and arguments["epochs"] == "3"
     assert "{run_id}" in arguments["output_uri"]
     # The token it sends: its service account's, for KFP's audience, mounted where it reads.
     (token,) = [v for v in pod["volumes"] if "projected" in v]

@@ -102,13 +102,15 @@ def test_submit_sends_typed_arguments(kfp_api, capsys):
     (run,) = posted(kfp_api, "/runs")
     assert run["experiment_id"] == "exp-1"
     assert run["runtime_config"]["pipeline_root"] == "s3://kfp/root"
-    # JSON types, not strings: the backend refuses "5" for an int parameter.
+    # JSON types as the pipeline declares them: the backend refuses "5" for an int parameter,
+    # and 5 for a text one (epochs: a number, or auto).
     assert run["runtime_config"]["parameters"] == {
         "train_data": "s3://data/pairs.csv",
         "output_uri": "s3://models/minilm/{run_id}",
         "model": "minilm-l6-en",
-        "epochs": 5,
-        "learning_rate": 0.0001,
+        # epochs and learning_rate are text in the pipeline: a number, or auto.
+        "epochs": "5",
+        "learning_rate": "1e-4",
         "promote": True,
         "loss_options": {"margin": 0.1},
         "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
@@ -135,7 +137,7 @@ def test_schedule_sends_cron_and_concurrency(kfp_api, capsys, tmp_path):
     assert job["max_concurrency"] == 2 and job["no_catchup"] is True
     assert job["mode"] == "ENABLE" and job["display_name"] == "minilm-nightly"
     assert job["experiment_id"] == "exp-1"
-    assert job["runtime_config"]["parameters"]["epochs"] == 5
+    assert job["runtime_config"]["parameters"]["epochs"] == "5"  # text: a number, or auto
     assert job["runtime_config"]["parameters"]["loss_options"] == {"margin": 0.1}
     assert {auth for *_, auth in kfp_api.requests} == {"Bearer sa-token"}
 
@@ -143,10 +145,17 @@ def test_schedule_sends_cron_and_concurrency(kfp_api, capsys, tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["epochs=five"], "parameter epochs: expected an integer, got 'five'"),
+        (
+            ["epochs=five"],
+            "parameter epochs: invalid value 'five'. Valid: an integer >= 1, or auto",
+        ),
+        (
+            ["learning_rate=2"],
+            "parameter learning_rate: invalid value 2. Valid: a number in (0, 1)",
+        ),
         (["promote=yes"], "parameter promote: expected true or false, got 'yes'"),
         (["loss_options=[1]"], "parameter loss_options: expected a JSON object"),
-        (["pooler=median"], "parameter pooler: 'median' is not one of its values: mean, cls"),
+        (["pooler=median"], "parameter pooler: 'median' is not one of its values: auto, mean, cls"),
         (["epoch=5"], "unknown parameter 'epoch'; the pipeline's parameters: batch_size"),
         (["epochs"], "argument 'epochs': expected NAME=VALUE"),
         (["eval_data=s3://"], "parameter eval_data: 's3://' names no bucket"),

@@ -78,8 +78,12 @@ def test_bad_text_image_rows_name_line_and_column(captions, rows, message):
 def test_clip_options_and_losses_are_checked(tiny_clip_mirror):
     from finetuner.orchestration.steps import catalogue_lookup
 
-    d = dict(pooler="mean", pooler_p=3.0, pooler_eps=1e-6, max_length=128)
+    d = dict(pooler="auto", pooler_p="auto", pooler_eps="auto", max_length="auto")
     assert catalogue_lookup("clip-base-en", **{**d, "loss": "CLIPLoss"}) is not None
+    assert catalogue_lookup("clip-base-en", **{**d, "loss": "auto"}) is not None
+    # Given is given, even when it is the usual default of other models.
+    with pytest.raises(FinetunerError, match="parameter pooler: clip-base-en has no option"):
+        catalogue_lookup("clip-base-en", **{**d, "pooler": "mean", "loss": "CLIPLoss"})
     with pytest.raises(
         FinetunerError,
         match="parameter pooler: clip-base-en has no option 'pooler' .CLIP towers pool",

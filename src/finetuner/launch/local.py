@@ -20,7 +20,7 @@ from pathlib import Path
 
 from finetuner.errors import FinetunerError
 from finetuner.io import storage
-from finetuner.parameters import Finetune, training_options
+from finetuner.parameters import Finetune, struct_options, training_options
 from finetuner.parameters.generate import args_section, keywords, kfp_arguments
 
 
@@ -68,7 +68,8 @@ def preflight(params: dict) -> dict:
         params["weights"],
         params["model_artifact"],
     )
-    config = TrainConfig(**training_options(params)).validate()
+    # Every training option, the JSON-object ones too: each is checked before the run.
+    config = TrainConfig(**training_options(params), **struct_options(params)).validate()
     check_choices(config)
     check_metric_name(params["promotion_metric"])
     opts = formats.options(params["data_options"])

@@ -104,6 +104,7 @@ def parse_arguments(pairs: list[str], parameters: dict[str, dict]) -> dict:
         if name in arguments:
             raise FinetunerError(f"parameter {name}: given twice.")
         arguments[name] = parse_value(name, text, parameters[name])
+        check_declared(name, arguments[name])
         if name in URI_PARAMETERS and arguments[name]:
             from finetuner.io import storage
 
@@ -114,6 +115,17 @@ def parse_arguments(pairs: list[str], parameters: dict[str, dict]) -> dict:
     if missing:
         raise FinetunerError(f"missing required parameter(s): {', '.join(missing)}.")
     return arguments
+
+
+def check_declared(name: str, value) -> None:
+    """A parameter that finetuner declares (finetuner.parameters) is checked as a run checks
+    it, before any request: `epochs=five` fails here, though the pipeline types epochs as
+    text (a number, or auto)."""
+    from finetuner.parameters import RunParameters
+    from finetuner.parameters.pipelines import subset
+
+    if name in RunParameters.model_fields:
+        subset(name, [name]).from_strings({name: value})
 
 
 def check_cron(cron: str) -> str:
