@@ -316,23 +316,21 @@ def data_options(args) -> dict:
     return options
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from finetuner.parameters import Finetune, SynthesizeAndFinetune
-    from finetuner.parameters.generate import add_flags, json_object
-
-    parser = Parser(
-        prog="finetuner",
-        description="Fine-tune embedding models for search, as a Kubeflow pipeline.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _describe_models_parser(sub) -> None:
     p = sub.add_parser("describe-models", help="list the backbones of the catalogue")
     p.add_argument("--task", help="only the models of this task, e.g. text-to-text")
     p.set_defaults(func=describe_models_command)
 
+
+def _list_model_options_parser(sub) -> None:
     p = sub.add_parser("list-model-options", help="list a model's options and their defaults")
     p.add_argument("model", help="a catalogue name, e.g. minilm-l6-en")
     p.set_defaults(func=list_model_options_command)
+
+
+def _run_parser(sub) -> None:
+    from finetuner.parameters import Finetune
+    from finetuner.parameters.generate import add_flags
 
     p = sub.add_parser(
         "run",
@@ -357,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_image_flags(p)
     p.set_defaults(func=run_command)
 
+
+def _synthesize_parser(sub) -> None:
+    from finetuner.parameters.generate import json_object
     from finetuner.synthesis.synthesize import (
         DATA_SYNTHESIS_EN,
         DEFAULT_MAX_LENGTH,
@@ -427,6 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary-json", help="write the output URI and the counts to this file")
     p.set_defaults(func=synthesize_command)
 
+
+def _synthesize_and_finetune_parser(sub) -> None:
+    from finetuner.parameters import SynthesizeAndFinetune
+    from finetuner.parameters.generate import add_flags
+
     p = sub.add_parser(
         "synthesize-and-finetune",
         help="run the synthesize_and_finetune pipeline on this machine (kfp.local)",
@@ -446,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_image_flags(p)
     p.set_defaults(func=synthesize_and_finetune_command)
 
+
+def _mirror_models_parser(sub) -> None:
     p = sub.add_parser(
         "mirror-models",
         help="copy models' pretrained weights into a mirror for air-gapped clusters",
@@ -456,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, help="the mirror: an s3:// prefix or a folder")
     p.set_defaults(func=mirror_models_command)
 
+
+def _compile_parser(sub) -> None:
     p = sub.add_parser("compile", help="compile the pipelines to KFP IR YAML")
     p.add_argument("--output-dir", default="pipelines", help="where the YAML goes")
     p.add_argument(
@@ -471,6 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=compile_command)
 
+
+def _submit_parser(sub) -> None:
     p = sub.add_parser(
         "submit",
         help="start a run of the pipeline on a KFP cluster",
@@ -481,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-name", help="the run's name in the UI")
     p.set_defaults(func=submit_command)
 
+
+def _schedule_parser(sub) -> None:
     p = sub.add_parser(
         "schedule",
         help="create a recurring run of the pipeline on a KFP cluster",
@@ -497,6 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catchup", action="store_true", help="also start the runs missed while paused")
     p.set_defaults(func=schedule_command)
 
+
+def _s3_server_parser(sub) -> None:
     from finetuner.io import s3server
 
     p = sub.add_parser(
@@ -508,6 +524,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s3server.add_arguments(p)
     p.set_defaults(func=s3_server_command)
+
+
+# The subcommands in the order `finetuner --help` lists them.
+COMMANDS = (
+    _describe_models_parser,
+    _list_model_options_parser,
+    _run_parser,
+    _synthesize_parser,
+    _synthesize_and_finetune_parser,
+    _mirror_models_parser,
+    _compile_parser,
+    _submit_parser,
+    _schedule_parser,
+    _s3_server_parser,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="finetuner",
+        description="Fine-tune embedding models for search, as a Kubeflow pipeline.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 
