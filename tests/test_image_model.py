@@ -75,6 +75,35 @@ def test_image_model_saves_and_loads(lite0_spec, fashion_pairs, tmp_path):
     )
 
 
+def test_a_model_folder_of_an_earlier_version_loads(lite0_spec, fashion_pairs, tmp_path):
+    """Before the families declared themselves, a folder's spec had no builder nor item
+    kinds, and the trunk's weights were an nn.Sequential's (trunk.0.weight ...)."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    images = [
+        p for pair in data.read_pairs(str(fashion_pairs(2)), field=data.resolve_media) for p in pair
+    ]
+    model = models.pretrained(lite0_spec)
+    folder = tmp_path / "m"
+    model.save(folder)
+    config = json.loads((folder / "finetuner.json").read_text())
+    for key in ("builder", "query_kind", "document_kind"):
+        del config["spec"][key]
+    (folder / "finetuner.json").write_text(json.dumps(config))
+    trunk = model.embedder.trunk  # timm's model: the old cut was its top modules in a row
+    old = torch.nn.Sequential(trunk.conv_stem, trunk.bn1, trunk.blocks, trunk.conv_head, trunk.bn2)
+    state = {k: v for k, v in load_file(str(folder / "model.safetensors")).items()}
+    state = {k: v for k, v in state.items() if not k.startswith("trunk.")}
+    state |= {f"trunk.{k}": v.contiguous() for k, v in old.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    loaded = models.load(folder)
+    assert loaded.spec.query_kind == "image" and loaded.spec.builder == ""
+    np.testing.assert_allclose(loaded.encode(images), model.encode(images), atol=1e-6)
+
+
 def test_cnn_weights_load_from_a_model_mirror(tmp_path, monkeypatch, fashion_pairs):
     """efficientnet_b0 has no offline weights; a mirror folder supplies them."""
     import torch

@@ -134,3 +134,39 @@ def test_cnn_embedder_exports_to_onnx_with_a_dynamic_batch(tmp_path):
             expected = embedder(images).numpy()
         got = session.run(None, {"images": images.numpy()})[0]
         np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def _old_trunk(name: str, classifier):
+    """The trunk as earlier versions cut it, per architecture, and saved it (a mirror's
+    `trunk.` weights): the names that legacy_trunk_names maps."""
+    if name == "efficientnet-lite0":
+        m = classifier
+        return torch.nn.Sequential(m.conv_stem, m.bn1, m.blocks, m.conv_head, m.bn2)
+    if name.startswith("resnet"):
+        return torch.nn.Sequential(*list(classifier.children())[:-2])
+    return classifier.features
+
+
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "resnet-base", "efficientnet_b0"])
+def test_a_mirror_of_an_earlier_version_loads_into_the_library_cut_trunk(name, tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    old = _old_trunk(name, vision.build_classifier(builder(name))).eval()
+    state = {f"trunk.{k}": v.contiguous() for k, v in old.state_dict().items()}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    embedder = vision.build_cnn(builder(name)).eval()
+    assert set(embedder.trunk.state_dict()) != {k[len("trunk.") :] for k in state}
+    vision.load_cnn_weights(embedder.trunk, builder(name), tmp_path, "trunk.")
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(embedder.trunk(images), old(images))
+
+
+def test_weights_that_fit_no_trunk_are_refused_by_name(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"trunk.0.weight": torch.zeros(3)}, str(tmp_path / "model.safetensors"))
+    embedder = vision.build_cnn(builder("resnet-base"))
+    with pytest.raises(RuntimeError, match="Missing key"):
+        vision.load_cnn_weights(embedder.trunk, builder("resnet-base"), tmp_path, "trunk.")

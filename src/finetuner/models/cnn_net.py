@@ -15,7 +15,7 @@ from torch import nn
 from finetuner.data import media
 from finetuner.errors import FinetunerError
 from finetuner.models.cnn import CNNOptions
-from finetuner.models.folder import WEIGHTS_FILE, load_weights, read_spec, save, save_weights
+from finetuner.models.folder import WEIGHTS_FILE, read_spec, save, save_weights
 from finetuner.models.head import projection_head
 from finetuner.models.spec import ModelSpec
 
@@ -207,6 +207,57 @@ def build_cnn(
     return CNNEmbedder(trunk, pool, head, frozen=freeze)
 
 
+def builder_of(spec: ModelSpec) -> str:
+    """The spec's builder; for a model folder of an earlier version, which has none, the one
+    its upstream names ("torchvision resnet50 IMAGENET1K_V2", "timm efficientnet_lite0,
+    ImageNet"), as the catalogue rows were then."""
+    if spec.builder:
+        return spec.builder
+    words = spec.upstream.replace(",", " ").split()
+    return ":".join(words[:3] if words[:1] == ["torchvision"] else words[:2])
+
+
+def load_cnn_weights(module: nn.Module, builder: str, folder: Path, prefix: str = "") -> None:
+    """load_weights of an embedder (or its trunk) from a model folder, that of an earlier
+    version too: an export or mirror written before the library cut the trunks holds the
+    same tensors under other names (legacy_trunk_names)."""
+    from safetensors.torch import load_file
+
+    stored = load_file(str(folder / WEIGHTS_FILE))
+    state = {k.removeprefix(prefix): v for k, v in stored.items() if k.startswith(prefix)}
+    trunk = module.trunk if isinstance(module, CNNEmbedder) else module
+    at = "trunk." if isinstance(module, CNNEmbedder) else ""
+    module.load_state_dict(legacy_trunk_names(state, module, trunk, at, builder), strict=True)
+
+
+def legacy_trunk_names(state: dict, module: nn.Module, trunk: nn.Module, at: str, builder: str):
+    """The state with an earlier version's trunk names (at + "0.weight": an nn.Sequential of
+    the classifier's top modules, or at + "0.0.weight": torchvision EfficientNet's
+    `features`) renamed to the trunk's, where every tensor then finds its place; else as
+    it is, for load_state_dict to name what is wrong."""
+    expected = module.state_dict()
+    if set(state) == set(expected):
+        return state
+    base = at + ("extractor." if isinstance(trunk, _FeatureMap) else "")
+    tops = [name for name, _ in build_classifier(builder).named_children()]
+
+    def top_module(rest: str) -> str:  # "4.0.conv1.weight" -> "layer1.0.conv1.weight"
+        index, _, tail = rest.partition(".")
+        return f"{tops[int(index)]}.{tail}" if index.isdigit() and int(index) < len(tops) else ""
+
+    for scheme in (top_module, lambda rest: "features." + rest):
+        renamed = {}
+        for key, value in state.items():
+            new = base + scheme(key[len(at) :]) if key.startswith(at) else key
+            if new not in expected or expected[new].shape != value.shape:
+                break
+            renamed[new] = value
+        else:
+            if set(renamed) == set(expected):
+                return renamed
+    return state
+
+
 def weights_transform(builder: str, image_size: int | None = None) -> Callable:
     """The eval preprocessing that comes with the model's weights: PIL image -> tensor.
 
@@ -244,7 +295,7 @@ def cnn_options(spec: ModelSpec) -> CNNOptions:
 
 def image_transform(spec: ModelSpec):
     """The eval preprocessing of a spec: its weights' own, at its image_size if set."""
-    return weights_transform(spec.builder, cnn_options(spec).image_size)
+    return weights_transform(builder_of(spec), cnn_options(spec).image_size)
 
 
 class ImageModel:
@@ -259,7 +310,7 @@ class ImageModel:
     def _build(cls, spec: ModelSpec, weights: str | None) -> ImageModel:
         options = cnn_options(spec)
         embedder = build_cnn(
-            spec.builder,
+            builder_of(spec),
             weights,
             spec.pooler,
             spec.pooler_p,
@@ -280,13 +331,13 @@ class ImageModel:
         # A mirror holds the upstream embedder: only its trunk is pretrained; GeM's p starts
         # at pooler_p and a head at its fixed initialisation.
         model = cls._build(spec, None)
-        load_weights(model.embedder.trunk, local_path(spec.weights) / WEIGHTS_FILE, "trunk.")
+        load_cnn_weights(model.embedder.trunk, builder_of(spec), local_path(spec.weights), "trunk.")
         return model
 
     @classmethod
     def load(cls, folder: str | Path) -> ImageModel:
         model = cls._build(read_spec(folder), None)
-        load_weights(model.embedder, Path(folder) / WEIGHTS_FILE)
+        load_cnn_weights(model.embedder, builder_of(model.spec), Path(folder))
         return model
 
     def save(self, folder: str | Path) -> Path:

@@ -16,7 +16,13 @@ FORMAT_VERSION = 1
 
 
 def read_spec(folder: str | Path) -> ModelSpec:
-    return ModelSpec(**json.loads((Path(folder) / CONFIG_FILE).read_text())["spec"])
+    spec = json.loads((Path(folder) / CONFIG_FILE).read_text())["spec"]
+    if "query_kind" not in spec:  # written before the families declared their item kinds
+        from finetuner.models.registry import get_family
+
+        family = get_family(spec["family"])
+        spec |= {"query_kind": family.query_kind, "document_kind": family.document_kind}
+    return ModelSpec(**spec)
 
 
 def write_spec(folder: str | Path, spec: ModelSpec) -> Path:
