@@ -81,15 +81,7 @@ def synthesize_and_finetune(p: dict):
         claim=claimed.output,
     )
     trained.set_caching_options(False)
-    gpu_step(
-        trained,
-        p["gpu_type"],
-        p["gpu_count"],
-        p["node_selector"],
-        p["tolerations"],
-        p["train_cpu"],
-        p["train_memory"],
-    )
+    gpu_step(trained, p)
     evaluated = evaluate(
         model_spec=lookup.output,
         model=trained.outputs["model"],

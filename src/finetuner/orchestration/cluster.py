@@ -35,27 +35,20 @@ def s3_step(task, secret_name):
     )
 
 
-def gpu_step(
-    task,
-    gpu_type,
-    gpu_count,
-    node_selector,
-    tolerations,
-    cpu_request,
-    memory_request,
-):
-    """Run a training step on a GPU node: the accelerator type and count, a node selector
-    (a dict parameter) and tolerations (a list parameter), CPU and memory requests, a
+def gpu_step(task, p: dict):
+    """Run a training step on a GPU node, as the pipeline's parameters `p` say (the cluster
+    group of finetuner.parameters): the accelerator type and count, a node selector (a dict
+    parameter) and tolerations (a list parameter), CPU and memory requests; and a
     memory-backed /dev/shm for the DataLoader workers, and retries with backoff, which
     resume from the step's last checkpoint."""
     from kfp import kubernetes
 
-    task.set_accelerator_type(gpu_type)
-    task.set_accelerator_limit(gpu_count)
-    task.set_cpu_request(cpu_request)
-    task.set_memory_request(memory_request)
-    kubernetes.add_node_selector_json(task, node_selector)
-    kubernetes.add_toleration_json(task, tolerations)
+    task.set_accelerator_type(p["gpu_type"])
+    task.set_accelerator_limit(p["gpu_count"])
+    task.set_cpu_request(p["train_cpu"])
+    task.set_memory_request(p["train_memory"])
+    kubernetes.add_node_selector_json(task, p["node_selector"])
+    kubernetes.add_toleration_json(task, p["tolerations"])
     # Docker's default /dev/shm is 64 MB, too small for the workers' shared tensors.
     kubernetes.empty_dir_mount(
         task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=SHM_SIZE
