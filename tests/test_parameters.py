@@ -166,6 +166,10 @@ def test_auto_resolves_once_from_the_family_and_the_data():
 
     config = TrainConfig().validate().resolved("text")
     assert (config.learning_rate, config.epochs) == tuple(family_defaults("text").values())
+    # Each family's own: fine-tuning a pretrained transformer, or training from scratch.
+    for family, expected in [("text", (5e-5, 1)), ("mlp", (1e-3, 10)), ("pointnet", (1e-3, 20))]:
+        config = TrainConfig().resolved(family)
+        assert (config.learning_rate, config.epochs) == expected, family
     given = TrainConfig(learning_rate=1e-3, epochs=3).resolved("text")
     assert (given.learning_rate, given.epochs) == (1e-3, 3)
     assert loss_for("text", "auto", "pairs") == "MultipleNegativesRankingLoss"
