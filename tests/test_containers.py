@@ -125,7 +125,7 @@ def test_image_is_a_whole_non_root_install_without_credentials(engine, image):
 
 def test_a_read_only_root_moves_the_caches_to_tmp(engine):
     script = (
-        "from finetuner import media, storage; "
+        "from finetuner.data import media; from finetuner.io import storage; "
         "print(storage._cache_root(None), media.default_cache_dir())"
     )
     status, logs = run_logs(IMAGE, ["python3", "-c", script])
