@@ -49,6 +49,14 @@ def load_weights(module, path: str | Path, prefix: str = "") -> None:
     module.load_state_dict(state, strict=True)
 
 
+def load_scratch_model(cls, folder: str | Path):
+    """A model of a family trained from scratch, from its folder: built as it started (no
+    start weights), then given the saved ones."""
+    model = cls.pretrained(read_spec(folder).model_copy(update={"weights": "scratch"}))
+    load_weights(model.embedder, Path(folder) / WEIGHTS_FILE)
+    return model
+
+
 def seeded_start(build, spec: ModelSpec, seed: int):
     """The embedder `build()` makes under a fixed seed, for the families trained from
     scratch (so train and evaluate start from the same model), with the start weights that

@@ -11,7 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from finetuner.errors import FinetunerError
-from finetuner.models.folder import WEIGHTS_FILE, load_weights, read_spec, save, seeded_start
+from finetuner.models.folder import (
+    load_scratch_model,
+    save,
+    seeded_start,
+)
 from finetuner.models.mlp import MLPOptions
 from finetuner.models.spec import ModelSpec
 
@@ -81,9 +85,7 @@ class VectorModel:
 
     @classmethod
     def load(cls, folder: str | Path) -> VectorModel:
-        model = cls.pretrained(read_spec(folder).model_copy(update={"weights": "scratch"}))
-        load_weights(model.embedder, Path(folder) / WEIGHTS_FILE)
-        return model
+        return load_scratch_model(cls, folder)
 
     def save(self, folder: str | Path) -> Path:
         return save(self, folder)

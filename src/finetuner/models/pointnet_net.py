@@ -18,7 +18,11 @@ from torch import nn
 
 from finetuner.data.media import load_mesh
 from finetuner.errors import FinetunerError
-from finetuner.models.folder import WEIGHTS_FILE, load_weights, read_spec, save, seeded_start
+from finetuner.models.folder import (
+    load_scratch_model,
+    save,
+    seeded_start,
+)
 from finetuner.models.pointnet import PointNetOptions
 from finetuner.models.spec import ModelSpec
 
@@ -190,9 +194,7 @@ class PointCloudModel:
 
     @classmethod
     def load(cls, folder: str | Path) -> PointCloudModel:
-        model = cls.pretrained(read_spec(folder).model_copy(update={"weights": "scratch"}))
-        load_weights(model.embedder, Path(folder) / WEIGHTS_FILE)
-        return model
+        return load_scratch_model(cls, folder)
 
     def save(self, folder: str | Path) -> Path:
         return save(self, folder)
