@@ -31,4 +31,5 @@ def promote(
             if result[key] is not None:
                 promotion.log_metric(f"{key}/{result['metric']}", result[key])
         promotion.metadata["reason"] = result["reason"]
-        return result
+        # KFP cannot pass a None inside a dict to the next step (no model promoted before).
+        return {key: value for key, value in result.items() if value is not None}

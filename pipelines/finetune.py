@@ -1,5 +1,5 @@
 """The `finetune` pipeline: catalogue-lookup -> claim-output -> preprocess -> train -> evaluate
--> export -> promote."""
+-> export -> promote -> register (when a registered model is named)."""
 
 from kfp import dsl
 
@@ -9,6 +9,7 @@ from finetuner.components.evaluate import evaluate
 from finetuner.components.export import export
 from finetuner.components.preprocess import preprocess
 from finetuner.components.promote import promote as promote_step
+from finetuner.components.register import register_step
 from finetuner.components.train import train
 from finetuner.orchestration.cluster import gpu_step, s3_step
 from finetuner.parameters import Finetune, struct_options, training_options
@@ -80,7 +81,9 @@ def finetune(p: dict):
         force_claim=p["force_claim"],
     )
     gate.set_caching_options(False)
+    tasks = [lookup, claimed, data, trained, evaluated, exported, gate]
+    tasks += register_step(p, exported, evaluated, data, gate)
     # Every step that may read or write s3:// URIs; evaluate reads only KFP artifacts,
     # but model weights may come from an S3 mirror.
-    for task in (lookup, claimed, data, trained, evaluated, exported, gate):
+    for task in tasks:
         s3_step(task, p["s3_secret_name"])

@@ -9,6 +9,7 @@ from finetuner.components.claim import claim_step
 from finetuner.components.evaluate import evaluate
 from finetuner.components.export import export
 from finetuner.components.preprocess import preprocess
+from finetuner.components.register import register_step
 from finetuner.components.synthesize import synthesize_pairs
 from finetuner.components.train import train
 from finetuner.orchestration.cluster import gpu_step, s3_step
@@ -96,5 +97,7 @@ def synthesize_and_finetune(p: dict):
         claim=claimed.output,
     )
     exported.set_caching_options(False)
-    for task in (lookup, claimed, synthesized, data, trained, evaluated, exported):
+    tasks = [lookup, claimed, synthesized, data, trained, evaluated, exported]
+    tasks += register_step(p, exported, evaluated, data)
+    for task in tasks:
         s3_step(task, p["s3_secret_name"])

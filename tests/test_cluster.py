@@ -16,7 +16,8 @@ from finetuner.orchestration.cluster import S3_SECRET_KEYS
 
 COMPILED = Path(__file__).resolve().parent.parent / "pipelines" / "finetune.yaml"
 S3_STEPS = {
-    "catalogue-lookup", "claim-output", "preprocess", "train", "evaluate", "export", "promote"
+    "catalogue-lookup", "claim-output", "preprocess", "train", "evaluate", "export", "promote",
+    "register",
 }  # fmt: skip
 
 
@@ -131,11 +132,22 @@ def test_every_step_gets_s3_credentials_from_the_named_secret_only(compiled):
     pipeline, spec, k8s = compiled
     assert set(k8s) == S3_STEPS
     for step, config in k8s.items():
-        (secret,) = config.secret_as_env
-        assert secret.secret_name_parameter.component_input_parameter == "s3_secret_name", step
+        # A step inside a condition (register) names the pipeline's parameter as its channel.
+        secrets = {
+            s.secret_name_parameter.component_input_parameter.removeprefix("pipelinechannel--"): s
+            for s in config.secret_as_env
+        }
+        secret = secrets.pop("s3_secret_name")
         assert {(m.secret_key, m.env_var) for m in secret.key_to_env} == {
             (k, k) for k in S3_SECRET_KEYS
         }
+        if step == "register":  # and the Model Registry's token, from its own Secret
+            token = secrets.pop("model_registry_secret_name")
+            assert [(m.secret_key, m.env_var) for m in token.key_to_env] == [
+                ("MODEL_REGISTRY_TOKEN", "MODEL_REGISTRY_TOKEN")
+            ]
+            assert token.optional  # without it, the service account's token
+        assert secrets == {}, step
     defaults = spec.root.input_definitions.parameters
     assert defaults["s3_secret_name"].default_value.string_value == "finetuner-s3"
     # No parameter can carry a credential, and no step sets one in its environment.

@@ -451,6 +451,22 @@ def kind(uri: str | os.PathLike) -> str | None:
     return None if is_empty_prefix(uri) else "folder"
 
 
+def sha256(uri: str | os.PathLike) -> str:
+    """The sha256 of a file, read as a stream; of a folder, the sha256 of its files' relative
+    paths and sha256s, one per line, so that any changed, added or removed file changes it."""
+    import hashlib
+
+    if kind(uri) == "folder":
+        root = str(uri).rstrip("/") + "/"
+        lines = "".join(f"{f[len(root) :]} {sha256(f)}\n" for f in list_files(uri))
+        return hashlib.sha256(lines.encode()).hexdigest()
+    digest = hashlib.sha256()
+    with open_binary(uri) as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def check_file(uri: str | os.PathLike, parameter: str = "", expected: str = "a file") -> str:
     """An input file that can be read; anything else is called what it is (a folder, a named
     pipe, a symlink loop), not "missing". `expected` says what the file should be."""

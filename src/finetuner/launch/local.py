@@ -46,6 +46,7 @@ def preflight(params: dict) -> dict:
     from finetuner.catalogue import ModelSpec
     from finetuner.data import formats
     from finetuner.data.pairs import check_val_split
+    from finetuner.export.model_registry import check_registry
     from finetuner.export.promote import check_metric_name, run_output
     from finetuner.orchestration.steps import catalogue_lookup
     from finetuner.training.loop import TrainConfig
@@ -72,6 +73,7 @@ def preflight(params: dict) -> dict:
     config = TrainConfig(**training_options(params), **struct_options(params)).validate()
     check_choices(config)
     check_metric_name(params["promotion_metric"])
+    check_registry(params["model_registry_url"], params["registered_model_name"])
     opts = formats.options(params["data_options"])
     check_val_split(params["val_split"], has_eval_data=bool(params["eval_data"]))
     from finetuner.training.distributed import check_processes

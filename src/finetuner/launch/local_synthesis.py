@@ -19,6 +19,7 @@ def preflight(params: dict) -> dict:
     """The pipeline's parameters, completed with its defaults and checked."""
     from finetuner.data import formats
     from finetuner.data.pairs import check_val_split
+    from finetuner.export.model_registry import check_registry
     from finetuner.export.promote import run_output
     from finetuner.orchestration.steps import catalogue_lookup
     from finetuner.synthesis.synthesize import (
@@ -57,6 +58,7 @@ def preflight(params: dict) -> dict:
     miner_spec(models, DEFAULT_MAX_LENGTH if max_length == AUTO else max_length)
     cross_encoder_source(models.cross_encoder, models.cross_encoder_weights)
     num_relations = check_num_relations(params["num_relations"])
+    check_registry(params["model_registry_url"], params["registered_model_name"])
     check_val_split(params["val_split"], has_eval_data=False)
     opts = formats.options(params["data_options"])
     # {run_id} in output_uri is the time of a local run, resolved here to know the export.

@@ -114,6 +114,10 @@ def parse_arguments(pairs: list[str], parameters: dict[str, dict]) -> dict:
     )
     if missing:
         raise FinetunerError(f"missing required parameter(s): {', '.join(missing)}.")
+    if "registered_model_name" in parameters:
+        from finetuner.export.model_registry import enabled
+
+        enabled(arguments.get("model_registry_url", ""), arguments.get("registered_model_name", ""))
     return arguments
 
 

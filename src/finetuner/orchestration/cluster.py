@@ -35,6 +35,18 @@ def s3_step(task, secret_name):
     )
 
 
+def registry_step(task, secret_name):
+    """Give the register step the Model Registry token of the Secret `secret_name`, when that
+    Secret exists (finetuner.export.model_registry.TOKEN_ENV)."""
+    from kfp import kubernetes
+
+    from finetuner.export.model_registry import TOKEN_ENV
+
+    return kubernetes.use_secret_as_env(
+        task, secret_name=secret_name, secret_key_to_env={TOKEN_ENV: TOKEN_ENV}, optional=True
+    )
+
+
 def gpu_step(task, p: dict):
     """Run a training step on a GPU node, as the pipeline's parameters `p` say (the cluster
     group of finetuner.parameters): the accelerator type and count, a node selector (a dict

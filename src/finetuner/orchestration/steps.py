@@ -130,6 +130,7 @@ def preprocess(
 
     Items that are not text (images, meshes, vectors) are checked and resolved here."""
     from finetuner.data import dataset, formats
+    from finetuner.io import storage
 
     for name, uri in (("train_data", train_data), ("eval_data", eval_data)):
         if uri:
@@ -145,7 +146,13 @@ def preprocess(
         eval_out,
     )
     Path(report_out).write_text(result.report(train_data, eval_data))
-    return result.counts
+    # What the data was, for the model's lineage (the register step records it).
+    sources = {
+        name: {"uri": uri, "sha256": storage.sha256(uri)}
+        for name, uri in (("train_data", train_data), ("eval_data", eval_data))
+        if uri
+    }
+    return {**result.counts, "sources": sources}
 
 
 def train(
@@ -304,6 +311,42 @@ def promote(
     verb = "promoted to " + result["latest"] if result["promoted"] else "not promoted"
     subject = f"{result['metric']} " if result["metric"] else ""
     print(f"{verb}: {subject}{result['reason']}", flush=True)
+    return result
+
+
+def register(
+    export: dict,
+    metrics: dict,
+    promotion: dict | None,
+    data: dict,
+    url: str,
+    name: str,
+    run_id: str,
+) -> dict:
+    """Record the export as a version of `name` in the Model Registry at `url`
+    (finetuner.export.model_registry), named after the run; prints what it recorded."""
+    import json
+
+    from finetuner.export import model_registry
+    from finetuner.io import storage
+
+    manifest = json.loads(storage.read_text(export["manifest"]))
+    result = model_registry.register(
+        url,
+        name,
+        run_id,
+        storage.parent(export["manifest"]) + "/",
+        manifest,
+        metrics,
+        promotion or None,  # none without a promotion gate
+        data.get("sources", {}),
+        run_id,
+    )
+    print(
+        f"registered {result['registered_model']} version {result['version']} "
+        f"(id {result['version_id']}); serve it from {result['storage_uri']}",
+        flush=True,
+    )
     return result
 
 

@@ -304,6 +304,20 @@ class OutputParameters(Parameters):
     promotion_min_delta: float = param(
         0.0, "The least improvement of promotion_metric that promotes.", "output"
     )
+    # -- model registry
+    model_registry_url: str = param(
+        "",
+        "Kubeflow Model Registry's REST address (http:// or https://, with its port); with "
+        "registered_model_name, the run records its export there as a version named after "
+        "the run. Empty: register nothing.",
+        "output",
+    )
+    registered_model_name: str = param(
+        "",
+        "The registered model the run adds a version to (created when missing); empty: "
+        "register nothing.",
+        "output",
+    )
 
 
 class ClusterParameters(Parameters):
@@ -348,6 +362,14 @@ class ClusterParameters(Parameters):
     )
     train_memory: str = param(
         "16Gi", "Memory request of the train step, e.g. 32Gi.", "cluster", local=False
+    )
+    # -- model registry
+    model_registry_secret_name: str = param(
+        "model-registry-token",
+        "Kubernetes Secret whose MODEL_REGISTRY_TOKEN the register step sends to the Model "
+        "Registry; without the Secret it sends the step's service-account token.",
+        "cluster",
+        local=False,
     )
 
 

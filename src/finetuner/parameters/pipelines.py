@@ -53,6 +53,8 @@ SynthesizeAndFinetune = subset(
         "output_uri",
         "force_claim",
         "claim_id",
+        "model_registry_url",
+        "registered_model_name",
         *ClusterParameters.model_fields,
     ],
 )
