@@ -312,3 +312,27 @@ def test_fit_on_a_beir_folder_through_the_pipeline(tmp_path):
     expected = figures_of(models.pretrained(_spec()), folder, judgements(N_TRAIN, N_QUERIES))
     for name, value in expected.items():
         assert metrics["before"][name] == pytest.approx(value, abs=1e-5), name
+
+
+def test_cli_names_what_a_folder_lacks(tmp_path):
+    import subprocess
+    import sys
+
+    folder = make_beir(tmp_path / "beir")
+    (folder / "queries.jsonl").unlink()
+    other = tmp_path / "other"
+    other.mkdir()
+    for train_data, message in (
+        (folder, f"error: parameter train_data: {folder} has no queries.jsonl; BEIR data is"),
+        (other, f"error: parameter train_data: {other} is a folder; expected a CSV, JSONL or "
+         "Parquet file, or a BEIR folder (corpus.jsonl, queries.jsonl, qrels/train.tsv)."),
+    ):  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-m", "finetuner", "run", "--model", "minilm-l6-en",
+             "--train-data", str(train_data), "--output", str(tmp_path / "out")],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert message in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()

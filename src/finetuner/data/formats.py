@@ -178,7 +178,10 @@ DATA_FILE = "a CSV, JSONL or Parquet file"
 def check_source(uri: str, parameter: str = "") -> None:
     """That a data file can be opened for reading: it exists, and a local one is a regular
     file (a folder cannot be read as data, and a named pipe would block the reader)."""
-    storage.check_file(uri, parameter, DATA_FILE)
+    expected = DATA_FILE
+    if parameter == "train_data":  # a folder of the right files is BEIR data
+        expected += ", or a BEIR folder (corpus.jsonl, queries.jsonl, qrels/train.tsv)"
+    storage.check_file(uri, parameter, expected)
 
 
 def _check_local(uri: str) -> None:
