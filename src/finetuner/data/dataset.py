@@ -30,6 +30,15 @@ from finetuner.errors import FinetunerError
 from finetuner.io.staging import stage_dir
 
 KIND_KEY = b"finetuner.kind"
+# What a stored dataset holds: the kinds of data files, and two that evaluation alone reads
+# (BEIR data, finetuner.data.beir): graded judgements of queries, and the corpus they judge,
+# stored in CORPUS_FOLDER beside them.
+STORED = {
+    **KINDS,
+    "graded": ("query_id", "query", "document_id", "score"),
+    "corpus": ("document_id", "document"),
+}
+CORPUS_FOLDER = "_corpus"  # a leading '_' keeps its shards out of the judgements' dataset
 ROWS_PER_SHARD = 250_000
 BATCH_ROWS = 8192
 BAD_ROW_SAMPLES = 20
@@ -119,7 +128,7 @@ def _schema(kind: str):
 
     columns = [
         pa.field(name, pa.float64() if name in NUMBER_ROLES else pa.string())
-        for name in KINDS[kind]
+        for name in STORED[kind]
     ]
     return pa.schema(columns, metadata={KIND_KEY: kind.encode()})
 
@@ -406,6 +415,7 @@ class Dataset:
 
     kind: str
     table: object  # pyarrow.Table
+    corpus: object = None  # graded data: the corpus, a pyarrow.Table of STORED["corpus"]
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -415,7 +425,13 @@ class Dataset:
 
     def rows(self, indices: list[int]) -> list[tuple]:
         part = self.table.take(indices)
-        return list(zip(*(part.column(n).to_pylist() for n in KINDS[self.kind]), strict=True))
+        return list(zip(*(part.column(n).to_pylist() for n in STORED[self.kind]), strict=True))
+
+    def corpus_items(self) -> tuple[list[str], list[str]]:
+        """Graded data: the ids and the texts of its corpus."""
+        return self.corpus.column("document_id").to_pylist(), self.corpus.column(
+            "document"
+        ).to_pylist()
 
 
 def load(folder: str | Path) -> Dataset:
@@ -424,14 +440,17 @@ def load(folder: str | Path) -> Dataset:
     dataset = ds.dataset(str(folder), format="parquet")
     metadata = dataset.schema.metadata or {}
     kind = metadata.get(KIND_KEY, b"pairs").decode()
-    return Dataset(kind, dataset.to_table(columns=list(KINDS[kind])))
+    corpus = None
+    if kind == "graded":
+        corpus = ds.dataset(str(Path(folder, CORPUS_FOLDER)), format="parquet").to_table()
+    return Dataset(kind, dataset.to_table(columns=list(STORED[kind])), corpus)
 
 
 def from_rows(rows: list[tuple], kind: str = "pairs") -> Dataset:
     """An in-memory dataset of rows of a kind."""
     import pyarrow as pa
 
-    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in KINDS[kind]]
+    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in STORED[kind]]
     return Dataset(kind, pa.table([list(c) for c in columns], schema=_schema(kind)))
 
 

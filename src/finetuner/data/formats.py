@@ -82,8 +82,10 @@ class DataOptions(BaseModel):
         0, ge=0, description="bad rows skipped and counted; one more fails the run"
     )
     max_field_chars: int = Field(100_000, ge=1, description="longest text field, in characters")
-    format: Literal["auto", "csv", "jsonl", "parquet"] = Field(
-        "auto", description="file format; auto: by suffix (.jsonl, .parquet), else CSV"
+    format: Literal["auto", "csv", "jsonl", "parquet", "beir"] = Field(
+        "auto",
+        description="file format; auto: by suffix (.jsonl, .parquet), else CSV, and a folder "
+        "with corpus.jsonl is BEIR data (finetuner.data.beir); beir: train_data is such a folder",
     )
     max_file_bytes: int = Field(
         50 * 2**20,
@@ -176,7 +178,10 @@ DATA_FILE = "a CSV, JSONL or Parquet file"
 def check_source(uri: str, parameter: str = "") -> None:
     """That a data file can be opened for reading: it exists, and a local one is a regular
     file (a folder cannot be read as data, and a named pipe would block the reader)."""
-    storage.check_file(uri, parameter, DATA_FILE)
+    expected = DATA_FILE
+    if parameter == "train_data":  # a folder of the right files is BEIR data
+        expected += ", or a BEIR folder (corpus.jsonl, queries.jsonl, qrels/train.tsv)"
+    storage.check_file(uri, parameter, expected)
 
 
 def _check_local(uri: str) -> None:
@@ -218,6 +223,11 @@ class BadRow:
 
 
 def detect_format(uri: str, declared: str = "auto") -> str:
+    if declared == "beir":  # a folder of files, read by finetuner.data.beir
+        raise FinetunerError(
+            f"parameter data_options.format: beir names a folder of BEIR data as train_data; "
+            f"{uri} is read as one file here. Valid for it: auto, csv, jsonl or parquet."
+        )
     if declared != "auto":
         return declared
     suffixes = PurePosixPath(str(uri)).suffixes

@@ -358,12 +358,37 @@ class EvalSet:
     """Queries, a corpus and, for each query, the corpus indices that are relevant.
 
     For labeled data the queries are corpus items (`self_index[i]` is query i's row), and
-    an item's relevant rows are the others of its label."""
+    an item's relevant rows are the others of its label. Graded data (BEIR) has `gains`:
+    each query's judged corpus indices and their grades, those above 0 its relevant."""
 
     queries: list[str]
     corpus: list[str]
     relevant: list[set[int]]
     self_index: list[int] | None = None
+    gains: list[dict[int, float]] | None = None
+
+    @classmethod
+    def from_graded(cls, rows: list[tuple], corpus_ids: list[str], corpus: list[str]) -> EvalSet:
+        """(query_id, query, document_id, score) judgements over a corpus (its ids and
+        texts): each query ranks the whole corpus. A query with no document graded above 0
+        has nothing to find and is left out."""
+        index = {doc: i for i, doc in enumerate(corpus_ids)}
+        texts: dict[str, str] = {}
+        judged: dict[str, dict[int, float]] = {}
+        for query_id, query, document_id, score in rows:
+            texts[query_id] = query
+            judged.setdefault(query_id, {})[index[document_id]] = score
+        kept = [q for q, gains in judged.items() if any(g > 0 for g in gains.values())]
+        if not kept:
+            raise FinetunerError(
+                "the eval judgements grade no document above 0: no query has anything to find."
+            )
+        return cls(
+            [texts[q] for q in kept],
+            corpus,
+            [{doc for doc, g in judged[q].items() if g > 0} for q in kept],
+            gains=[judged[q] for q in kept],
+        )
 
     @classmethod
     def from_pairs(cls, pairs: list[Pair]) -> EvalSet:

@@ -1,5 +1,6 @@
 """Evaluation: exact cosine top-k retrieval scored with IR metrics (pairs, labeled and
-margins data: a query's positive among all positives and hard negatives),
+margins data: a query's positive among all positives and hard negatives; graded data:
+BEIR judgements over the whole corpus, with graded nDCG),
 or the rank correlation of cosines with the scores (scored data)."""
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def evaluate(
     else:
         query_emb = query_side.encode(eval_set.queries, batch_size=batch_size, device=device)
     rankings = top_k(query_emb, corpus_emb, k, exclude=eval_set.self_index)
-    return retrieval_metrics(rankings.tolist(), eval_set.relevant, k)
+    return retrieval_metrics(rankings.tolist(), eval_set.relevant, k, eval_set.gains)
 
 
 def correlation(
@@ -94,4 +95,6 @@ def evaluate_dataset(model, data, k: int = 10, device: str = "cpu") -> dict[str,
         return evaluate(model, EvalSet.from_labeled(rows), k, device=device)
     if data.kind == "margins":
         return evaluate(model, EvalSet.from_margins(rows), k, device=device)
+    if data.kind == "graded":  # BEIR: graded judgements over a whole corpus
+        return evaluate(model, EvalSet.from_graded(rows, *data.corpus_items()), k, device=device)
     return evaluate(model, EvalSet.from_pairs(rows), k, device=device)

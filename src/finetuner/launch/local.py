@@ -75,7 +75,15 @@ def preflight(params: dict) -> dict:
     check_metric_name(params["promotion_metric"])
     check_registry(params["model_registry_url"], params["registered_model_name"])
     opts = formats.options(params["data_options"])
-    check_val_split(params["val_split"], has_eval_data=bool(params["eval_data"]))
+    from finetuner.data import beir
+
+    # BEIR data: train_data is a folder, and its qrels/test.tsv is eval data too.
+    beir_files = None
+    if beir.is_beir(params["train_data"], opts.format):
+        beir.check_model(ModelSpec(**spec))
+        beir_files = beir.locate(params["train_data"], params["eval_data"])
+    has_eval = bool(beir_files.test if beir_files else params["eval_data"])
+    check_val_split(params["val_split"], has_eval_data=has_eval)
     from finetuner.training.distributed import check_processes
 
     check_processes(params["gpu_count"])
@@ -84,9 +92,11 @@ def preflight(params: dict) -> dict:
     # The output is claimed before any data is read: a second run with it fails here.
     owned = claim_output(params)
     try:
+        if beir_files:
+            check_beir(beir_files, ModelSpec(**spec), opts, config, params)
         for name in ("train_data", "eval_data"):
             uri = params.get(name)
-            if uri:
+            if uri and not beir_files:
                 held_out = name == "train_data" and not params["eval_data"]
                 split = params["val_split"] if held_out else None
                 role = "train" if name == "train_data" else "eval"
@@ -103,10 +113,14 @@ def check_locations(params: dict) -> None:
     """Every URI parameter parses (finetuner.io.storage), and the data are files."""
     if not params.get("train_data"):
         raise FinetunerError("parameter train_data: required (a CSV path or s3:// URI).")
+    from finetuner.data import beir
     from finetuner.data.formats import check_source
 
+    # A BEIR folder's files are checked once data_options are (preflight).
+    fmt = beir.declared_format(params.get("data_options"))
+    folder = beir.is_beir(params["train_data"], fmt)
     for name in ("train_data", "eval_data"):
-        if params.get(name):
+        if params.get(name) and not (folder and name == "train_data"):
             check_source(params[name], name)  # a data file that can be read
     for name in ("weights", "model_artifact"):
         if params.get(name):
@@ -224,6 +238,22 @@ def check_data(
     else:
         check_shape(config, sampler, len(seen), None, len(queries), len(documents))
     return kind
+
+
+def check_beir(files, spec, opts, config, params: dict) -> None:
+    """Read BEIR data as preprocess will (finetuner.data.beir), so a bad row fails now; check
+    the train pairs against the loss and sampler, and the per-epoch metrics."""
+    from finetuner.data import beir
+    from finetuner.data.dataset import BadRows
+    from finetuner.training.loop import check_shape, resolve_sampler
+
+    bad = BadRows(opts.max_bad_rows)
+    read = beir.read(files, opts, bad, params["val_split"], params["seed"])
+    _, sampler = resolve_sampler(config, spec.family, "pairs")
+    queries = len({q for q, _ in read.pairs})
+    documents = len({d for _, d in read.pairs})
+    check_shape(config, sampler, len(read.pairs), None, queries, documents)
+    config.monitors("graded" if config.evaluate_every_epoch else None)
 
 
 def run_locally(

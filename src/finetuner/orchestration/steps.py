@@ -128,22 +128,21 @@ def preprocess(
     """Read and check the data (CSV, JSONL or Parquet), drop duplicates and bad rows (up to
     max_bad_rows), split; write Parquet datasets and a Markdown data report.
 
-    Items that are not text (images, meshes, vectors) are checked and resolved here."""
-    from finetuner.data import dataset, formats
+    Items that are not text (images, meshes, vectors) are checked and resolved here. A
+    BEIR folder as train_data (finetuner.data.beir) gives train pairs and graded eval data."""
+    from finetuner.data import beir, dataset, formats
     from finetuner.io import storage
 
-    for name, uri in (("train_data", train_data), ("eval_data", eval_data)):
-        if uri:
-            formats.check_source(uri, name)
-    result = dataset.preprocess(
-        ModelSpec(**model_spec),
-        train_data,
-        eval_data,
-        val_split,
-        seed,
-        formats.options(data_options),
-        train_out,
-        eval_out,
+    opts = formats.options(data_options)
+    if beir.is_beir(train_data, opts.format):
+        run = beir.preprocess
+    else:
+        for name, uri in (("train_data", train_data), ("eval_data", eval_data)):
+            if uri:
+                formats.check_source(uri, name)
+        run = dataset.preprocess
+    result = run(
+        ModelSpec(**model_spec), train_data, eval_data, val_split, seed, opts, train_out, eval_out
     )
     Path(report_out).write_text(result.report(train_data, eval_data))
     # What the data was, for the model's lineage (the register step records it).
@@ -279,6 +278,11 @@ def evaluation_html(metrics: dict) -> str:
 def _evaluation_kind(metrics: dict) -> str:
     if metrics["kind"] == "scored":
         return f"{metrics['rows']} scored pairs: correlation of the cosine with the score."
+    if metrics["kind"] == "graded":
+        return (
+            f"{metrics['rows']} graded judgements (BEIR): exact cosine top-{metrics['k']} of "
+            "the whole corpus, graded nDCG."
+        )
     return f"{metrics['rows']} {metrics['kind']} rows, exact cosine top-{metrics['k']}."
 
 

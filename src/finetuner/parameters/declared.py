@@ -16,11 +16,15 @@ class DataParameters(Parameters):
     train_data: str = param(
         description="Training data, s3:// or a path: CSV of query,document pairs (text,image "
         "for CLIP), item,label rows or text1,text2,score rows; or JSONL or Parquet with those "
-        "column names.",
+        "column names; or a BEIR folder (corpus.jsonl, queries.jsonl, qrels/train.tsv and "
+        "qrels/test.tsv), which evaluates graded nDCG over its whole corpus.",
         group="data",
     )
     eval_data: str = param(
-        "", "CSV of held-out pairs; empty to hold out val_split of train_data.", "data"
+        "",
+        "CSV of held-out pairs; empty to hold out val_split of train_data. With a BEIR folder: "
+        "a qrels TSV over its corpus and queries; empty for its qrels/test.tsv.",
+        "data",
     )
     val_split: float = param(
         0.2, "Fraction of the queries held out for evaluation when eval_data is empty.", "data"
