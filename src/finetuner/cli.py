@@ -304,6 +304,41 @@ def s3_server_command(args) -> None:
         raise SystemExit(code)
 
 
+def serve_command(args) -> None:
+    from finetuner.serving.server import serve
+
+    serve(
+        args.uri, port=args.port, name=args.name, onnx=args.onnx, int8=args.int8,
+        truncate_dim=args.truncate_dim, max_batch=args.max_batch,
+        max_request_bytes=args.max_request_bytes,
+    )  # fmt: skip
+
+
+def deploy_command(args) -> None:
+    from finetuner.serving.deploy import Deployment, write_manifests
+
+    deployment = Deployment(
+        uri=args.uri, name=args.name, namespace=args.namespace, image=args.image,
+        service_account=args.service_account, s3_secret=args.s3_secret, cpu=args.cpu,
+        memory=args.memory, serve_flags=_serve_flags(args),
+    )  # fmt: skip
+    if not args.dry_run:
+        raise FinetunerError(
+            "deploy writes the manifests for `kubectl apply -f`: add --dry-run (and --output "
+            "FILE to write them to a file)."
+        )
+    where = write_manifests(deployment, args.output)
+    if where:
+        print(f"wrote {where}: apply it with kubectl apply -f {where}", file=sys.stderr)
+
+
+def _serve_flags(args) -> list[str]:
+    flags = ["--onnx"] if args.onnx else ["--int8"] if args.int8 else []
+    if args.truncate_dim is not None:
+        flags += ["--truncate-dim", str(args.truncate_dim)]
+    return flags
+
+
 # Flags named otherwise than their pipeline parameter.
 FLAGS = {"output_uri": "--output", "gpu_count": "--num-gpus"}
 
@@ -526,6 +561,86 @@ def _s3_server_parser(sub) -> None:
     p.set_defaults(func=s3_server_command)
 
 
+def _add_model_flags(p) -> None:
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--onnx", action="store_true", help="serve the ONNX model (onnxruntime)")
+    kind.add_argument(
+        "--int8", action="store_true", help="serve the int8 ONNX model (onnx/model.int8.onnx)"
+    )
+    p.add_argument(
+        "--truncate-dim",
+        type=int,
+        help="serve the first N dimensions of each embedding, renormalised (matryoshka)",
+    )
+
+
+def _serve_parser(sub) -> None:
+    from finetuner.serving.server import (
+        DEFAULT_MAX_BATCH,
+        DEFAULT_MAX_REQUEST_BYTES,
+        DEFAULT_PORT,
+        OPENAI_PATHS,
+    )
+
+    p = sub.add_parser(
+        "serve",
+        help="serve an export over HTTP (KServe v1/v2 predict and OpenAI embeddings)",
+        description="Serve an export (s3:// or a folder) with KServe's ModelServer on "
+        "0.0.0.0:PORT, as the InferenceService of `finetuner deploy` does: "
+        "/v1/models/NAME:predict, /v2/models/NAME/infer, OpenAI-compatible "
+        f"{' and '.join(OPENAI_PATHS)}, and KServe's health routes (/v2/health/live, "
+        "/v2/health/ready, /v2/models/NAME/ready). Texts are sent as strings; images as "
+        "http(s) URLs or data:image/...;base64 URIs.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("uri", help="the export: the output of a run, s3:// or a folder")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="HTTP port")
+    p.add_argument("--name", default="model", help="the model's name in the routes")
+    _add_model_flags(p)
+    p.add_argument(
+        "--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="most inputs in one request"
+    )
+    p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        help="largest request body; a larger one gets 413",
+    )
+    p.set_defaults(func=serve_command)
+
+
+def _deploy_parser(sub) -> None:
+    from finetuner.serving.deploy import DEFAULT_CPU, DEFAULT_IMAGE, DEFAULT_MEMORY, DEFAULT_SECRET
+
+    p = sub.add_parser(
+        "deploy",
+        help="write the KServe InferenceService that serves an export",
+        description="Write a KServe InferenceService (a custom predictor running `finetuner "
+        "serve` in our image, the export as its storageUri) and the ServiceAccount that gives "
+        "KServe's storage initializer the S3 Secret, checked against KServe's and "
+        "Kubernetes' schemas. Apply them with kubectl apply -f.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("uri", help="the export: s3://bucket/prefix of a finished run")
+    p.add_argument("--name", required=True, help="the InferenceService's (and model's) name")
+    p.add_argument("--namespace", help="the namespace (default: kubectl's current one)")
+    p.add_argument("--image", default=DEFAULT_IMAGE, help="the serving image")
+    p.add_argument(
+        "--service-account", help="the ServiceAccount to create and use (default: NAME-s3)"
+    )
+    p.add_argument(
+        "--s3-secret", default=DEFAULT_SECRET, help="the Secret with the S3 endpoint and keys"
+    )
+    p.add_argument("--cpu", default=DEFAULT_CPU, help="CPU request and limit")
+    p.add_argument("--memory", default=DEFAULT_MEMORY, help="memory request and limit")
+    _add_model_flags(p)
+    p.add_argument(
+        "--dry-run", action="store_true", help="write the manifests, apply nothing (required)"
+    )
+    p.add_argument("--output", help="write the YAML to this file (default: standard output)")
+    p.set_defaults(func=deploy_command)
+
+
 # The subcommands in the order `finetuner --help` lists them.
 COMMANDS = (
     _describe_models_parser,
@@ -538,6 +653,8 @@ COMMANDS = (
     _submit_parser,
     _schedule_parser,
     _s3_server_parser,
+    _serve_parser,
+    _deploy_parser,
 )
 
 
