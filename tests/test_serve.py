@@ -203,7 +203,7 @@ def test_serving_a_folder_that_is_no_export_exits_2(tmp_path, capsys):
 
 def test_a_busy_port_exits_2(exported, capsys):
     with socket.socket() as busy:
-        busy.bind(("0.0.0.0", 0))
+        busy.bind(("127.0.0.1", 0))
         busy.listen()
         assert main(["serve", exported, "--port", str(busy.getsockname()[1])]) == 2
     assert "cannot listen there" in capsys.readouterr().err
@@ -222,11 +222,23 @@ def test_deploy_dry_run_writes_a_valid_inference_service(tmp_path, capsys):
     (container,) = predictor["containers"]
     assert container["image"] == "ghcr.io/finetuner-kfp/finetuner:0.1.0"
     assert container["command"] == ["finetuner", "serve", "/mnt/models"]
-    assert container["args"] == ["--port", "8080", "--name", "minilm", "--int8"]
+    assert container["args"] == [
+        "--host", "0.0.0.0", "--port", "8080", "--name", "minilm", "--int8"
+    ]  # fmt: skip
     assert {"name": "STORAGE_URI", "value": "s3://models/runs/one/"} in container["env"]
     assert container["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
     assert main(args) == 2  # never overwrites
     assert "exists" in capsys.readouterr().err
+
+
+def test_deploy_a_version_of_the_model_registry(tmp_path):
+    # The register step prints this URI; KServe's model-registry storage initializer
+    # resolves it to the version's export folder.
+    _, isvc = manifests(Deployment("model-registry://minilm-search/run-7", "minilm"))
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    assert {"name": "STORAGE_URI", "value": "model-registry://minilm-search/run-7"} in (
+        container["env"]
+    )
 
 
 def test_the_schema_checks_catch_what_kubernetes_would_refuse():
@@ -250,6 +262,7 @@ def test_the_schema_checks_catch_what_kubernetes_would_refuse():
         (["./export", "--name", "minilm"], "expected s3://bucket/prefix"),
         (["s3://models/p/", "--name", "MiniLM"], "--name 'MiniLM'"),
         (["s3://models/p/", "--name", "minilm", "--memory", "4 GB"], "not a Kubernetes quantity"),
+        (["model-registry://minilm", "--name", "minilm"], "expected model-registry://NAME/VERSION"),
     ],
 )
 def test_deploy_refuses_bad_input(capsys, flags, says):

@@ -308,7 +308,7 @@ def serve_command(args) -> None:
     from finetuner.serving.server import serve
 
     serve(
-        args.uri, port=args.port, name=args.name, onnx=args.onnx, int8=args.int8,
+        args.uri, port=args.port, host=args.host, name=args.name, onnx=args.onnx, int8=args.int8,
         truncate_dim=args.truncate_dim, max_batch=args.max_batch,
         max_request_bytes=args.max_request_bytes,
     )  # fmt: skip
@@ -576,6 +576,7 @@ def _add_model_flags(p) -> None:
 
 def _serve_parser(sub) -> None:
     from finetuner.serving.server import (
+        DEFAULT_HOST,
         DEFAULT_MAX_BATCH,
         DEFAULT_MAX_REQUEST_BYTES,
         DEFAULT_PORT,
@@ -586,7 +587,7 @@ def _serve_parser(sub) -> None:
         "serve",
         help="serve an export over HTTP (KServe v1/v2 predict and OpenAI embeddings)",
         description="Serve an export (s3:// or a folder) with KServe's ModelServer on "
-        "0.0.0.0:PORT, as the InferenceService of `finetuner deploy` does: "
+        "HOST:PORT, as the InferenceService of `finetuner deploy` does: "
         "/v1/models/NAME:predict, /v2/models/NAME/infer, OpenAI-compatible "
         f"{' and '.join(OPENAI_PATHS)}, and KServe's health routes (/v2/health/live, "
         "/v2/health/ready, /v2/models/NAME/ready). Texts are sent as strings; images as "
@@ -595,6 +596,9 @@ def _serve_parser(sub) -> None:
     )
     p.add_argument("uri", help="the export: the output of a run, s3:// or a folder")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="HTTP port")
+    p.add_argument(
+        "--host", default=DEFAULT_HOST, help="address to listen on; 0.0.0.0 for every one"
+    )
     p.add_argument("--name", default="model", help="the model's name in the routes")
     _add_model_flags(p)
     p.add_argument(

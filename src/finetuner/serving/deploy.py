@@ -20,6 +20,7 @@ DEFAULT_CPU = "2"
 DEFAULT_MEMORY = "4Gi"
 # Where KServe's storage initializer puts the files of STORAGE_URI in a custom container.
 MODEL_DIR = "/mnt/models"
+MODEL_REGISTRY = "model-registry://"
 KUBERNETES_VERSION = "1.30"
 DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 QUANTITY = re.compile(r"(\d+(\.\d+)?|\.\d+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?")
@@ -48,11 +49,23 @@ def _check_name(value: str, what: str, limit: int = 63) -> None:
 
 
 def _check(d: Deployment) -> None:
+    if d.uri.startswith(MODEL_REGISTRY):
+        # A version in Kubeflow Model Registry, resolved by its storage initializer.
+        if not re.fullmatch(rf"{MODEL_REGISTRY}[^/]+/[^/]+", d.uri):
+            raise FinetunerError(
+                f"{d.uri}: expected {MODEL_REGISTRY}NAME/VERSION, as the register step prints."
+            )
+        return _check_names_and_resources(d)
     storage.check_uri(d.uri, "uri", need_key=False)
     if not storage.is_s3(d.uri):
         raise FinetunerError(
-            f"{d.uri}: a cluster reads the export from object storage; expected s3://bucket/prefix."
+            f"{d.uri}: a cluster reads the export from object storage; expected "
+            f"s3://bucket/prefix or {MODEL_REGISTRY}NAME/VERSION."
         )
+    _check_names_and_resources(d)
+
+
+def _check_names_and_resources(d: Deployment) -> None:
     # KServe appends "-predictor" and more to the name: 45 keeps the derived names legal.
     _check_name(d.name, "--name", 45)
     for value, what in ((d.namespace, "--namespace"), (d.service_account, "--service-account")):
@@ -87,7 +100,16 @@ def manifests(d: Deployment) -> list[dict]:
         "name": "kserve-container",
         "image": d.image,
         "command": ["finetuner", "serve", MODEL_DIR],
-        "args": ["--port", str(DEFAULT_PORT), "--name", d.name, *d.serve_flags],
+        # In a pod the server listens on every address (the cluster routes to it).
+        "args": [
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(DEFAULT_PORT),
+            "--name",
+            d.name,
+            *d.serve_flags,
+        ],  # fmt: skip
         # KServe downloads STORAGE_URI into /mnt/models before the container starts.
         "env": [{"name": "STORAGE_URI", "value": d.uri}],
         "ports": [{"containerPort": DEFAULT_PORT, "protocol": "TCP"}],

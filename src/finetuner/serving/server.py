@@ -25,6 +25,8 @@ from finetuner.serving.encoder import BadRequest, Encoder
 
 MiB = 1024 * 1024
 DEFAULT_PORT = 8080
+# Loopback on a workstation; the InferenceService's container passes --host 0.0.0.0.
+DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_BATCH = 256
 DEFAULT_MAX_REQUEST_BYTES = 32 * MiB
 OPENAI_PATHS = ("/openai/v1/embeddings", "/v1/embeddings")
@@ -216,22 +218,36 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body.encode()})
 
 
-def check_port(port: int) -> None:
+def check_port(port: int, host: str = DEFAULT_HOST) -> None:
     if not 0 < port < 65536:
         raise FinetunerError(f"--port {port}: valid ports are 1 to 65535.")
     with socket.socket() as probe:
         try:
-            probe.bind(("0.0.0.0", port))
+            probe.bind((host, port))
         except OSError as error:
             raise FinetunerError(
-                f"--port {port}: cannot listen there ({error.strerror})."
+                f"--host {host} --port {port}: cannot listen there ({error.strerror})."
             ) from None
+
+
+def listen_on(kserve, host: str) -> None:
+    """KServe's REST server always listens on 0.0.0.0: right in a pod, too open on a
+    workstation. Its uvicorn config is read when the server starts, so set its host there."""
+    base = kserve.model_server.RESTServer
+
+    class RESTServer(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.config.host = host
+
+    kserve.model_server.RESTServer = RESTServer
 
 
 def serve(
     uri: str,
     *,
     port: int = DEFAULT_PORT,
+    host: str = DEFAULT_HOST,
     name: str = "model",
     onnx: bool = False,
     int8: bool = False,
@@ -244,9 +260,10 @@ def serve(
         raise FinetunerError(f"--max-batch {max_batch}: valid: 1 or more.")
     if max_request_bytes < 1024:
         raise FinetunerError(f"--max-request-bytes {max_request_bytes}: valid: 1024 or more.")
-    check_port(port)
+    check_port(port, host)
     encoder = Encoder(uri, onnx=onnx, int8=int8, truncate_dim=truncate_dim, max_batch=max_batch)
     kserve = _import_kserve()
+    listen_on(kserve, host)
     predictor = predictor_class()(name, encoder)
     app = kserve.model_server.app
     add_openai_routes(app, predictor)
@@ -254,7 +271,7 @@ def serve(
     towers = ", ".join(t for t in encoder.towers if t)
     print(
         f"serving {uri} as {name!r}{f' ({towers})' if towers else ''}, {encoder.dim} "
-        f"dimensions, on port {port}: /v1/models/{name}:predict, /v2/models/{name}/infer, "
+        f"dimensions, on {host}:{port}: /v1/models/{name}:predict, /v2/models/{name}/infer, "
         f"{' and '.join(OPENAI_PATHS)}",
         flush=True,
     )
