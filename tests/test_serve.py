@@ -2,6 +2,7 @@
 and `finetuner deploy`'s manifests checked against KServe's and Kubernetes' schemas."""
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -268,3 +269,47 @@ def test_the_schema_checks_catch_what_kubernetes_would_refuse():
 def test_deploy_refuses_bad_input(capsys, flags, says):
     assert main(["deploy", *flags, "--dry-run"]) == 2
     assert says in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def image_export(tmp_path_factory):
+    from finetuner import models
+
+    folder = tmp_path_factory.mktemp("image-export") / "out"
+    export(models.pretrained(lookup("efficientnet-lite0")), METRICS, str(folder))
+    return str(folder)
+
+
+def test_image_models_take_data_uris_and_refuse_what_training_data_may_not_be(
+    image_export, tmp_path
+):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from finetuner.serving.encoder import BadRequest
+
+    rng = np.random.default_rng(0)
+    files, uris = [], []
+    for i in range(2):
+        image = Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        (path := tmp_path / f"{i}.png").write_bytes(buffer.getvalue())
+        files.append(str(path))
+        uris.append("data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode())
+    encoder = Encoder(image_export, max_batch=MAX_BATCH)
+    expected = finetuner.encode(finetuner.get_model(image_export), files)
+    np.testing.assert_allclose(encoder.encode(uris), expected, atol=1e-5)
+    # The rules of training data: no loopback or private address, no local file, no bucket.
+    for item, says in [
+        ("http://127.0.0.1:9/x.png", "127.0.0.1"),
+        (files[0], "reads no local files"),
+        ("s3://bucket/x.png", "reads no local files"),
+        ("data:text/plain;base64,aGk=", "data:image/<type>;base64"),
+        ("data:image/png;base64,!!!", "not valid base64"),
+        ("data:image/png;base64," + base64.b64encode(b"not a png").decode(), "input[0]"),
+    ]:
+        with pytest.raises(BadRequest, match=re.escape(says)):
+            encoder.encode([item])
