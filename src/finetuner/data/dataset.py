@@ -30,6 +30,9 @@ from finetuner.errors import FinetunerError
 from finetuner.io.staging import stage_dir
 
 KIND_KEY = b"finetuner.kind"
+# A column that pairs may carry besides their own: each row's mined hard negatives, a list
+# of documents (finetuner.synthesis.hard_negatives), which the training adds to the batch.
+NEGATIVES = "negatives"
 ROWS_PER_SHARD = 250_000
 BATCH_ROWS = 8192
 BAD_ROW_SAMPLES = 20
@@ -410,12 +413,18 @@ class Dataset:
     def __len__(self) -> int:
         return self.table.num_rows
 
+    @property
+    def has_negatives(self) -> bool:
+        """Whether each row carries its mined hard negatives, as its last value."""
+        return NEGATIVES in self.table.column_names
+
     def column(self, name: str) -> list:
         return self.table.column(name).to_pylist()
 
     def rows(self, indices: list[int]) -> list[tuple]:
         part = self.table.take(indices)
-        return list(zip(*(part.column(n).to_pylist() for n in KINDS[self.kind]), strict=True))
+        columns = (part.column(n).to_pylist() for n in self.table.column_names)
+        return list(zip(*columns, strict=True))
 
 
 def load(folder: str | Path) -> Dataset:
@@ -424,7 +433,10 @@ def load(folder: str | Path) -> Dataset:
     dataset = ds.dataset(str(folder), format="parquet")
     metadata = dataset.schema.metadata or {}
     kind = metadata.get(KIND_KEY, b"pairs").decode()
-    return Dataset(kind, dataset.to_table(columns=list(KINDS[kind])))
+    columns = list(KINDS[kind])
+    if kind == "pairs" and NEGATIVES in dataset.schema.names:
+        columns.append(NEGATIVES)
+    return Dataset(kind, dataset.to_table(columns=columns))
 
 
 def from_rows(rows: list[tuple], kind: str = "pairs") -> Dataset:
