@@ -140,3 +140,31 @@ def test_mnrl_takes_the_negatives_and_leaves_out_excluded_ones():
     assert with_negatives > plain  # more candidates to beat
     none_count = torch.ones(3, 4, dtype=torch.bool)
     torch.testing.assert_close(mnrl(q, d, n, none_count), plain)
+
+
+def test_fit_mines_hard_negatives_in_the_pipeline(pairs_csv, tmp_path, capfd):
+    import finetuner
+
+    output = tmp_path / "model"
+    run = finetuner.fit(
+        model="minilm-l6-en",
+        train_data=str(pairs_csv(40)),
+        output=str(output),
+        batch_size=8,
+        max_length=24,
+        epochs=1,
+        eval_k=3,
+        hard_negatives=2,
+        hard_negatives_range_min=1,
+        hard_negatives_range_max=6,
+        hard_negatives_margin=0.05,
+    )
+    assert run.status == "FINISHED" and (output / "manifest.json").exists()
+    logs = capfd.readouterr().err
+    assert "[hard negatives] " in logs and "negatives for " in logs
+    # Refused before anything runs: the loss does not take the mined negatives.
+    with pytest.raises(FinetunerError, match="mined hard negatives train with"):
+        finetuner.fit(
+            "minilm-l6-en", str(pairs_csv(40)), str(tmp_path / "m2"), hard_negatives=2,
+            loss="TripletMarginLoss",
+        )  # fmt: skip

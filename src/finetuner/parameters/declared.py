@@ -238,7 +238,8 @@ class TrainOptions(Parameters):
     hard_negatives: int = param(
         0,
         "Hard negatives mined from the corpus (the documents of the train pairs) per query, "
-        "before training, for MultipleNegativesRankingLoss; 0: off, in-batch negatives only.",
+        "before training, for MultipleNegativesRankingLoss; 0: off, the batch's other documents "
+        "only.",
         "training",
         why="each query's mined negatives join its batch's documents; 0 turns mining off",
         ge=0,
