@@ -142,27 +142,32 @@ def test_mnrl_takes_the_negatives_and_leaves_out_excluded_ones():
     torch.testing.assert_close(mnrl(q, d, n, none_count), plain)
 
 
-def test_fit_mines_hard_negatives_in_the_pipeline(pairs_csv, tmp_path, capfd):
-    import finetuner
+def test_the_pipeline_mines_hard_negatives_before_training(pairs_csv, tmp_path):
+    """One kfp.local run of the finetune pipeline (what `fit` runs), with its pipeline root
+    kept to read the dataset that the train step got."""
+    import pyarrow.dataset as ds
 
-    output = tmp_path / "model"
-    run = finetuner.fit(
-        model="minilm-l6-en",
-        train_data=str(pairs_csv(40)),
-        output=str(output),
-        batch_size=8,
-        max_length=24,
-        epochs=1,
-        eval_k=3,
-        hard_negatives=2,
-        hard_negatives_range_min=1,
-        hard_negatives_range_max=6,
-        hard_negatives_margin=0.05,
-    )
+    import finetuner
+    from finetuner.launch.local import run_pipeline
+
+    output, root = tmp_path / "model", tmp_path / "root"
+    run = run_pipeline(
+        dict(
+            model="minilm-l6-en", train_data=str(pairs_csv(40)), output_uri=str(output),
+            batch_size=8, max_length=24, epochs=1, eval_k=3, hard_negatives=2,
+            hard_negatives_range_min=1, hard_negatives_range_max=6, hard_negatives_margin=0.05,
+        ),
+        pipeline_root=str(root),
+    )  # fmt: skip
     assert run.status == "FINISHED" and (output / "manifest.json").exists()
-    logs = capfd.readouterr().err
-    assert "[hard negatives] " in logs and "negatives for " in logs
-    # Refused before anything runs: the loss does not take the mined negatives.
+    [mined] = [p for p in root.rglob("mined_dataset") if p.is_dir()]
+    table = ds.dataset(str(mined), format="parquet").to_table()
+    negatives = table.column("negatives").to_pylist()
+    documents = dict.fromkeys(table.column("document").to_pylist())
+    assert any(negatives) and all(len(n) <= 2 and set(n) <= set(documents) for n in negatives)
+    for _query, document, found in zip(*table.columns, strict=True):
+        assert document.as_py() not in found.as_py()
+    # Refused through fit before anything runs: the loss does not take the mined negatives.
     with pytest.raises(FinetunerError, match="mined hard negatives train with"):
         finetuner.fit(
             "minilm-l6-en", str(pairs_csv(40)), str(tmp_path / "m2"), hard_negatives=2,
