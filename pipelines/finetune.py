@@ -1,5 +1,5 @@
-"""The `finetune` pipeline: catalogue-lookup -> claim-output -> preprocess -> train -> evaluate
--> export -> promote -> register (when a registered model is named)."""
+"""The `finetune` pipeline: catalogue-lookup -> claim-output -> preprocess -> mine-negatives
+-> train -> evaluate -> export -> promote -> register (when a registered model is named)."""
 
 from kfp import dsl
 
@@ -7,6 +7,7 @@ from finetuner.components.catalogue_lookup import catalogue_lookup
 from finetuner.components.claim import claim_step
 from finetuner.components.evaluate import evaluate
 from finetuner.components.export import export
+from finetuner.components.mine_negatives import mine_negatives
 from finetuner.components.preprocess import preprocess
 from finetuner.components.promote import promote as promote_step
 from finetuner.components.register import register_step
@@ -44,9 +45,15 @@ def finetune(p: dict):
         seed=p["seed"],
         data_options=p["data_options"],
     ).after(claimed)
-    trained = train(
+    # Hard negatives mined from the train pairs' documents; the dataset as it is when off.
+    mined = mine_negatives(
         model_spec=lookup.output,
         train_dataset=data.outputs["train_dataset"],
+        options=training_options(p),
+    )
+    trained = train(
+        model_spec=lookup.output,
+        train_dataset=mined.outputs["mined_dataset"],
         eval_dataset=data.outputs["eval_dataset"],
         options=training_options(p),
         **struct_options(p),
@@ -81,7 +88,7 @@ def finetune(p: dict):
         force_claim=p["force_claim"],
     )
     gate.set_caching_options(False)
-    tasks = [lookup, claimed, data, trained, evaluated, exported, gate]
+    tasks = [lookup, claimed, data, mined, trained, evaluated, exported, gate]
     tasks += register_step(p, exported, evaluated, data, gate)
     # Every step that may read or write s3:// URIs; evaluate reads only KFP artifacts,
     # but model weights may come from an S3 mirror.

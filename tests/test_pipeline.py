@@ -50,8 +50,8 @@ def test_compiled_yaml_parses_strictly_with_dropdowns_and_descriptions():
         assert parameters[name].description, name
     tasks = spec.root.dag.tasks
     assert set(tasks) == {
-        "catalogue-lookup", "claim-output", "preprocess", "train", "evaluate", "export",
-        "promote",
+        "catalogue-lookup", "claim-output", "preprocess", "mine-negatives", "train",
+        "evaluate", "export", "promote",
     }  # fmt: skip
     assert not tasks["train"].caching_options.enable_cache
     # The output is claimed, by a step that always runs, before the data is read; every step

@@ -39,6 +39,10 @@ STORED = {
     "corpus": ("document_id", "document"),
 }
 CORPUS_FOLDER = "_corpus"  # a leading '_' keeps its shards out of the judgements' dataset
+
+# A column that pairs may carry besides their own: each row's mined hard negatives, a list
+# of documents (finetuner.synthesis.hard_negatives), which the training adds to the batch.
+NEGATIVES = "negatives"
 ROWS_PER_SHARD = 250_000
 BATCH_ROWS = 8192
 BAD_ROW_SAMPLES = 20
@@ -420,12 +424,18 @@ class Dataset:
     def __len__(self) -> int:
         return self.table.num_rows
 
+    @property
+    def has_negatives(self) -> bool:
+        """Whether each row carries its mined hard negatives, as its last value."""
+        return NEGATIVES in self.table.column_names
+
     def column(self, name: str) -> list:
         return self.table.column(name).to_pylist()
 
     def rows(self, indices: list[int]) -> list[tuple]:
         part = self.table.take(indices)
-        return list(zip(*(part.column(n).to_pylist() for n in STORED[self.kind]), strict=True))
+        columns = (part.column(n).to_pylist() for n in self.table.column_names)
+        return list(zip(*columns, strict=True))
 
     def corpus_items(self) -> tuple[list[str], list[str]]:
         """Graded data: the ids and the texts of its corpus."""
@@ -444,6 +454,11 @@ def load(folder: str | Path) -> Dataset:
     if kind == "graded":
         corpus = ds.dataset(str(Path(folder, CORPUS_FOLDER)), format="parquet").to_table()
     return Dataset(kind, dataset.to_table(columns=list(STORED[kind])), corpus)
+
+    columns = list(KINDS[kind])
+    if kind == "pairs" and NEGATIVES in dataset.schema.names:
+        columns.append(NEGATIVES)
+    return Dataset(kind, dataset.to_table(columns=columns))
 
 
 def from_rows(rows: list[tuple], kind: str = "pairs") -> Dataset:

@@ -49,6 +49,7 @@ def preflight(params: dict) -> dict:
     from finetuner.export.model_registry import check_registry
     from finetuner.export.promote import check_metric_name, run_output
     from finetuner.orchestration.steps import catalogue_lookup
+    from finetuner.synthesis import hard_negatives
     from finetuner.training.loop import TrainConfig
 
     unknown = set(params) - set(Finetune.model_fields)
@@ -101,6 +102,8 @@ def preflight(params: dict) -> dict:
                 split = params["val_split"] if held_out else None
                 role = "train" if name == "train_data" else "eval"
                 kind = check_data(uri, ModelSpec(**spec), opts, config, split, role)
+                if role == "train":
+                    hard_negatives.check_options(config, ModelSpec(**spec), kind)
                 # What the callbacks watch must be reported each epoch.
                 config.monitors(kind if config.evaluate_every_epoch else None)
     except BaseException:

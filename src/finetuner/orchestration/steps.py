@@ -154,6 +154,43 @@ def preprocess(
     return {**result.counts, "sources": sources}
 
 
+def mine_negatives(
+    model_spec: dict, train_path: str, options: dict, out_path: str, report_out: str
+) -> dict:
+    """Mine hard negatives for the train pairs (finetuner.synthesis.hard_negatives) when the
+    training options turn it on (hard_negatives > 0), writing the pairs with their
+    negatives to out_path; else pass the dataset through unchanged. The counts."""
+    from finetuner.data import dataset
+    from finetuner.synthesis import hard_negatives
+    from finetuner.training.loop import TrainConfig
+
+    config = TrainConfig.from_strings(options).validate()
+    spec = ModelSpec(**model_spec)
+    opts = hard_negatives.check_options(config, spec, dataset.load(train_path).kind)
+    if opts is None:
+        _link_tree(train_path, out_path)
+        Path(report_out).write_text("# Hard negatives\n\nOff (hard_negatives is 0).\n")
+        return {"hard_negatives": 0}
+    mined = hard_negatives.mine_dataset(spec, train_path, out_path, opts, seed=config.seed)
+    Path(report_out).write_text(mined.report())
+    return mined.counts
+
+
+def _link_tree(source: str, target: str) -> None:
+    """The dataset folder at `source`, at `target` too: hard links where the file system
+    allows, else copies."""
+    import os
+    import shutil
+
+    def link(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=link, dirs_exist_ok=True)
+
+
 def train(
     model_spec: dict,
     train_path: str,

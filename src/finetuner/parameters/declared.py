@@ -238,6 +238,61 @@ class TrainOptions(Parameters):
         ge=1,
     )
     seed: int = param(42, "Seed of the split, shuffling and initialisation.", "training")
+    # -- hard negatives
+    hard_negatives: int = param(
+        0,
+        "Hard negatives mined from the corpus (the documents of the train pairs) per query, "
+        "before training, for MultipleNegativesRankingLoss; 0: off, the batch's other documents "
+        "only.",
+        "training",
+        why="each query's mined negatives join its batch's documents; 0 turns mining off",
+        ge=0,
+        le=64,
+    )
+    hard_negatives_miner: str = param(
+        "auto",
+        "The text model that retrieves the candidates: auto, the model being trained (before "
+        "training); or a catalogue name, e.g. sbert-base-en.",
+        "training",
+    )
+    hard_negatives_range_min: int = param(
+        0,
+        "Candidates skipped first: those ranked 0 to range_min - 1 by the miner (the query's "
+        "positives are never ranked).",
+        "training",
+        why="it is a rank, counted from 0",
+        ge=0,
+    )
+    hard_negatives_range_max: int = param(
+        50,
+        "Candidates ranked range_max and below are not considered; at least range_min + "
+        "hard_negatives.",
+        "training",
+        why="it is a rank, counted from 0",
+        ge=1,
+        le=1000,
+    )
+    hard_negatives_margin: float | NoneWord = param(
+        "none",
+        "A candidate stays a negative only if it scores below each positive of its query by "
+        "this margin (see hard_negatives_margin_kind); none: no margin (0 with a "
+        "cross-encoder).",
+        "training",
+        why="a margin below 0 would keep candidates scored above the positive",
+        ge=0,
+    )
+    hard_negatives_margin_kind: Literal["absolute", "relative"] = param(
+        "absolute",
+        "absolute: score <= positive - margin; relative: score <= positive - |positive| x margin.",
+        "training",
+    )
+    hard_negatives_cross_encoder: str = param(
+        "",
+        "Catalogue name of a cross-encoder that rescores the positives and candidates, the "
+        "margin then applying to its scores, which drops false negatives; empty: the miner's "
+        "cosines.",
+        "training",
+    )
     evaluate_every_epoch: bool = param(
         True,
         "Compute the retrieval metrics on the eval data after every epoch (logged per epoch; "

@@ -250,9 +250,12 @@ class RunningTopK:
     queries x k scores and ids, and works on QUERY_BLOCK x (k + chunk) scores at a time,
     whatever the corpus size.
 
-    `self_index[i]` is the corpus row that query i must not find (its own text), or -1."""
+    `self_index[i]` is the corpus row that query i must not find (its own text), or -1.
+    `exclude` is a (query row, corpus row) pair of index tensors, of any number of pairs
+    that must not be found either (hard negative mining: a query's positives); their
+    scores are kept aside, in `excluded_scores`, in the pairs' order."""
 
-    def __init__(self, queries, k: int, self_index=None):
+    def __init__(self, queries, k: int, self_index=None, exclude=None):
         import torch
 
         self.queries = queries  # (n, d) unit-length float32 tensor
@@ -261,6 +264,23 @@ class RunningTopK:
         self.scores = torch.full((n, k), -torch.inf)
         self.indices = torch.full((n, k), -1, dtype=torch.long)
         self.self_index = self_index if self_index is not None else torch.full((n,), -1)
+        self.exclude = None
+        if exclude is not None:  # sorted by corpus row, then query row: sliced per chunk
+            query_rows, corpus_rows = exclude
+            self.exclude_order = torch.argsort(corpus_rows * n + query_rows)
+            self.exclude = (query_rows[self.exclude_order], corpus_rows[self.exclude_order])
+            self.excluded_scores = torch.full((len(query_rows),), -torch.inf)
+
+    def _excluded_in(self, offset: int, width: int):
+        """The excluded pairs whose corpus row is in this chunk, sorted by query row: their
+        query rows, their columns in the chunk, and their places in `excluded_scores`."""
+        import torch
+
+        query_rows, corpus_rows = self.exclude
+        lo, hi = torch.searchsorted(corpus_rows, torch.tensor([offset, offset + width])).tolist()
+        by_query = torch.argsort(query_rows[lo:hi], stable=True)
+        at = torch.arange(lo, hi)[by_query]
+        return query_rows[at], corpus_rows[at] - offset, self.exclude_order[at]
 
     def add(self, chunk, offset: int) -> None:
         """Merge the corpus rows offset..offset+len(chunk) (their embeddings)."""
@@ -268,9 +288,16 @@ class RunningTopK:
 
         width = len(chunk)
         ids = torch.arange(offset, offset + width)
+        if self.exclude is not None:
+            ex_query, ex_column, ex_place = self._excluded_in(offset, width)
         for start in range(0, len(self.queries), QUERY_BLOCK):
             block = slice(start, start + QUERY_BLOCK)
             scores = self.queries[block] @ chunk.T
+            if self.exclude is not None:  # before the own texts, which may be among them
+                lo, hi = torch.searchsorted(ex_query, torch.tensor([start, start + QUERY_BLOCK]))
+                q, c = ex_query[lo:hi] - start, ex_column[lo:hi]
+                self.excluded_scores[ex_place[lo:hi]] = scores[q, c]
+                scores[q, c] = -torch.inf
             own = self.self_index[block] - offset
             rows = torch.nonzero((own >= 0) & (own < width)).flatten()
             scores[rows, own[rows]] = -torch.inf
@@ -296,25 +323,29 @@ class RunningTopK:
 def mine(
     miner, queries: list[str], corpus: list[str], k: int, self_index: list[int],
     batch_size: int = 64, chunk: int = CORPUS_CHUNK, timings: dict | None = None,
-    device: str = "cpu",
+    device: str = "cpu", *, exclude=None, document_miner=None,
+    label: str = "synthesize: mine",
 ) -> RunningTopK:  # fmt: skip
-    """The relation miner's top-k corpus rows for each query (exact cosine)."""
+    """The relation miner's top-k corpus rows for each query (exact cosine). `exclude`
+    and `self_index` are RunningTopK's; `document_miner` embeds the corpus where it is not
+    the miner (a two-tower model's document side)."""
     import torch
 
     from finetuner.io.progress import Progress
 
     timings = timings if timings is not None else {}
+    document_miner = document_miner or miner
     started = time.perf_counter()
     query_emb = torch.from_numpy(miner.encode(queries, batch_size=batch_size, device=device))
     timings["seconds_embed_queries"] = time.perf_counter() - started
-    top = RunningTopK(query_emb, k, torch.tensor(self_index, dtype=torch.long))
+    top = RunningTopK(query_emb, k, torch.tensor(self_index, dtype=torch.long), exclude)
     chunks = range(0, len(corpus), chunk)
-    progress = Progress(len(chunks), every=1, label="synthesize: mine")
+    progress = Progress(len(chunks), every=1, label=label)
     embed = rank = 0.0
     for step, start in enumerate(chunks, 1):
         t0 = time.perf_counter()
         texts = corpus[start : start + chunk]
-        emb = torch.from_numpy(miner.encode(texts, batch_size=batch_size, device=device))
+        emb = torch.from_numpy(document_miner.encode(texts, batch_size=batch_size, device=device))
         t1 = time.perf_counter()
         top.add(emb, start)
         rank += time.perf_counter() - t1

@@ -22,6 +22,7 @@ from finetuner.training.losses import build_loss, check_loss, loss_for
 from finetuner.training.optim import build_optimizer, build_scheduler, optimizer_options, steps_for
 
 WORKERS_FROM_ROWS = 256
+HARD_NEGATIVES_LOSS = "MultipleNegativesRankingLoss"  # the loss that takes mined negatives
 
 
 def family_defaults(family: str) -> dict:
@@ -237,7 +238,29 @@ def batch_loss(
         negative = _embed(document_side, rows, 2, prepared, device, buckets)
         margins = torch.tensor([r[3] for r in rows], device=device, dtype=torch.float32)
         return loss_fn(first, second, negative, margins)
+    if len(rows[0]) > 2:  # pairs with their mined hard negatives (text), as a last value
+        mined = [text for r in rows for text in r[2]]
+        if mined:
+            negatives = document_side.embed(mined, device, buckets).float()
+            return loss_fn(first, second, negatives, _positive_negatives(rows, mined, device))
     return loss_fn(first, second)
+
+
+def _positive_negatives(rows: list[tuple], mined: list[str], device: str):
+    """[i, j]: whether mined negative j of the batch is a positive of row i's query in this
+    batch (another query's negative, here a positive): it must not count against row i."""
+    import torch
+
+    positives: dict[str, set] = {}
+    for query, document, *_ in rows:
+        positives.setdefault(query, set()).add(document)
+    mask = torch.zeros(len(rows), len(mined), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        own = positives[row[0]]
+        for j, text in enumerate(mined):
+            if text in own:
+                mask[i, j] = True
+    return mask.to(device)
 
 
 @dataclass
@@ -440,6 +463,12 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
     label_ids = None
     if data.kind == "labeled":
         label_ids = {label: i for i, label in enumerate(dict.fromkeys(data.column("label")))}
+    if getattr(data, "has_negatives", False) and loss_name != HARD_NEGATIVES_LOSS:
+        raise FinetunerError(
+            f"parameter loss: the train data carries mined hard negatives, which train with "
+            f"{HARD_NEGATIVES_LOSS} only, not {loss_name}; set loss to auto or "
+            f"{HARD_NEGATIVES_LOSS}, or hard_negatives to 0."
+        )
     loss_fn = build_loss(
         loss_name, model, data.kind, config.loss_options, config.miner, config.miner_options,
         embedding_dim=model.spec.output_dim, num_classes=len(label_ids or ()) or None,

@@ -1,6 +1,8 @@
 """Losses, chosen by name with an options dict, for each kind of training data.
 
 - pairs (query, document): loss(q_emb, d_emb); the other documents of a batch are negatives;
+  pairs with mined hard negatives: MNRL(q_emb, d_emb, negatives_emb), the batch's negatives
+  joining its documents as candidates;
 - labeled (item, label): loss(emb, labels), labels as integer ids;
 - scored (text1, text2, score): loss(emb1, emb2, scores);
 - margins (query, positive, negative, margin): loss(q, pos, neg, margins), for
@@ -277,9 +279,16 @@ def _own_loss(name: str, model, kind: str, options: dict):
     if name == "MultipleNegativesRankingLoss":
         scale = options["scale"]
 
-        def mnrl(q, d):
-            # Every other document in the batch is a negative for each query.
+        def mnrl(q, d, negatives=None, excluded=None):
+            # Every other document in the batch is a negative for each query, and so is
+            # every mined hard negative of the batch (finetuner.synthesis.hard_negatives)
+            # but those `excluded` for a query ([i, j]: negative j is a positive of query i).
             scores = q @ d.T * scale
+            if negatives is not None:
+                extra = q @ negatives.T * scale
+                if excluded is not None:
+                    extra = extra.masked_fill(excluded, -torch.inf)
+                scores = torch.cat([scores, extra], dim=1)
             return F.cross_entropy(scores, torch.arange(len(q), device=q.device))
 
         return mnrl
