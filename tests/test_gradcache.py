@@ -118,3 +118,19 @@ def test_a_model_with_batch_statistics_is_refused():
     with pytest.raises(FinetunerError, match="mini_batch_size: pointnet models normalise"):
         check_model(net, "pointnet")
     check_model(net.eval(), "pointnet")  # BatchNorm with fixed statistics (cnn) is fine
+
+
+def test_fit_trains_with_gradcache_through_the_pipeline(pairs_csv, tmp_path, capfd, caplog):
+    import finetuner
+
+    train_csv = pairs_csv(24)
+    with pytest.raises(FinetunerError, match="mini_batch_size"):
+        finetuner.fit("minilm-l6-en", str(train_csv), str(tmp_path / "no"), mini_batch_size=-1)
+    run = finetuner.fit(
+        "minilm-l6-en", str(train_csv), str(tmp_path / "model"), val_split=0.25, epochs=1,
+        batch_size=9, mini_batch_size=4, max_length=16,
+    )  # fmt: skip
+    assert run.status == "FINISHED" and "ndcg@10" in run.metrics()["after"]
+    # The train step's own line (kfp.local logs it): 18 rows, two batches of up to 9.
+    logs = capfd.readouterr().err + caplog.text
+    assert "batches of up to 9 in mini-batches of 4 (GradCache), 2 steps" in logs

@@ -522,7 +522,9 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
     scheduler = _scheduler(config, optimizers[0], total, len(epoch))
     print(
         f"training on {len(data)} {data.kind} rows: {loss_name}, {sampler} batches of up to "
-        f"{config.batch_size}, {total} steps on {device}",
+        f"{config.batch_size}"
+        + (f" in mini-batches of {config.mini_batch_size} (GradCache)" if cached else "")
+        + f", {total} steps on {device}",
         file=sys.stderr,
         flush=True,
     )
