@@ -120,7 +120,7 @@ def test_a_model_with_batch_statistics_is_refused():
     check_model(net.eval(), "pointnet")  # BatchNorm with fixed statistics (cnn) is fine
 
 
-def test_fit_trains_with_gradcache_through_the_pipeline(pairs_csv, tmp_path, capfd, caplog):
+def test_fit_trains_with_gradcache_through_the_pipeline(pairs_csv, tmp_path):
     import finetuner
 
     train_csv = pairs_csv(24)
@@ -131,6 +131,3 @@ def test_fit_trains_with_gradcache_through_the_pipeline(pairs_csv, tmp_path, cap
         batch_size=9, mini_batch_size=4, max_length=16,
     )  # fmt: skip
     assert run.status == "FINISHED" and "ndcg@10" in run.metrics()["after"]
-    # The train step's own line (kfp.local logs it): 18 rows, two batches of up to 9.
-    logs = capfd.readouterr().err + caplog.text
-    assert "batches of up to 9 in mini-batches of 4 (GradCache), 2 steps" in logs
