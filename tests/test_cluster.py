@@ -17,7 +17,7 @@ from finetuner.orchestration.cluster import S3_SECRET_KEYS
 COMPILED = Path(__file__).resolve().parent.parent / "pipelines" / "finetune.yaml"
 S3_STEPS = {
     "catalogue-lookup", "claim-output", "preprocess", "train", "evaluate", "export", "promote",
-    "register",
+    "register", "mine-negatives",
 }  # fmt: skip
 
 

@@ -221,6 +221,69 @@ def test_two_processes_train_both_towers_of_clip_alike(tmp_path, monkeypatch):
         np.testing.assert_array_equal(value, second["state"][name], err_msg=name)
 
 
+def _one_step(ctx, spec: dict, shares: list, mini_batch_size: int) -> dict:
+    """One MultipleNegativesRankingLoss step on this process's share of the rows (all of
+    them without `ctx`): the loss and the gradients it leaves."""
+    from finetuner import models
+    from finetuner.catalogue import ModelSpec
+    from finetuner.training.gradcache import GradCache
+    from finetuner.training.loop import batch_loss, embed_column, loss_of
+    from finetuner.training.losses import build_loss
+
+    torch.manual_seed(0 if ctx is None else ctx.rank)  # the head's random start differs
+    model = models.pretrained(ModelSpec(**spec))
+    embedder = model.embedder.train()
+    rows = [r for share in shares for r in share] if ctx is None else shares[ctx.rank]
+    loss_fn = build_loss("MultipleNegativesRankingLoss", model, "pairs")
+    if mini_batch_size:
+        step = GradCache(
+            embedder, "minilm-l6-en", 2, mini_batch_size, "cpu",
+            embed=lambda c, rows, prepared: embed_column(model, c, rows, prepared, "cpu", 1),
+            loss=lambda embeddings, rows: loss_of("pairs", loss_fn, embeddings, rows, "cpu",
+                                                  parallel=ctx),
+            parallel=ctx, modules=[embedder],
+        )  # fmt: skip
+        loss = step(rows, {})
+    else:
+
+        def forward(rows):
+            return batch_loss("pairs", model, loss_fn, rows, "cpu", 1, {}, parallel=ctx)
+
+        step = forward if ctx is None else ctx.data_parallel([embedder], forward)
+        loss = step(rows)
+        loss.backward()  # while `step` lives: its backward pass averages the gradients
+    grads = {n: p.grad.numpy().copy() for n, p in embedder.named_parameters() if p.grad is not None}
+    return {"loss": loss.item(), "grads": grads}
+
+
+@pytest.mark.parametrize("mini_batch_size", [0, 3], ids=["plain", "gradcache"])
+def test_two_processes_step_as_one_on_the_concatenated_batch(mini_batch_size, tmp_path):
+    """In-batch negatives are the global batch's: a step of two processes, with 6 and 4
+    pairs, has the loss and the gradients of one process's step on the 10 pairs (with
+    GradCache too, in mini-batches of 3). Without the gather, each query would have only
+    its own process's documents as negatives, a loss of other values."""
+    import numpy as np
+
+    spec = lookup(
+        "minilm-l6-en", max_length=16, weights=str(_bert(tmp_path / "bert")),
+        model_options={"output_dim": 8},
+    ).model_dump()  # fmt: skip
+    words = "the a cat sat on mat dog ran far away under blue sky".split()
+    pairs = [(" ".join(words[: 2 + i % 11]), " ".join(words[i % 5 :])) for i in range(10)]
+    shares = [pairs[:6], pairs[6:]]
+    single = _one_step(None, spec, shares, 0)
+    parallel = _spawn(_one_step, spec, shares, mini_batch_size)
+    alone = [_one_step(None, spec, [share], 0)["loss"] for share in shares]
+    assert not np.isclose(np.mean(alone), single["loss"], rtol=1e-3)
+    for result in parallel:
+        np.testing.assert_allclose(result["loss"], single["loss"], rtol=1e-5)
+        assert result["grads"].keys() == single["grads"].keys()
+        for name, grad in single["grads"].items():
+            atol = 1e-5 * max(float(np.abs(grad).max()), 1.0)
+            np.testing.assert_allclose(result["grads"][name], grad, rtol=1e-5, atol=atol,
+                                       err_msg=name)  # fmt: skip
+
+
 def test_train_step_in_two_processes(tiny_bert, pairs_csv, tmp_path):
     spec = lookup("minilm-l6-en", max_length=16, weights=str(tiny_bert(tmp_path / "bert")))
     dataset.write([tuple(r) for r in _rows(pairs_csv(64))], tmp_path / "train")

@@ -293,6 +293,16 @@ class TrainOptions(Parameters):
         "cosines.",
         "training",
     )
+    # -- gradcache
+    mini_batch_size: int = param(
+        0,
+        "GradCache: embed each batch in mini-batches of this many rows, for the gradients of "
+        "the whole batch, with all its in-batch negatives, in the memory of a mini-batch (at "
+        "the cost of a second forward pass); 0: off.",
+        "training",
+        why="it counts rows; 0 turns GradCache off",
+        ge=0,
+    )
     evaluate_every_epoch: bool = param(
         True,
         "Compute the retrieval metrics on the eval data after every epoch (logged per epoch; "

@@ -95,6 +95,12 @@ def check_options(config, spec, kind: str | None = None) -> MiningOptions | None
             f"{opts.range_min}, fewer than hard_negatives {opts.num}; valid: at least "
             f"range_min + hard_negatives = {opts.range_min + opts.num}."
         )
+    if getattr(config, "mini_batch_size", 0):
+        raise FinetunerError(
+            "parameter mini_batch_size: GradCache embeds the batch's columns in mini-batches "
+            "and does not take mined hard negatives; set mini_batch_size to 0 or "
+            "hard_negatives to 0."
+        )
     if not spec.query_kind == spec.document_kind == "text":
         raise FinetunerError(
             f"parameter hard_negatives: mining hard negatives needs a text model (text "

@@ -14,6 +14,7 @@ This module knows nothing of what a process runs: `launch` starts a module's ent
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -71,6 +72,52 @@ class Context:
             static_graph=True,
         )
 
+    def gather(self, tensor):
+        """`tensor` (rows first) of every process, concatenated in rank order, in every
+        process; gradients flow back to each process's own rows (see `_gather_function`). The
+        processes may hold different numbers of rows (an epoch's last batch, bad items)."""
+        import torch
+        import torch.distributed as dist
+
+        sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(self.world)]
+        dist.all_gather(sizes, torch.tensor([len(tensor)], device=tensor.device))
+        return _gather_function().apply(tensor, [int(s) for s in sizes], self.rank)
+
+    def gather_objects(self, obj) -> list:
+        """`obj` (picklable) of every process, in rank order, in every process."""
+        import torch.distributed as dist
+
+        parts = [None] * self.world
+        dist.all_gather_object(parts, obj)
+        return parts
+
+    def replicate(self, modules: list) -> None:
+        """Give every process process 0's weights and buffers, as `data_parallel` does, for a
+        step that averages its gradients itself (`average_gradients`)."""
+        import torch.distributed as dist
+
+        for module in modules:
+            for tensor in [*module.parameters(), *module.buffers()]:
+                dist.broadcast(tensor.data, 0)
+
+    def average_gradients(self, parameters: list) -> None:
+        """Average the gradients of `parameters` across the processes, as the backward pass
+        of `data_parallel` does: one collective over all of them, flattened. A parameter that
+        no process reached keeps no gradient (every process runs the same graph)."""
+        import torch
+        import torch.distributed as dist
+
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
     def all(self, flag: bool) -> bool:
         """Whether `flag` holds in every process (so that all take a step, or none)."""
         import torch
@@ -79,6 +126,37 @@ class Context:
         tensor = torch.tensor([int(flag)], device=self.device)
         dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
         return bool(tensor.item())
+
+
+@functools.cache  # torch is imported lazily: the class is made on first use
+def _gather_function():
+    import torch
+    import torch.distributed as dist
+
+    class Gather(torch.autograd.Function):
+        """All processes' rows, in rank order. Its backward pass sums the gradients that
+        every process's loss gives each row, and hands each process those of its own rows.
+        (torch.distributed.nn.functional.all_gather does the same, but is deprecated and
+        needs equal sizes.)"""
+
+        @staticmethod
+        def forward(ctx, tensor, sizes: list[int], rank: int):
+            ctx.sizes, ctx.rank = sizes, rank
+            padded = torch.zeros((max(sizes), *tensor.shape[1:]), dtype=tensor.dtype,
+                                 device=tensor.device)  # fmt: skip
+            padded[: len(tensor)] = tensor
+            parts = [torch.empty_like(padded) for _ in sizes]
+            dist.all_gather(parts, padded.contiguous())
+            return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
+
+        @staticmethod
+        def backward(ctx, grad):
+            grad = grad.contiguous()
+            dist.all_reduce(grad)
+            start = sum(ctx.sizes[: ctx.rank])
+            return grad[start : start + ctx.sizes[ctx.rank]], None, None
+
+    return Gather
 
 
 def context() -> Context | None:

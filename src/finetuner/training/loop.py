@@ -18,6 +18,7 @@ from finetuner.errors import FinetunerError
 from finetuner.io.progress import Progress
 from finetuner.parameters import AUTO, NONE, TrainOptions, param
 from finetuner.training import callbacks as callback
+from finetuner.training import gradcache
 from finetuner.training.losses import build_loss, check_loss, loss_for
 from finetuner.training.optim import build_optimizer, build_scheduler, optimizer_options, steps_for
 
@@ -208,42 +209,80 @@ def text_lengths(data, model) -> list[int] | None:
     return total.to_pylist()
 
 
-def _embed(side, rows: list[tuple], column: int, prepared: dict, device: str, buckets: int):
+# The columns of a kind's rows that a batch embeds: the query side the first, the document
+# side the others.
+EMBEDDED_COLUMNS = {"labeled": 1, "pairs": 2, "scored": 2, "margins": 3}
+
+
+def embed_column(model, column: int, rows: list[tuple], prepared: dict, device: str, buckets: int):
+    """The embeddings of one column of a batch's rows, with gradients."""
+    from finetuner.models import sides
+
+    side = sides(model)[0 if column == 0 else 1]
     if column in prepared:  # media, decoded by a DataLoader worker
         return side.embed_prepared(prepared[column], device).float()
     return side.embed([r[column] for r in rows], device, buckets).float()
 
 
+def loss_of(
+    kind: str, loss_fn, embeddings: list, rows: list[tuple], device: str,
+    label_ids: dict | None = None, parallel=None, mined: tuple | None = None,
+):  # fmt: skip
+    """The loss of a batch from its columns' embeddings (see finetuner.training.losses).
+
+    In a parallel run (`parallel`, a finetuner.training.distributed.Context) it is the loss of
+    the global batch, the rows of every process, in every process: a query has every
+    process's documents (and mined hard negatives, `mined`) as negatives, as if one process
+    had the whole batch. No rescaling
+    is needed: the gather's backward pass sums the processes' identical gradients of a row
+    (world x its gradient), and averaging the weights' gradients across the processes
+    divides by world again."""
+    import torch
+
+    inputs = list(embeddings)
+    if kind == "labeled":
+        ids = label_ids or {label: i for i, label in enumerate(dict.fromkeys(r[1] for r in rows))}
+        inputs.append(torch.tensor([ids[r[1]] for r in rows], device=device))
+    elif kind == "scored":
+        inputs.append(torch.tensor([r[2] for r in rows], device=device, dtype=torch.float32))
+    elif kind == "margins":  # (query, positive, negative, margin): text only
+        inputs.append(torch.tensor([r[3] for r in rows], device=device, dtype=torch.float32))
+    if parallel is not None:
+        inputs = [parallel.gather(tensor) for tensor in inputs]
+    if mined is not None:  # (embeddings, texts) of the batch's mined hard negatives
+        negatives, texts = mined
+        if parallel is not None:  # every process's, and the rows they are masked against
+            negatives = parallel.gather(negatives)
+            rows = [r for part in parallel.gather_objects([r[:2] for r in rows]) for r in part]
+            texts = [t for part in parallel.gather_objects(texts) for t in part]
+        inputs += [negatives, _positive_negatives(rows, texts, device)]
+    return loss_fn(*inputs)
+
+
 def batch_loss(
     kind: str, model, loss_fn, rows: list[tuple], device: str, buckets: int, prepared: dict,
-    label_ids: dict | None = None,
+    label_ids: dict | None = None, parallel=None,
 ):  # fmt: skip
     """The loss of one batch of rows of a kind (see finetuner.training.losses); `prepared` holds the
     media columns' tensors (see finetuner.data.batches); `label_ids` numbers the labels of the
-    whole data set (losses with class weights need the same id for a label in every batch)."""
-    import torch
+    whole data set (losses with class weights need the same id for a label in every batch);
+    `parallel`: see loss_of. Pairs with mined hard negatives (text) carry them as a last value."""
+    embeddings = [
+        embed_column(model, column, rows, prepared, device, buckets)
+        for column in range(EMBEDDED_COLUMNS[kind])
+    ]
+    mined = None
+    if kind == "pairs" and len(rows[0]) > 2:
+        from finetuner.models import sides
 
-    from finetuner.models import sides
-
-    query_side, document_side = sides(model)
-    first = _embed(query_side, rows, 0, prepared, device, buckets)
-    if kind == "labeled":
-        ids = label_ids or {label: i for i, label in enumerate(dict.fromkeys(r[1] for r in rows))}
-        return loss_fn(first, torch.tensor([ids[r[1]] for r in rows], device=device))
-    second = _embed(document_side, rows, 1, prepared, device, buckets)
-    if kind == "scored":
-        scores = torch.tensor([r[2] for r in rows], device=device, dtype=torch.float32)
-        return loss_fn(first, second, scores)
-    if kind == "margins":  # (query, positive, negative, margin): text only
-        negative = _embed(document_side, rows, 2, prepared, device, buckets)
-        margins = torch.tensor([r[3] for r in rows], device=device, dtype=torch.float32)
-        return loss_fn(first, second, negative, margins)
-    if len(rows[0]) > 2:  # pairs with their mined hard negatives (text), as a last value
-        mined = [text for r in rows for text in r[2]]
-        if mined:
-            negatives = document_side.embed(mined, device, buckets).float()
-            return loss_fn(first, second, negatives, _positive_negatives(rows, mined, device))
-    return loss_fn(first, second)
+        texts = [text for r in rows for text in r[2]]
+        negatives = (
+            sides(model)[1].embed(texts, device, buckets).float()
+            if texts
+            else embeddings[1].new_zeros((0, embeddings[1].shape[1]))
+        )
+        mined = (negatives, texts)
+    return loss_of(kind, loss_fn, embeddings, rows, device, label_ids, parallel, mined)
 
 
 def _positive_negatives(rows: list[tuple], mined: list[str], device: str):
@@ -493,11 +532,25 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
     trainable = [p for g in optimizers[0].param_groups for p in g["params"]]  # not frozen ones
 
     def forward(rows, prepared):
-        return batch_loss(data.kind, model, loss_fn, rows, device, buckets, prepared, label_ids)
+        return batch_loss(
+            data.kind, model, loss_fn, rows, device, buckets, prepared, label_ids, parallel
+        )
 
-    step = forward
-    if parallel is not None:  # from process 0's weights; gradients averaged in backward
-        owned = [loss_fn.module] if loss_fn.parameters() else []
+    step, cached = forward, None
+    owned = [loss_fn.module] if loss_fn.parameters() else []
+    if config.mini_batch_size:  # GradCache: forward and backward passes in mini-batches
+        cached = gradcache.GradCache(
+            embedder, model.spec.family, EMBEDDED_COLUMNS[data.kind], config.mini_batch_size,
+            device,
+            embed=lambda column, rows, prepared: embed_column(
+                model, column, rows, prepared, device, buckets
+            ),
+            loss=lambda embeddings, rows: loss_of(
+                data.kind, loss_fn, embeddings, rows, device, label_ids, parallel
+            ),
+            parallel=parallel, modules=[embedder, *owned],
+        )  # fmt: skip
+    elif parallel is not None:  # from process 0's weights; gradients averaged in backward
         step = parallel.data_parallel([embedder, *owned], forward)
     if loss_fn.parameters():  # a loss with its own weights gets its own optimizer
         optimizers.append(
@@ -512,7 +565,9 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
     scheduler = _scheduler(config, optimizers[0], total, len(epoch))
     print(
         f"training on {len(data)} {data.kind} rows: {loss_name}, {sampler} batches of up to "
-        f"{config.batch_size}, {total} steps on {device}",
+        f"{config.batch_size}"
+        + (f" in mini-batches of {config.mini_batch_size} (GradCache)" if cached else "")
+        + f", {total} steps on {device}",
         file=sys.stderr,
         flush=True,
     )
@@ -553,16 +608,18 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
                 usable = parallel.all(usable)
             if not usable:
                 continue
-            with autocast:
-                loss = step(rows, prepared)
-            loss.backward()
+            if cached is not None:
+                loss = cached(rows, prepared, autocast)  # its backward passes done
+            else:
+                with autocast:
+                    loss = step(rows, prepared)
+                loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             loss_value = loss.item()
             # Before the optimizer step, so the weights, and the checkpoints, stay finite.
-            # The gradients are averaged over a parallel run's processes, so all of them stop
-            # together; its losses are each process's own, so they do not decide there.
-            local_loss = loss_value if parallel is None else 0.0
-            if not (math.isfinite(local_loss) and math.isfinite(float(norm))):
+            # The loss (the global batch's) and the averaged gradients are the same in every
+            # process of a parallel run, so all of them stop together.
+            if not (math.isfinite(loss_value) and math.isfinite(float(norm))):
                 raise _not_finite(pos, loss_value, float(norm), config)
             for optimizer in optimizers:
                 optimizer.step()
