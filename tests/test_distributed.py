@@ -256,12 +256,17 @@ def _one_step(ctx, spec: dict, shares: list, mini_batch_size: int) -> dict:
     return {"loss": loss.item(), "grads": grads}
 
 
-@pytest.mark.parametrize("mini_batch_size", [0, 3], ids=["plain", "gradcache"])
-def test_two_processes_step_as_one_on_the_concatenated_batch(mini_batch_size, tmp_path):
+@pytest.mark.parametrize(
+    ("mini_batch_size", "mined"), [(0, False), (3, False), (0, True)],
+    ids=["plain", "gradcache", "mined-negatives"],
+)  # fmt: skip
+def test_two_processes_step_as_one_on_the_concatenated_batch(mini_batch_size, mined, tmp_path):
     """In-batch negatives are the global batch's: a step of two processes, with 6 and 4
     pairs, has the loss and the gradients of one process's step on the 10 pairs (with
-    GradCache too, in mini-batches of 3). Without the gather, each query would have only
-    its own process's documents as negatives, a loss of other values."""
+    GradCache too, in mini-batches of 3; and with mined hard negatives, which only the
+    first process's rows have, one of them a positive of its query in the other process's
+    rows). Without the gather, each query would have only its own process's documents as
+    negatives, a loss of other values."""
     import numpy as np
 
     spec = lookup(
@@ -270,6 +275,10 @@ def test_two_processes_step_as_one_on_the_concatenated_batch(mini_batch_size, tm
     ).model_dump()  # fmt: skip
     words = "the a cat sat on mat dog ran far away under blue sky".split()
     pairs = [(" ".join(words[: 2 + i % 11]), " ".join(words[i % 5 :])) for i in range(10)]
+    if mined:
+        pairs[7] = (pairs[0][0], "a second positive of the first query")
+        negatives = [["blue sky", pairs[7][1]], [], ["far away", "dog ran"], ["mat"], [], []]
+        pairs = [(*p, negatives[i] if i < 6 else []) for i, p in enumerate(pairs)]
     shares = [pairs[:6], pairs[6:]]
     single = _one_step(None, spec, shares, 0)
     parallel = _spawn(_one_step, spec, shares, mini_batch_size)

@@ -276,10 +276,10 @@ def batch_loss(
         from finetuner.models import sides
 
         texts = [text for r in rows for text in r[2]]
+        # None mined here: no rows, but in the graph, so that a parallel run's gather of
+        # them takes part in the backward pass in this process too.
         negatives = (
-            sides(model)[1].embed(texts, device, buckets).float()
-            if texts
-            else embeddings[1].new_zeros((0, embeddings[1].shape[1]))
+            sides(model)[1].embed(texts, device, buckets).float() if texts else (embeddings[1][:0])
         )
         mined = (negatives, texts)
     return loss_of(kind, loss_fn, embeddings, rows, device, label_ids, parallel, mined)
