@@ -71,6 +71,11 @@ def preflight(params: dict) -> dict:
     # Every training option, the JSON-object ones too: each is checked before the run.
     config = TrainConfig(**training_options(params), **struct_options(params)).validate()
     check_choices(config)
+    from finetuner.training import matryoshka
+
+    matryoshka.check(
+        config.matryoshka_dims, config.matryoshka_weights, config.loss, spec["output_dim"]
+    )
     check_metric_name(params["promotion_metric"])
     opts = formats.options(params["data_options"])
     check_val_split(params["val_split"], has_eval_data=bool(params["eval_data"]))
