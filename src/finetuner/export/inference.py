@@ -100,8 +100,12 @@ class Truncated:
 
 def width(model) -> int:
     """The width of a loaded model's embeddings."""
-    dim = getattr(model, "output_dim", None)
-    return dim if isinstance(dim, int) else model.spec.output_dim
+    dim = getattr(model, "output_dim", None)  # ONNX models and towers, Truncated
+    if isinstance(dim, int):
+        return dim
+    if hasattr(model, "spec"):
+        return model.spec.output_dim
+    return model.tower.config["embed_dim"]  # a CLIP tower on PyTorch
 
 
 def get_model(
