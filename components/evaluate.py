@@ -10,10 +10,12 @@ def evaluate(
     model: Input[Model],
     eval_dataset: Input[Dataset],
     k: int,
+    matryoshka_dims: list,
     metrics: Output[Metrics],
     report: Output[HTML],
 ) -> dict:
-    """Retrieval metrics@k of the pretrained and the fine-tuned model, for the UI and export."""
+    """Retrieval metrics@k of the pretrained and the fine-tuned model, for the UI and export;
+    also at each of matryoshka_dims, the embeddings truncated (ndcg@10@dim128)."""
     from finetuner.orchestration.failures import reported
 
     with reported("evaluate"):
@@ -21,7 +23,7 @@ def evaluate(
 
         from finetuner.orchestration import steps
 
-        result = steps.evaluate(model_spec, model.path, eval_dataset.path, k)
+        result = steps.evaluate(model_spec, model.path, eval_dataset.path, k, matryoshka_dims)
         for stage in ("before", "after"):
             for name, value in steps.loggable(result[stage]).items():
                 metrics.log_metric(f"{stage}/{name}", value)

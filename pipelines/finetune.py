@@ -69,6 +69,7 @@ def finetune(p: dict):
         model=trained.outputs["model"],
         eval_dataset=data.outputs["eval_dataset"],
         k=p["eval_k"],
+        matryoshka_dims=p["matryoshka_dims"],
     )
     exported = export(
         model=trained.outputs["model"],

@@ -88,6 +88,7 @@ def synthesize_and_finetune(p: dict):
         model=trained.outputs["model"],
         eval_dataset=data.outputs["eval_dataset"],
         k=p["eval_k"],
+        matryoshka_dims=[],  # Matryoshka training is a choice of the finetune pipeline
     )
     exported = export(
         model=trained.outputs["model"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from finetuner.data.pairs import EvalSet
+from finetuner.evaluation.matryoshka import at_dims
 from finetuner.evaluation.metrics import retrieval_metrics
 
 
@@ -39,9 +40,10 @@ def top_k(
 
 
 def evaluate(
-    model, eval_set: EvalSet, k: int = 10, batch_size: int = 64, device: str = "cpu"
+    model, eval_set: EvalSet, k: int = 10, batch_size: int = 64, device: str = "cpu", dims=()
 ) -> dict[str, float]:
-    """Metrics@k of a model (from finetuner.models) on an eval set."""
+    """Metrics@k of a model (from finetuner.models) on an eval set; also at each of `dims`,
+    the embeddings truncated (finetuner.evaluation.matryoshka)."""
     from finetuner.models import sides
 
     query_side, document_side = sides(model)
@@ -50,22 +52,31 @@ def evaluate(
         query_emb = corpus_emb[eval_set.self_index]
     else:
         query_emb = query_side.encode(eval_set.queries, batch_size=batch_size, device=device)
-    rankings = top_k(query_emb, corpus_emb, k, exclude=eval_set.self_index)
-    return retrieval_metrics(rankings.tolist(), eval_set.relevant, k, eval_set.gains)
+
+    def score(queries, corpus):
+        rankings = top_k(queries, corpus, k, exclude=eval_set.self_index)
+        return retrieval_metrics(rankings.tolist(), eval_set.relevant, k, eval_set.gains)
+
+    return at_dims(score, query_emb, corpus_emb, dims)
 
 
 def correlation(
-    model, rows: list[tuple], batch_size: int = 64, device: str = "cpu"
+    model, rows: list[tuple], batch_size: int = 64, device: str = "cpu", dims=()
 ) -> dict[str, float]:
-    """Spearman and Pearson correlation of the cosine of (text1, text2) with the score."""
+    """Spearman and Pearson correlation of the cosine of (text1, text2) with the score; also
+    at each of `dims`, the embeddings truncated."""
     first = model.encode([r[0] for r in rows], batch_size=batch_size, device=device)
     second = model.encode([r[1] for r in rows], batch_size=batch_size, device=device)
-    cosines = (first * second).sum(axis=1)
     scores = np.array([r[2] for r in rows], dtype=np.float64)
-    return {
-        "spearman": _pearson(_ranks(cosines), _ranks(scores)),
-        "pearson": _pearson(cosines, scores),
-    }
+
+    def score(a, b):
+        cosines = (a * b).sum(axis=1)
+        return {
+            "spearman": _pearson(_ranks(cosines), _ranks(scores)),
+            "pearson": _pearson(cosines, scores),
+        }
+
+    return at_dims(score, first, second, dims)
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
@@ -86,15 +97,17 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / denominator) if denominator > 0 else 0.0
 
 
-def evaluate_dataset(model, data, k: int = 10, device: str = "cpu") -> dict[str, float]:
-    """The metrics of a model on an eval dataset (finetuner.data.dataset) of any kind."""
+def evaluate_dataset(model, data, k: int = 10, device: str = "cpu", dims=()) -> dict[str, float]:
+    """The metrics of a model on an eval dataset (finetuner.data.dataset) of any kind; also
+    at each of `dims` narrower than the model, keyed like ndcg@10@dim128."""
     rows = data.rows(list(range(len(data))))
     if data.kind == "scored":
-        return correlation(model, rows, device=device)
+        return correlation(model, rows, device=device, dims=dims)
     if data.kind == "labeled":
-        return evaluate(model, EvalSet.from_labeled(rows), k, device=device)
+        return evaluate(model, EvalSet.from_labeled(rows), k, device=device, dims=dims)
     if data.kind == "margins":
-        return evaluate(model, EvalSet.from_margins(rows), k, device=device)
+        return evaluate(model, EvalSet.from_margins(rows), k, device=device, dims=dims)
     if data.kind == "graded":  # BEIR: graded judgements over a whole corpus
-        return evaluate(model, EvalSet.from_graded(rows, *data.corpus_items()), k, device=device)
-    return evaluate(model, EvalSet.from_pairs(rows), k, device=device)
+        graded = EvalSet.from_graded(rows, *data.corpus_items())
+        return evaluate(model, graded, k, device=device, dims=dims)
+    return evaluate(model, EvalSet.from_pairs(rows), k, device=device, dims=dims)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from finetuner.errors import FinetunerError
+from finetuner.evaluation.matryoshka import check_dim, truncate
 from finetuner.export.publish import ONNX_FILE
 from finetuner.io import storage
 from finetuner.io.claim import MANIFEST
@@ -79,12 +80,52 @@ def _get_tower(root: Path, artifact: str, select_model: str | None, is_onnx: boo
     return load_tower_model(root / select_model)
 
 
-def get_model(artifact: str, is_onnx: bool = False, select_model: str | None = None):
+class Truncated:
+    """A loaded model whose embeddings are cut to their first `dim` dimensions and
+    renormalised: Matryoshka embeddings at a width they were trained for. The rest of the
+    model is the wrapped one's."""
+
+    def __init__(self, model, dim: int):
+        self.model = model
+        self.output_dim = check_dim(dim, width(model))
+
+    def encode(self, items: list, batch_size: int = 64, **kwargs) -> np.ndarray:
+        return truncate(self.model.encode(items, batch_size=batch_size, **kwargs), self.output_dim)
+
+    def __getattr__(self, name):
+        if name == "model":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+
+def width(model) -> int:
+    """The width of a loaded model's embeddings."""
+    dim = getattr(model, "output_dim", None)  # ONNX models and towers, Truncated
+    if isinstance(dim, int):
+        return dim
+    if hasattr(model, "spec"):
+        return model.spec.output_dim
+    return model.tower.config["embed_dim"]  # a CLIP tower on PyTorch
+
+
+def get_model(
+    artifact: str,
+    is_onnx: bool = False,
+    select_model: str | None = None,
+    truncate_dim: int | None = None,
+):
     """Load an export from a local folder or s3:// prefix, as PyTorch or ONNX.
 
     A CLIP export holds two towers: `select_model` picks "clip-text" or "clip-vision".
     Only a whole export loads: one without its manifest (an interrupted publish) is refused.
+    With `truncate_dim`, the model encodes to the first truncate_dim dimensions,
+    renormalised (for a model trained with matryoshka_dims), on PyTorch and ONNX alike.
     """
+    model = _load(artifact, is_onnx, select_model)
+    return model if truncate_dim is None else Truncated(model, truncate_dim)
+
+
+def _load(artifact: str, is_onnx: bool, select_model: str | None):
     if not storage.exists(storage.join(artifact, MANIFEST)):
         raise FinetunerError(
             f"{artifact} is not a finished export: {MANIFEST} is missing. "
@@ -110,8 +151,13 @@ def get_model(artifact: str, is_onnx: bool = False, select_model: str | None = N
     return models.load(root / "model")
 
 
-def encode(model, data: list[str], batch_size: int = 64) -> np.ndarray:
-    """Unit-length embeddings of `data` (texts, or image paths and URIs), one row per item."""
+def encode(
+    model, data: list[str], batch_size: int = 64, truncate_dim: int | None = None
+) -> np.ndarray:
+    """Unit-length embeddings of `data` (texts, or image paths and URIs), one row per item;
+    with `truncate_dim`, their first truncate_dim dimensions, renormalised."""
     if isinstance(data, str):
         raise FinetunerError("encode expects a list of items, not a single string.")
+    if truncate_dim is not None:
+        model = Truncated(model, truncate_dim)
     return model.encode(list(data), batch_size=batch_size)

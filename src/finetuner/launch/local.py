@@ -73,6 +73,11 @@ def preflight(params: dict) -> dict:
     # Every training option, the JSON-object ones too: each is checked before the run.
     config = TrainConfig(**training_options(params), **struct_options(params)).validate()
     check_choices(config)
+    from finetuner.training import matryoshka
+
+    matryoshka.check(
+        config.matryoshka_dims, config.matryoshka_weights, config.loss, spec["output_dim"]
+    )
     check_metric_name(params["promotion_metric"])
     check_registry(params["model_registry_url"], params["registered_model_name"])
     opts = formats.options(params["data_options"])

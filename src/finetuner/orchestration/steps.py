@@ -216,7 +216,7 @@ def train(
     from finetuner import models
     from finetuner.data import dataset
     from finetuner.io import storage
-    from finetuner.training import checkpoints, distributed
+    from finetuner.training import checkpoints, distributed, matryoshka
 
     parallel = distributed.context()
     if num_gpus > 1 and parallel is None:  # this process starts the others through torchrun
@@ -233,7 +233,9 @@ def train(
     config = TrainConfig.from_strings(options, checkpoint_dir=checkpoint_dir).validate()
     spec = ModelSpec(**model_spec)
     data = dataset.load(train_path)
-    check_trainable(data, config, spec.family)  # before the model loads, which takes a while
+    # Before the model loads, which takes a while.
+    loss_name, _ = check_trainable(data, config, spec.family)
+    matryoshka.check(config.matryoshka_dims, config.matryoshka_weights, loss_name, spec.output_dim)
     eval_data = dataset.load(eval_path) if eval_path else None
     model = models.pretrained(spec)
     result = run_training(model, data, config, eval_data=eval_data, parallel=parallel)
@@ -270,10 +272,11 @@ def loggable(metrics: dict) -> dict:
     }
 
 
-def evaluate(model_spec: dict, model_dir: str, eval_path: str, k: int) -> dict:
+def evaluate(model_spec: dict, model_dir: str, eval_path: str, k: int, dims=()) -> dict:
     """Metrics of the pretrained and the fine-tuned model: {"before": ..., "after": ...}:
-    retrieval metrics@k, or correlations for scored data; and the training's "history" of
-    each epoch's metrics."""
+    retrieval metrics@k, or correlations for scored data, and those at each of the
+    Matryoshka `dims` (ndcg@10@dim128); and the training's "history" of each epoch's
+    metrics."""
     import json
 
     from finetuner import models
@@ -281,8 +284,9 @@ def evaluate(model_spec: dict, model_dir: str, eval_path: str, k: int) -> dict:
     from finetuner.evaluation.evaluate import evaluate_dataset
 
     data = dataset.load(eval_path)
-    before = evaluate_dataset(models.pretrained(ModelSpec(**model_spec)), data, k)
-    after = evaluate_dataset(models.load(model_dir), data, k)
+    dims = [int(d) for d in dims or ()]  # KFP may hand a list's numbers over as floats
+    before = evaluate_dataset(models.pretrained(ModelSpec(**model_spec)), data, k, dims=dims)
+    after = evaluate_dataset(models.load(model_dir), data, k, dims=dims)
     history_path = Path(model_dir, HISTORY_FILE)
     history = json.loads(history_path.read_text()) if history_path.exists() else []
     return {

@@ -303,6 +303,22 @@ class TrainOptions(Parameters):
         why="it counts rows; 0 turns GradCache off",
         ge=0,
     )
+    # -- matryoshka
+    matryoshka_dims: list = param(
+        [],
+        "Matryoshka embeddings: the loss is the weighted sum of the loss on the first N "
+        "dimensions of the embeddings, renormalised, for each N here (list the full width "
+        "too, to keep training it), e.g. [384, 256, 128, 64], so that they can be "
+        "truncated; evaluation reports the metrics at each (ndcg@10@dim128). Each N from 1 "
+        "to the model's embedding width; empty: off.",
+        "training",
+    )
+    matryoshka_weights: list = param(
+        [],
+        "The weight of the loss at each of matryoshka_dims, in their order, e.g. [1, 1, 0.5, "
+        "0.5]; empty: 1 each.",
+        "training",
+    )
     evaluate_every_epoch: bool = param(
         True,
         "Compute the retrieval metrics on the eval data after every epoch (logged per epoch; "

@@ -18,7 +18,7 @@ from finetuner.errors import FinetunerError
 from finetuner.io.progress import Progress
 from finetuner.parameters import AUTO, NONE, TrainOptions, param
 from finetuner.training import callbacks as callback
-from finetuner.training import gradcache
+from finetuner.training import gradcache, matryoshka
 from finetuner.training.losses import build_loss, check_loss, loss_for
 from finetuner.training.optim import build_optimizer, build_scheduler, optimizer_options, steps_for
 
@@ -77,6 +77,9 @@ class TrainConfig(TrainOptions):
         samplers.check_sampler(self.sampler)
         callback.resolve_mode(self.best_model_metric, self.best_model_mode)
         callback.early_stopping_options(self.early_stopping_options)
+        self.matryoshka_dims, self.matryoshka_weights = matryoshka.check_options(
+            self.matryoshka_dims, self.matryoshka_weights
+        )
         return self
 
     def resolved(self, family: str) -> TrainConfig:
@@ -512,6 +515,11 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
         loss_name, model, data.kind, config.loss_options, config.miner, config.miner_options,
         embedding_dim=model.spec.output_dim, num_classes=len(label_ids or ()) or None,
     ).to(device)  # fmt: skip
+    if config.matryoshka_dims:  # the loss at each width (finetuner.training.matryoshka)
+        loss_fn = matryoshka.wrap(
+            loss_fn, data.kind, config.matryoshka_dims, config.matryoshka_weights,
+            model.spec.output_dim,
+        )  # fmt: skip
 
     # Samplers other than random make a few more or fewer batches in some epochs; the
     # schedule follows the first.
@@ -567,7 +575,8 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
         f"training on {len(data)} {data.kind} rows: {loss_name}, {sampler} batches of up to "
         f"{config.batch_size}"
         + (f" in mini-batches of {config.mini_batch_size} (GradCache)" if cached else "")
-        + f", {total} steps on {device}",
+        + f", {total} steps on {device}"
+        + (f", matryoshka at {config.matryoshka_dims}" if config.matryoshka_dims else ""),
         file=sys.stderr,
         flush=True,
     )
