@@ -53,6 +53,8 @@ SynthesizeAndFinetune = subset(
         "output_uri",
         "force_claim",
         "claim_id",
+        "int8",
+        "int8_max_drop",
         *ClusterParameters.model_fields,
     ],
 )
