@@ -96,6 +96,9 @@ def synthesize_and_finetune(p: dict):
         output_uri=p["output_uri"],
         run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         claim=claimed.output,
+        eval_dataset=data.outputs["eval_dataset"],
+        int8=p["int8"],
+        int8_max_drop=p["int8_max_drop"],
     )
     exported.set_caching_options(False)
     tasks = [lookup, claimed, synthesized, data, trained, evaluated, exported]

@@ -74,6 +74,9 @@ def test_local_pipeline_run_end_to_end_on_s3(s3, s3_server, pairs_csv, tmp_path)
             "--train-data", train_uri, "--val-split", "0.25", "--epochs", "1",
             "--batch-size", "16", "--max-length", "32", "--output", output,
             "--summary-json", str(summary_path), "--promote",
+            # The int8 file is kept whatever its drop on this tiny eval set (tests/test_int8.py
+            # tests the gate).
+            "--int8-max-drop", "1",
         ],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
@@ -101,6 +104,11 @@ def test_local_pipeline_run_end_to_end_on_s3(s3, s3_server, pairs_csv, tmp_path)
     np.testing.assert_allclose(onnx_model.encode(texts), torch_model.encode(texts), atol=1e-4)
     manifest = json.loads(storage.read_text(output + "manifest.json"))
     assert manifest["metrics"]["after"] == summary["metrics"]["after"]
+    # The export step gated the int8 file on the eval dataset, and published it.
+    assert summary["artifacts"]["onnx_int8"] == f"s3://{s3}/runs/e2e/onnx/model.int8.onnx"
+    assert manifest["int8"]["written"] and manifest["int8"]["eval_rows"] == 20
+    int8_model = inference.get_model(output, is_onnx=True, int8=True)
+    assert int8_model.encode(texts).shape == (3, 384)
 
 
 def test_fit_runs_the_pipeline_with_eval_data_gem_and_triplet_loss(pairs_csv, tmp_path):

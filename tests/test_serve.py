@@ -186,7 +186,7 @@ def test_truncate_dim_and_int8_load_through_the_encoder(exported, expected, tmp_
 @pytest.mark.parametrize(
     ("flags", "says"),
     [
-        (["--int8"], "no int8 model (onnx/model.int8.onnx is missing)"),
+        (["--int8"], "has no int8 ONNX model"),
         (["--truncate-dim", "385"], "valid: 1 to 384"),
         (["--max-batch", "0"], "--max-batch 0"),
     ],

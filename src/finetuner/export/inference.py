@@ -8,7 +8,7 @@ import numpy as np
 
 from finetuner.errors import FinetunerError
 from finetuner.evaluation.matryoshka import check_dim, truncate
-from finetuner.export.publish import ONNX_FILE
+from finetuner.export.files import ONNX_FILE, int8_file
 from finetuner.io import storage
 from finetuner.io.claim import MANIFEST
 from finetuner.models.registry import get_family, resolve
@@ -67,14 +67,35 @@ class OnnxTower(OnnxModel):
         return {self.input_name: self.inputs(items).numpy()}
 
 
-def _get_tower(root: Path, artifact: str, select_model: str | None, is_onnx: bool, towers):
+def _onnx_path(root: Path, artifact: str, file: str, int8: bool) -> Path:
+    """The ONNX file of an export, or its int8 twin; an error saying why it is missing."""
+    if int8:
+        path = root / int8_file(file)
+        if not path.exists():
+            import json
+
+            gate = json.loads((root / MANIFEST).read_text()).get("int8") or {}
+            why = gate.get("reason", "it was exported before int8 files were")
+            raise FinetunerError(
+                f"{artifact} has no int8 ONNX model ({why}); load it with int8=False."
+            )
+        return path
+    if not (root / file).exists():
+        raise FinetunerError(f"{artifact} has no ONNX model; load it with is_onnx=False.")
+    return root / file
+
+
+def _get_tower(
+    root: Path, artifact: str, select_model: str | None, is_onnx: bool, int8: bool, towers
+):
     if select_model not in towers:
         raise FinetunerError(
             f"{artifact} is a model with {len(towers)} towers: choose one with "
             f"select_model={' or '.join(repr(t) for t in towers)}."
         )
     if is_onnx:
-        return OnnxTower(root / "onnx" / f"{select_model}.onnx", root / select_model)
+        path = _onnx_path(root, artifact, f"onnx/{select_model}.onnx", int8)
+        return OnnxTower(path, root / select_model)
     from finetuner.models.clip_net import load_tower_model
 
     return load_tower_model(root / select_model)
@@ -113,19 +134,23 @@ def get_model(
     is_onnx: bool = False,
     select_model: str | None = None,
     truncate_dim: int | None = None,
+    int8: bool = False,
 ):
-    """Load an export from a local folder or s3:// prefix, as PyTorch or ONNX.
+    """Load an export from a local folder or s3:// prefix, as PyTorch or ONNX; with
+    `int8` (and is_onnx), its int8 ONNX model (onnx/model.int8.onnx, or the tower's).
 
     A CLIP export holds two towers: `select_model` picks "clip-text" or "clip-vision".
     Only a whole export loads: one without its manifest (an interrupted publish) is refused.
     With `truncate_dim`, the model encodes to the first truncate_dim dimensions,
     renormalised (for a model trained with matryoshka_dims), on PyTorch and ONNX alike.
     """
-    model = _load(artifact, is_onnx, select_model)
+    if int8 and not is_onnx:
+        raise FinetunerError("int8=True loads the int8 ONNX model: give is_onnx=True too.")
+    model = _load(artifact, is_onnx, select_model, int8)
     return model if truncate_dim is None else Truncated(model, truncate_dim)
 
 
-def _load(artifact: str, is_onnx: bool, select_model: str | None):
+def _load(artifact: str, is_onnx: bool, select_model: str | None, int8: bool):
     if not storage.exists(storage.join(artifact, MANIFEST)):
         raise FinetunerError(
             f"{artifact} is not a finished export: {MANIFEST} is missing. "
@@ -136,16 +161,14 @@ def _load(artifact: str, is_onnx: bool, select_model: str | None):
 
     towers = get_family(read_spec(root / "model").family).towers
     if towers:
-        return _get_tower(root, artifact, select_model, is_onnx, towers)
+        return _get_tower(root, artifact, select_model, is_onnx, int8, towers)
     if select_model is not None:
         raise FinetunerError(
             f"select_model is for CLIP exports, whose towers load apart; {artifact} holds one "
             "model: leave select_model out."
         )
     if is_onnx:
-        if not (root / ONNX_FILE).exists():
-            raise FinetunerError(f"{artifact} has no ONNX model; load it with is_onnx=False.")
-        return OnnxModel(root / ONNX_FILE, root / "model")
+        return OnnxModel(_onnx_path(root, artifact, ONNX_FILE, int8), root / "model")
     from finetuner import models
 
     return models.load(root / "model")

@@ -18,7 +18,6 @@ from finetuner.io.claim import MANIFEST, check_output_free
 from finetuner.io.staging import stage_dir
 from finetuner.models.registry import get_family, resolve
 
-ONNX_FILE = "onnx/model.onnx"
 ONNX_TOLERANCE = 1e-4
 
 
@@ -76,8 +75,11 @@ def _onnx_line(info: dict | None, architecture: str) -> str:
     )
 
 
-def model_card(spec, metrics: dict, onnx: dict[str, dict]) -> str:
-    """The README of an export. `onnx` maps each exported part to its ONNX check."""
+def model_card(spec, metrics: dict, onnx: dict[str, dict], int8: dict | None = None) -> str:
+    """The README of an export. `onnx` maps each exported part to its ONNX check; `int8` is
+    the int8 gate's record (finetuner.export.quantize)."""
+    from finetuner.export.quantize import card_line
+
     before, after = metrics.get("before", {}), metrics.get("after", {})
     rows = "\n".join(
         f"| {name} | {before.get(name, float('nan')):.4f} | {value:.4f} |"
@@ -100,6 +102,8 @@ def model_card(spec, metrics: dict, onnx: dict[str, dict]) -> str:
     else:
         files = [f"- `model/`: {folder}; `finetuner.get_model(uri)` loads it."]
         files.append(_onnx_line(onnx.get("model"), spec.architecture))
+    if int8 is not None and onnx:
+        files.append(card_line(int8))
     listing = "\n".join(files)
     return f"""# {spec.name}, fine-tuned
 
@@ -125,11 +129,22 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def export(model, metrics: dict, output_uri: str, run_id: str | None = None) -> dict:
+def export(
+    model,
+    metrics: dict,
+    output_uri: str,
+    run_id: str | None = None,
+    eval_data=None,
+    int8: bool = True,
+    int8_max_drop: float = 0.005,
+) -> dict:
     """Write everything to a local staging folder, check it, then publish to output_uri.
 
     With `run_id`, that run must hold the claim on output_uri (finetuner.io.claim) until the
-    manifest is written; the finished export then needs the claim no more."""
+    manifest is written; the finished export then needs the claim no more. With `int8`, each
+    ONNX file gets an int8 twin, kept when its metric on `eval_data` (a finetuner.data
+    Dataset) drops by at most int8_max_drop (finetuner.export.quantize)."""
+    from finetuner.export import quantize
     from finetuner.io import claim
 
     check_output_free(output_uri)
@@ -150,8 +165,12 @@ def export(model, metrics: dict, output_uri: str, run_id: str | None = None) -> 
             if (spec := part.onnx_spec()) is not None:
                 file = f"onnx/{name}.onnx"
                 onnx[name] = {"file": file, **export_onnx(spec, stage / file)}
-        (stage / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (stage / "README.md").write_text(model_card(model.spec, metrics, onnx))
+        if int8:
+            gate = quantize.export_int8(model, stage, onnx, eval_data, metrics, int8_max_drop)
+        else:
+            gate = quantize.skipped("not asked for (parameter int8 is false)")
+        (stage / "metrics.json").write_text(json.dumps({**metrics, "int8": gate}, indent=2))
+        (stage / "README.md").write_text(model_card(model.spec, metrics, onnx, gate))
         files = sorted(p for p in stage.rglob("*") if p.is_file())
         manifest = {
             "format": 1,
@@ -160,6 +179,8 @@ def export(model, metrics: dict, output_uri: str, run_id: str | None = None) -> 
             # The ONNX file, or for a two-tower model each tower's; None when there is none.
             "onnx": onnx_files(onnx, towers),
             "onnx_max_abs_diff": max((i["max_abs_diff"] for i in onnx.values()), default=None),
+            # The int8 file(s) beside them, or None, and why (finetuner.export.quantize).
+            "int8": gate,
             "metrics": metrics,
             "files": [
                 {"path": str(p.relative_to(stage)), "bytes": p.stat().st_size, "sha256": _sha256(p)}
@@ -185,14 +206,17 @@ def onnx_files(onnx: dict[str, dict], towers: dict) -> str | dict[str, str] | No
 
 
 def artifact_uris(output_uri: str, manifest: dict) -> dict:
-    """The URIs of an export's model folder, ONNX file(s) and manifest."""
-    onnx = manifest["onnx"]
-    if isinstance(onnx, dict):
-        onnx = {name: storage.join(output_uri, file) for name, file in onnx.items()}
-    elif onnx:
-        onnx = storage.join(output_uri, onnx)
+    """The URIs of an export's model folder, ONNX file(s), int8 ONNX file(s) and manifest."""
+
+    def uris(files):
+        if isinstance(files, dict):
+            return {name: storage.join(output_uri, file) for name, file in files.items()}
+        return storage.join(output_uri, files) if files else None
+
     return {
         "model": storage.join(output_uri, "model") + "/",
-        "onnx": onnx,
+        "onnx": uris(manifest["onnx"]),
+        # An export made before the int8 files has no "int8".
+        "onnx_int8": uris((manifest.get("int8") or {}).get("files")),
         "manifest": storage.join(output_uri, MANIFEST),
     }

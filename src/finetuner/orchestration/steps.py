@@ -327,13 +327,39 @@ def _evaluation_kind(metrics: dict) -> str:
     return f"{metrics['rows']} {metrics['kind']} rows, exact cosine top-{metrics['k']}."
 
 
-def export(model_dir: str, metrics: dict, output_uri: str, claim: str | None = None) -> dict:
+def export(
+    model_dir: str,
+    metrics: dict,
+    output_uri: str,
+    claim: str | None = None,
+    eval_path: str = "",
+    int8: bool | str = True,
+    int8_max_drop: float | str = 0.005,
+) -> dict:
     """Publish the fine-tuned model and its metrics to output_uri; the URIs written. With
-    `claim`, the id the output is claimed under, the claim must still hold."""
-    from finetuner import models
-    from finetuner.export.publish import export as run_export
+    `claim`, the id the output is claimed under, the claim must still hold. With `int8`, the
+    int8 ONNX files are gated on the eval dataset at `eval_path` (finetuner.export.quantize)."""
+    import json
 
-    return run_export(models.load(model_dir), metrics, output_uri, run_id=claim)
+    from finetuner import models
+    from finetuner.data import dataset
+    from finetuner.export.publish import export as run_export
+    from finetuner.io import storage
+    from finetuner.parameters.pipelines import subset
+
+    # Checked again here, as a step on a cluster gets them as text.
+    gate = subset("Int8", ("int8", "int8_max_drop")).from_strings(
+        {"int8": int8, "int8_max_drop": int8_max_drop}
+    )
+    uris = run_export(
+        models.load(model_dir), metrics, output_uri, run_id=claim,
+        eval_data=dataset.load(eval_path) if eval_path else None,
+        int8=gate.int8, int8_max_drop=gate.int8_max_drop,
+    )  # fmt: skip
+    written = "written" if uris["onnx_int8"] else "left out"
+    reason = json.loads(storage.read_text(uris["manifest"]))["int8"]["reason"]
+    print(f"int8 ONNX {written}: {reason}", flush=True)
+    return uris
 
 
 def promote(

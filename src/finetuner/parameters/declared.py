@@ -403,6 +403,23 @@ class OutputParameters(Parameters):
         "register nothing.",
         "output",
     )
+    # -- int8
+    int8: bool = param(
+        True,
+        "Also export onnx/model.int8.onnx (one per CLIP tower): onnxruntime's dynamic int8 "
+        "quantization, smaller and faster on CPU, kept only when its metric on the eval data "
+        "drops by at most int8_max_drop; false: no int8 file.",
+        "output",
+    )
+    int8_max_drop: float = param(
+        0.005,
+        "The largest drop of ndcg@eval_k (spearman for scored data) from the fp32 ONNX model "
+        "to the int8 one, on the eval data, that keeps the int8 file.",
+        "output",
+        why="it is a drop of a metric that lies in [0, 1]",
+        ge=0,
+        le=1,
+    )
 
 
 class ClusterParameters(Parameters):

@@ -55,6 +55,8 @@ SynthesizeAndFinetune = subset(
         "claim_id",
         "model_registry_url",
         "registered_model_name",
+        "int8",
+        "int8_max_drop",
         *ClusterParameters.model_fields,
     ],
 )

@@ -19,11 +19,9 @@ import numpy as np
 
 from finetuner.errors import BadItem, FinetunerError
 from finetuner.export import inference
-from finetuner.export.publish import ONNX_FILE
 from finetuner.io import storage
 from finetuner.io.claim import MANIFEST
 
-INT8_FILE = "onnx/model.int8.onnx"
 IMAGE_SCHEMES = ("http", "https")
 
 
@@ -36,30 +34,13 @@ class BadRequest(ValueError):
         self.param = param
 
 
-def _int8_model(uri: str, select_model: str | None):
-    """The int8 ONNX model of an export, `onnx/model.int8.onnx`."""
-    if not storage.exists(storage.join(uri, MANIFEST)):
-        return inference.get_model(uri, is_onnx=True, select_model=select_model)  # its error
-    root = storage.local_copy(uri.rstrip("/") + "/")
-    if select_model is not None:
-        raise FinetunerError(
-            f"--int8: {uri} is a CLIP export; its towers have no int8 model. Serve it without "
-            "--int8 (or with --onnx)."
-        )
-    if not (root / INT8_FILE).is_file():
-        raise FinetunerError(
-            f"--int8: {uri} has no int8 model ({INT8_FILE} is missing): export it with int8 "
-            f"quantization, or serve the fp32 model with --onnx ({ONNX_FILE})."
-        )
-    return inference.OnnxModel(root / INT8_FILE, root / "model")
-
-
 def load_model(uri: str, *, onnx: bool, int8: bool, select_model: str | None):
-    """The seam to export's loader: once `get_model` loads int8 itself, this is
-    `inference.get_model(uri, is_onnx=onnx or int8, int8=int8, select_model=select_model)`."""
-    if int8:
-        return _int8_model(uri, select_model)
-    return inference.get_model(uri, is_onnx=onnx, select_model=select_model)
+    """The export's model (or CLIP tower): PyTorch, ONNX, or int8 ONNX (which the int8 gate
+    may have left out; the error then says why)."""
+    try:
+        return inference.get_model(uri, is_onnx=onnx or int8, int8=int8, select_model=select_model)
+    except FinetunerError as error:
+        raise FinetunerError(f"--int8: {error}" if int8 else str(error)) from None
 
 
 def towers_of(uri: str) -> tuple[str, ...]:
