@@ -16,6 +16,7 @@ from finetuner.errors import FinetunerError
 from finetuner.io import storage
 from finetuner.io.claim import MANIFEST, check_output_free
 from finetuner.io.staging import stage_dir
+from finetuner.models.folder import ADAPTER_DIR
 from finetuner.models.registry import get_family, resolve
 
 ONNX_FILE = "onnx/model.onnx"
@@ -76,8 +77,30 @@ def _onnx_line(info: dict | None, architecture: str) -> str:
     )
 
 
-def model_card(spec, metrics: dict, onnx: dict[str, dict]) -> str:
-    """The README of an export. `onnx` maps each exported part to its ONNX check."""
+def _adapter_config(adapter: Path | None) -> dict | None:
+    if adapter is None:
+        return None
+    return json.loads((adapter / "adapter_config.json").read_text())
+
+
+def _adapter_line(lora: dict, spec) -> str:
+    base = "`SentenceTransformer(base)`" if spec.family == "text" else "the base model"
+    how = (
+        "`peft.PeftModel.from_pretrained(AutoModel.from_pretrained(base), path)` or "
+        "sentence-transformers' `model.load_adapter(path)`"
+        if spec.family == "text"
+        else "`peft.PeftModel.from_pretrained(base, path)`"
+    )
+    return (
+        f"- `model/{ADAPTER_DIR}/`: the LoRA adapter alone (rank {lora['r']}, alpha "
+        f"{lora['lora_alpha']:g}), to load onto the pretrained `{spec.upstream}` with {how} "
+        f"({base}); the model in `model/` has it merged."
+    )
+
+
+def model_card(spec, metrics: dict, onnx: dict[str, dict], lora: dict | None = None) -> str:
+    """The README of an export. `onnx` maps each exported part to its ONNX check; `lora`,
+    a LoRA run's adapter_config."""
     before, after = metrics.get("before", {}), metrics.get("after", {})
     rows = "\n".join(
         f"| {name} | {before.get(name, float('nan')):.4f} | {value:.4f} |"
@@ -100,6 +123,9 @@ def model_card(spec, metrics: dict, onnx: dict[str, dict]) -> str:
     else:
         files = [f"- `model/`: {folder}; `finetuner.get_model(uri)` loads it."]
         files.append(_onnx_line(onnx.get("model"), spec.architecture))
+    if lora:
+        files.insert(1, _adapter_line(lora, spec))
+        details += ", trained as a LoRA adapter"
     listing = "\n".join(files)
     return f"""# {spec.name}, fine-tuned
 
@@ -125,11 +151,16 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def export(model, metrics: dict, output_uri: str, run_id: str | None = None) -> dict:
+def export(
+    model, metrics: dict, output_uri: str, run_id: str | None = None, adapter: Path | None = None
+) -> dict:
     """Write everything to a local staging folder, check it, then publish to output_uri.
 
     With `run_id`, that run must hold the claim on output_uri (finetuner.io.claim) until the
-    manifest is written; the finished export then needs the claim no more."""
+    manifest is written; the finished export then needs the claim no more. `adapter`: a
+    LoRA run's adapter folder, published as model/adapter/ beside the merged model."""
+    import shutil
+
     from finetuner.io import claim
 
     check_output_free(output_uri)
@@ -140,6 +171,8 @@ def export(model, metrics: dict, output_uri: str, run_id: str | None = None) -> 
             resolve(writer)(model, stage / "model")
         else:
             model.save(stage / "model")
+        if adapter is not None:
+            shutil.copytree(adapter, stage / "model" / ADAPTER_DIR)
         # A two-tower model (CLIP) also exports each tower on its own, for inference.
         towers = model.towers() if hasattr(model, "towers") else {}
         for name, tower in towers.items():
@@ -151,7 +184,8 @@ def export(model, metrics: dict, output_uri: str, run_id: str | None = None) -> 
                 file = f"onnx/{name}.onnx"
                 onnx[name] = {"file": file, **export_onnx(spec, stage / file)}
         (stage / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (stage / "README.md").write_text(model_card(model.spec, metrics, onnx))
+        lora = _adapter_config(adapter)
+        (stage / "README.md").write_text(model_card(model.spec, metrics, onnx, lora))
         files = sorted(p for p in stage.rglob("*") if p.is_file())
         manifest = {
             "format": 1,

@@ -48,6 +48,7 @@ def preflight(params: dict) -> dict:
     from finetuner.data.pairs import check_val_split
     from finetuner.export.promote import check_metric_name, run_output
     from finetuner.orchestration.steps import catalogue_lookup
+    from finetuner.training import lora
     from finetuner.training.loop import TrainConfig
 
     unknown = set(params) - set(Finetune.model_fields)
@@ -71,6 +72,7 @@ def preflight(params: dict) -> dict:
     # Every training option, the JSON-object ones too: each is checked before the run.
     config = TrainConfig(**training_options(params), **struct_options(params)).validate()
     check_choices(config)
+    lora.check(config, ModelSpec(**spec))
     check_metric_name(params["promotion_metric"])
     opts = formats.options(params["data_options"])
     check_val_split(params["val_split"], has_eval_data=bool(params["eval_data"]))

@@ -173,7 +173,7 @@ def train(
     from finetuner import models
     from finetuner.data import dataset
     from finetuner.io import storage
-    from finetuner.training import checkpoints, distributed
+    from finetuner.training import checkpoints, distributed, lora
 
     parallel = distributed.context()
     if num_gpus > 1 and parallel is None:  # this process starts the others through torchrun
@@ -191,11 +191,13 @@ def train(
     spec = ModelSpec(**model_spec)
     data = dataset.load(train_path)
     check_trainable(data, config, spec.family)  # before the model loads, which takes a while
+    lora.check(config, spec)
     eval_data = dataset.load(eval_path) if eval_path else None
     model = models.pretrained(spec)
     result = run_training(model, data, config, eval_data=eval_data, parallel=parallel)
     if parallel is None or parallel.main:
         model.save(model_out)
+        lora.save_adapter(model, model_out)  # a LoRA run's adapter alone, beside the model
         Path(model_out, HISTORY_FILE).write_text(json.dumps(result["history"], indent=2))
         if config.checkpoint_dir:
             checkpoints.clear(config.checkpoint_dir)
@@ -280,8 +282,11 @@ def export(model_dir: str, metrics: dict, output_uri: str, claim: str | None = N
     `claim`, the id the output is claimed under, the claim must still hold."""
     from finetuner import models
     from finetuner.export.publish import export as run_export
+    from finetuner.models.folder import ADAPTER_DIR
 
-    return run_export(models.load(model_dir), metrics, output_uri, run_id=claim)
+    adapter = Path(model_dir, ADAPTER_DIR)  # a LoRA run's
+    adapter = adapter if adapter.is_dir() else None
+    return run_export(models.load(model_dir), metrics, output_uri, run_id=claim, adapter=adapter)
 
 
 def promote(
