@@ -204,3 +204,21 @@ def test_fit_exports_the_merged_model_and_the_adapter_that_sentence_transformers
         finetuner.encode(finetuner.get_model(str(output)), TEXTS), merged.encode(TEXTS), atol=1e-5
     )
     assert Path(output / "manifest.json").is_file()
+
+
+def test_the_cli_refuses_lora_for_a_family_without_adapters(pairs_csv, tmp_path):
+    import subprocess
+    import sys
+
+    output = tmp_path / "out"
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "finetuner", "run", "--model", "mlp", "--model-options",
+            '{"input_size": 4}', "--train-data", str(pairs_csv(10)), "--output", str(output),
+            "--lora-r", "4",
+        ],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: parameter lora_r: 4, but mlp"), result.stderr
+    assert "Traceback" not in result.stderr and not output.exists()

@@ -91,10 +91,13 @@ def _adapter_line(lora: dict, spec) -> str:
         if spec.family == "text"
         else "`peft.PeftModel.from_pretrained(base, path)`"
     )
+    head = ""
+    if spec.options.get("output_dim"):  # new weights, trained in full: not in the adapter
+        head = " The projection head is no part of the adapter: it trained in full."
     return (
         f"- `model/{ADAPTER_DIR}/`: the LoRA adapter alone (rank {lora['r']}, alpha "
         f"{lora['lora_alpha']:g}), to load onto the pretrained `{spec.upstream}` with {how} "
-        f"({base}); the model in `model/` has it merged."
+        f"({base}); the model in `model/` has it merged.{head}"
     )
 
 
