@@ -16,6 +16,7 @@ from finetuner.errors import FinetunerError
 from finetuner.io import storage
 from finetuner.io.claim import MANIFEST, check_output_free
 from finetuner.io.staging import stage_dir
+from finetuner.models.folder import ADAPTER_DIR
 from finetuner.models.registry import get_family, resolve
 
 ONNX_TOLERANCE = 1e-4
@@ -75,9 +76,35 @@ def _onnx_line(info: dict | None, architecture: str) -> str:
     )
 
 
-def model_card(spec, metrics: dict, onnx: dict[str, dict], int8: dict | None = None) -> str:
+def _adapter_config(adapter: Path | None) -> dict | None:
+    if adapter is None:
+        return None
+    return json.loads((adapter / "adapter_config.json").read_text())
+
+
+def _adapter_line(lora: dict, spec) -> str:
+    base = "`SentenceTransformer(base)`" if spec.family == "text" else "the base model"
+    how = (
+        "`peft.PeftModel.from_pretrained(AutoModel.from_pretrained(base), path)` or "
+        "sentence-transformers' `model.load_adapter(path)`"
+        if spec.family == "text"
+        else "`peft.PeftModel.from_pretrained(base, path)`"
+    )
+    head = ""
+    if spec.options.get("output_dim"):  # new weights, trained in full: not in the adapter
+        head = " The projection head is no part of the adapter: it trained in full."
+    return (
+        f"- `model/{ADAPTER_DIR}/`: the LoRA adapter alone (rank {lora['r']}, alpha "
+        f"{lora['lora_alpha']:g}), to load onto the pretrained `{spec.upstream}` with {how} "
+        f"({base}); the model in `model/` has it merged.{head}"
+    )
+
+
+def model_card(
+    spec, metrics: dict, onnx: dict[str, dict], int8: dict | None = None, lora: dict | None = None
+) -> str:
     """The README of an export. `onnx` maps each exported part to its ONNX check; `int8` is
-    the int8 gate's record (finetuner.export.quantize)."""
+    the int8 gate's record (finetuner.export.quantize); `lora`, a LoRA run's adapter_config."""
     from finetuner.export.quantize import card_line
 
     before, after = metrics.get("before", {}), metrics.get("after", {})
@@ -104,6 +131,9 @@ def model_card(spec, metrics: dict, onnx: dict[str, dict], int8: dict | None = N
         files.append(_onnx_line(onnx.get("model"), spec.architecture))
     if int8 is not None and onnx:
         files.append(card_line(int8))
+    if lora:
+        files.insert(1, _adapter_line(lora, spec))
+        details += ", trained as a LoRA adapter"
     listing = "\n".join(files)
     return f"""# {spec.name}, fine-tuned
 
@@ -137,13 +167,17 @@ def export(
     eval_data=None,
     int8: bool = True,
     int8_max_drop: float = 0.005,
+    adapter: Path | None = None,
 ) -> dict:
     """Write everything to a local staging folder, check it, then publish to output_uri.
 
     With `run_id`, that run must hold the claim on output_uri (finetuner.io.claim) until the
     manifest is written; the finished export then needs the claim no more. With `int8`, each
     ONNX file gets an int8 twin, kept when its metric on `eval_data` (a finetuner.data
-    Dataset) drops by at most int8_max_drop (finetuner.export.quantize)."""
+    Dataset) drops by at most int8_max_drop (finetuner.export.quantize). `adapter`: a LoRA
+    run's adapter folder, published as model/adapter/ beside the merged model."""
+    import shutil
+
     from finetuner.export import quantize
     from finetuner.io import claim
 
@@ -155,6 +189,8 @@ def export(
             resolve(writer)(model, stage / "model")
         else:
             model.save(stage / "model")
+        if adapter is not None:
+            shutil.copytree(adapter, stage / "model" / ADAPTER_DIR)
         # A two-tower model (CLIP) also exports each tower on its own, for inference.
         towers = model.towers() if hasattr(model, "towers") else {}
         for name, tower in towers.items():
@@ -170,7 +206,8 @@ def export(
         else:
             gate = quantize.skipped("not asked for (parameter int8 is false)")
         (stage / "metrics.json").write_text(json.dumps({**metrics, "int8": gate}, indent=2))
-        (stage / "README.md").write_text(model_card(model.spec, metrics, onnx, gate))
+        lora = _adapter_config(adapter)
+        (stage / "README.md").write_text(model_card(model.spec, metrics, onnx, gate, lora))
         files = sorted(p for p in stage.rglob("*") if p.is_file())
         manifest = {
             "format": 1,

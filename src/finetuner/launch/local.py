@@ -44,12 +44,13 @@ def default_output(model: str) -> str:
 def preflight(params: dict) -> dict:
     """Validate all parameters and the data and output locations; the completed params."""
     from finetuner.catalogue import ModelSpec
-    from finetuner.data import formats
+    from finetuner.data import beir, formats
     from finetuner.data.pairs import check_val_split
     from finetuner.export.model_registry import check_registry
     from finetuner.export.promote import check_metric_name, run_output
     from finetuner.orchestration.steps import catalogue_lookup
     from finetuner.synthesis import hard_negatives
+    from finetuner.training import lora, matryoshka
     from finetuner.training.loop import TrainConfig
 
     unknown = set(params) - set(Finetune.model_fields)
@@ -73,16 +74,13 @@ def preflight(params: dict) -> dict:
     # Every training option, the JSON-object ones too: each is checked before the run.
     config = TrainConfig(**training_options(params), **struct_options(params)).validate()
     check_choices(config)
-    from finetuner.training import matryoshka
-
     matryoshka.check(
         config.matryoshka_dims, config.matryoshka_weights, config.loss, spec["output_dim"]
     )
+    lora.check(config, ModelSpec(**spec))
     check_metric_name(params["promotion_metric"])
     check_registry(params["model_registry_url"], params["registered_model_name"])
     opts = formats.options(params["data_options"])
-    from finetuner.data import beir
-
     # BEIR data: train_data is a folder, and its qrels/test.tsv is eval data too.
     beir_files = None
     if beir.is_beir(params["train_data"], opts.format):

@@ -32,4 +32,9 @@ def clip() -> Family:
         towers=TOWERS,
         card=lambda spec: ("", "both towers and the temperature, to train on from"),
         own_pooling="CLIP towers pool as they were pretrained: GeM and other poolers do not apply",
+        # The MLP projections of open_clip's towers; clip-base-multi's XLM-R text tower names
+        # its attention and feed-forward projections as BERT does. Not open_clip's attention
+        # (nn.MultiheadAttention, target "attn"): peft adds its update to the frozen weights
+        # and takes it off again at every forward, which moves them by rounding.
+        lora_targets=("c_fc", "c_proj", "query", "key", "value", "dense"),
     )

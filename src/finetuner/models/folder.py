@@ -12,6 +12,9 @@ from finetuner.models.spec import ModelSpec
 CONFIG_FILE = "finetuner.json"
 WEIGHTS_FILE = "model.safetensors"
 HEAD_FILE = "head.safetensors"
+# A LoRA run's adapter alone (adapter_config.json, adapter_model.safetensors), in the train
+# step's model folder and the export's model/ (finetuner.training.lora).
+ADAPTER_DIR = "adapter"
 FORMAT_VERSION = 1
 
 

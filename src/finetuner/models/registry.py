@@ -71,6 +71,10 @@ class Family:
     card: spec -> (details, what model/ holds), for the export's README; None: a plain one.
     own_pooling: why the family takes no pooler, for the error that refuses one.
     learning_rate, epochs: the family's training defaults.
+    lora_targets: the module names that get LoRA adapters when lora_target_modules is auto
+      (finetuner.training.lora); empty: the family refuses LoRA.
+    lora_module: the attribute path, in the embedder, of the module adapted ("": the
+      embedder itself), so the adapter's names are that module's own.
     """
 
     name: str
@@ -87,6 +91,8 @@ class Family:
     own_pooling: str = ""
     learning_rate: float = 5e-5
     epochs: int = 1
+    lora_targets: tuple[str, ...] = ()
+    lora_module: str = ""
 
     def __post_init__(self):
         for kind in (self.query_kind, self.document_kind):

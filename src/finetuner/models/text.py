@@ -22,6 +22,10 @@ from finetuner.models.options import (
 )
 from finetuner.models.registry import Family, register_family
 
+LORA_TARGETS = (
+    "query", "key", "value", "dense", "q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2",
+)  # fmt: skip
+
 
 def _max_length():
     return Field(128, ge=8, le=512, description="tokens kept of each text")
@@ -64,4 +68,9 @@ def text() -> Family:
         onnx_inputs="finetuner.models.text_net:onnx_inputs",
         export="finetuner.models.text_net:write_sentence_transformers",
         card=card,
+        # The attention and feed-forward projections: BERT, RoBERTa and XLM-R's names, then
+        # DistilBERT's. The Hugging Face transformer is adapted, under its own names, which
+        # sentence-transformers' load_adapter and PeftModel on AutoModel expect.
+        lora_targets=LORA_TARGETS,
+        lora_module="backbone",
     )

@@ -216,7 +216,7 @@ def train(
     from finetuner import models
     from finetuner.data import dataset
     from finetuner.io import storage
-    from finetuner.training import checkpoints, distributed, matryoshka
+    from finetuner.training import checkpoints, distributed, lora, matryoshka
 
     parallel = distributed.context()
     if num_gpus > 1 and parallel is None:  # this process starts the others through torchrun
@@ -236,11 +236,13 @@ def train(
     # Before the model loads, which takes a while.
     loss_name, _ = check_trainable(data, config, spec.family)
     matryoshka.check(config.matryoshka_dims, config.matryoshka_weights, loss_name, spec.output_dim)
+    lora.check(config, spec)
     eval_data = dataset.load(eval_path) if eval_path else None
     model = models.pretrained(spec)
     result = run_training(model, data, config, eval_data=eval_data, parallel=parallel)
     if parallel is None or parallel.main:
         model.save(model_out)
+        lora.save_adapter(model, model_out)  # a LoRA run's adapter alone, beside the model
         Path(model_out, HISTORY_FILE).write_text(json.dumps(result["history"], indent=2))
         if config.checkpoint_dir:
             checkpoints.clear(config.checkpoint_dir)
@@ -338,23 +340,27 @@ def export(
 ) -> dict:
     """Publish the fine-tuned model and its metrics to output_uri; the URIs written. With
     `claim`, the id the output is claimed under, the claim must still hold. With `int8`, the
-    int8 ONNX files are gated on the eval dataset at `eval_path` (finetuner.export.quantize)."""
+    int8 ONNX files are gated on the eval dataset at `eval_path` (finetuner.export.quantize).
+    A LoRA run's adapter, saved beside the model, is published beside it too."""
     import json
 
     from finetuner import models
     from finetuner.data import dataset
     from finetuner.export.publish import export as run_export
     from finetuner.io import storage
+    from finetuner.models.folder import ADAPTER_DIR
     from finetuner.parameters.pipelines import subset
 
     # Checked again here, as a step on a cluster gets them as text.
     gate = subset("Int8", ("int8", "int8_max_drop")).from_strings(
         {"int8": int8, "int8_max_drop": int8_max_drop}
     )
+    adapter = Path(model_dir, ADAPTER_DIR)  # a LoRA run's
     uris = run_export(
         models.load(model_dir), metrics, output_uri, run_id=claim,
         eval_data=dataset.load(eval_path) if eval_path else None,
         int8=gate.int8, int8_max_drop=gate.int8_max_drop,
+        adapter=adapter if adapter.is_dir() else None,
     )  # fmt: skip
     written = "written" if uris["onnx_int8"] else "left out"
     reason = json.loads(storage.read_text(uris["manifest"]))["int8"]["reason"]

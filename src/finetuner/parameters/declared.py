@@ -319,6 +319,32 @@ class TrainOptions(Parameters):
         "0.5]; empty: 1 each.",
         "training",
     )
+    # -- lora
+    lora_r: int = param(
+        0,
+        "LoRA: the rank of low-rank adapters trained in place of the backbone's weights (text "
+        "and CLIP models); the export holds the adapter alone (model/adapter/) and the merged "
+        "model. 0: full fine-tuning.",
+        "training",
+        why="0 trains every weight",
+        ge=0,
+    )
+    lora_alpha: float | Auto = param(
+        "auto", "LoRA's scale: the adapters' update is x lora_alpha / lora_r; auto: 2 x lora_r.",
+        "training", why="it scales the update", gt=0,
+    )  # fmt: skip
+    lora_dropout: float = param(
+        0.05, "Dropout on the LoRA adapters' input.", "training",
+        why="it is a probability", ge=0, lt=1,
+    )  # fmt: skip
+    lora_target_modules: str = param(
+        "auto",
+        "The modules that get LoRA adapters: names separated by commas (a module matches "
+        "when its dotted name ends with one), e.g. query,value; auto: the model family's "
+        "(query,key,value,dense for BERT-like text models; the MLP projections c_fc,c_proj "
+        "of CLIP's towers, to which attn adds their attention).",
+        "training",
+    )
     evaluate_every_epoch: bool = param(
         True,
         "Compute the retrieval metrics on the eval data after every epoch (logged per epoch; "

@@ -18,7 +18,7 @@ from finetuner.errors import FinetunerError
 from finetuner.io.progress import Progress
 from finetuner.parameters import AUTO, NONE, TrainOptions, param
 from finetuner.training import callbacks as callback
-from finetuner.training import gradcache, matryoshka
+from finetuner.training import gradcache, lora, matryoshka
 from finetuner.training.losses import build_loss, check_loss, loss_for
 from finetuner.training.optim import build_optimizer, build_scheduler, optimizer_options, steps_for
 
@@ -499,6 +499,7 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
         device = parallel.device
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     generator = seed_everything(config.seed)
+    adapted = lora.wrap(model, config) if config.lora_r else None  # before the optimizer
     embedder = model.embedder.to(device).train()
     # WiSE-FT needs the weights training starts from (before any checkpoint is loaded).
     pretrained = _copy_state(embedder) if config.wiseft_alpha < 1 else None
@@ -674,6 +675,8 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
         )
     if pretrained is not None:
         wise_ft(embedder, pretrained, config.wiseft_alpha)
+    if adapted is not None:  # the adapter kept on the model; a plain model from here on
+        lora.merge(model, adapted)
     embedder.eval()
     return {
         "steps": pos.step,
