@@ -349,6 +349,16 @@ class ClusterParameters(Parameters):
     train_memory: str = param(
         "16Gi", "Memory request of the train step, e.g. 32Gi.", "cluster", local=False
     )
+    # -- trainjob
+    num_nodes: int = param(
+        1,
+        "Nodes of the train step; above 1 it runs as a Kubeflow Trainer TrainJob on the "
+        "torch-distributed runtime, num_nodes x gpu_count processes (batch_size is per "
+        "process), with output_uri on S3.",
+        "cluster",
+        why="it counts nodes",
+        ge=1,
+    )
 
 
 class RunParameters(

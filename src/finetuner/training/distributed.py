@@ -71,6 +71,16 @@ class Context:
             static_graph=True,
         )
 
+    def mean(self, value: float) -> float:
+        """The mean of `value` over the processes: a step's loss is its global batch's, on
+        every node."""
+        import torch
+        import torch.distributed as dist
+
+        tensor = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return tensor.item() / self.world
+
     def all(self, flag: bool) -> bool:
         """Whether `flag` holds in every process (so that all take a step, or none)."""
         import torch

@@ -263,13 +263,19 @@ def _stateful(embedder, loss_fn, optimizers: list, scheduler) -> dict:
     return parts
 
 
-def _save(config, position: Position, epoch_generator, parts: dict, best: dict | None) -> None:
+def _save(
+    config, position: Position, epoch_generator, parts: dict, best: dict | None, parallel
+) -> None:
+    """Every process calls it (each gives its random states); process 0 writes."""
     from finetuner.training import checkpoints
 
+    rng = checkpoints.gather_rng_states(parallel)
+    if parallel is not None and not parallel.main:
+        return
     state = {
         "position": asdict(position),
         "epoch_generator": epoch_generator,  # the sampler's state before the epoch's draws
-        "rng": checkpoints.rng_states(),
+        "rng": rng,  # each process's, by rank
         "best_model": best,  # the weights of the best epoch so far, when they are kept
         **{name: part.state_dict() for name, part in parts.items()},
     }
@@ -491,7 +497,7 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
     progress = Progress(total, every=config.log_every)
     world = parallel.world if parallel is not None else 1
-    saving = bool(config.checkpoint_dir) and (parallel is None or parallel.main)
+    saving = bool(config.checkpoint_dir)  # in every process: each gives its random states
     columns = media_columns(data.kind, sides(model))
     workers = config.num_workers
     if workers is None:  # starting workers costs more than decoding a few hundred items
@@ -511,7 +517,9 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
             epoch = _share(epoch_batches(data, sampler, config, generator, lengths), parallel)
         seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
         if rng is not None:  # resumed: the random states of the moment of the checkpoint
-            checkpoints.set_rng_states(rng)
+            checkpoints.set_rng_states(
+                checkpoints.own_rng_states(rng, parallel.rank if parallel is not None else 0)
+            )
             rng, resumed = None, None
         loader = batch_loader(data, epoch[pos.batch :], columns, workers, seed)
         for rows, prepared, bad in loader:
@@ -529,11 +537,12 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             loss_value = loss.item()
+            if parallel is not None:  # the global batch's: the mean of the processes' own
+                loss_value = parallel.mean(loss_value)
             # Before the optimizer step, so the weights, and the checkpoints, stay finite.
-            # The gradients are averaged over a parallel run's processes, so all of them stop
-            # together; its losses are each process's own, so they do not decide there.
-            local_loss = loss_value if parallel is None else 0.0
-            if not (math.isfinite(local_loss) and math.isfinite(float(norm))):
+            # A parallel run's gradients and loss are averaged over its processes, so all of
+            # them stop together.
+            if not (math.isfinite(loss_value) and math.isfinite(float(norm))):
                 raise _not_finite(pos, loss_value, float(norm), config)
             for optimizer in optimizers:
                 optimizer.step()
@@ -553,7 +562,7 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
                 break
             if saving and pos.step % config.checkpoint_every == 0:
                 pos.monitors = {name: asdict(m) for name, m in monitors.items()}
-                _save(config, pos, epoch_generator, parts, best_state)
+                _save(config, pos, epoch_generator, parts, best_state, parallel)
         metrics = _epoch_metrics(model, embedder, pos, eval_data, config, device)
         pos.history.append(metrics)
         is_best, stop = _after_epoch(monitors, metrics, config.early_stopping_patience)
@@ -567,7 +576,7 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
             scheduler.step()
         if saving and pos.step < total and pos.epoch <= config.epochs:
             pos.monitors = {name: asdict(m) for name, m in monitors.items()}
-            _save(config, pos, generator.get_state(), parts, best_state)
+            _save(config, pos, generator.get_state(), parts, best_state, parallel)
     best = monitors.get("best_model")
     if best is not None and best_state is not None and best.best_epoch != pos.history[-1]["epoch"]:
         embedder.load_state_dict(best_state)
