@@ -267,8 +267,9 @@ def run_job(nodes, run_id, model_spec, train_path, model_out, options, output_ur
     wait(client, name)
     storage.download_dir(where["model"], model_out)
     result = json.loads(storage.read_text(where["result"]))
-    for sub in ("train", "eval", "model"):  # the job's copies; the model is the step's now
-        storage.delete_prefix(where[sub] + "/")
+    # The model is the step's now: the job (its containers or pods) and its copies go.
+    client.delete_job(name)
+    storage.delete_prefix(storage.join(output_uri, WORK) + "/")
     return result
 
 
@@ -441,7 +442,7 @@ def _stream_logs(client, name: str, tail: deque) -> None:
 
     started = (constants.TRAINJOB_RUNNING, constants.TRAINJOB_COMPLETE, constants.TRAINJOB_FAILED)
     try:
-        while existing(client, name).status not in started:
+        while (job := existing(client, name)) is None or job.status not in started:
             time.sleep(POLL_SECONDS)
         for chunk in client.get_job_logs(name, follow=True):
             for line in chunk.splitlines():

@@ -510,7 +510,7 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
         generator.set_state(epoch_generator)
         progress.resume_at(pos.step)
         monitors = {name: callback.Monitor(**fields) for name, fields in pos.monitors.items()}
-    loss = None
+    last_loss = float("nan")  # the last step's loss (a parallel run's global)
     while pos.epoch <= config.epochs and pos.step < total:
         if pos.epoch > 1 or resumed:  # the epoch's batches, from the sampler's state
             epoch_generator = generator.get_state()
@@ -539,6 +539,7 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
             loss_value = loss.item()
             if parallel is not None:  # the global batch's: the mean of the processes' own
                 loss_value = parallel.mean(loss_value)
+            last_loss = loss_value
             # Before the optimizer step, so the weights, and the checkpoints, stay finite.
             # A parallel run's gradients and loss are averaged over its processes, so all of
             # them stop together.
@@ -592,7 +593,7 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
     return {
         "steps": pos.step,
         "samples_per_second": progress.samples_per_second,
-        "final_loss": loss.item() if loss is not None else float("nan"),
+        "final_loss": last_loss,
         "history": pos.history,
         "epochs": len(pos.history),
         "best_epoch": best.best_epoch if best is not None else len(pos.history),
