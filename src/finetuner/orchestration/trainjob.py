@@ -248,8 +248,8 @@ def run_job(nodes, run_id, model_spec, train_path, model_out, options, output_ur
         if job is not None:  # failed (or complete without a result): its checkpoints remain
             print(f"TrainJob {name} is {job.status}: replacing it", file=sys.stderr, flush=True)
             client.delete_job(name)
-        for uri in (where["model"] + "/", where["result"]):
-            storage.delete_prefix(uri) if uri.endswith("/") else storage.delete(uri)
+        storage.delete(where["result"])  # a result is whole only once its job wrote it
+        storage.delete_prefix(where["model"] + "/")
         storage.upload_dir(train_path, where["train"])
         if eval_path:
             storage.upload_dir(eval_path, where["eval"])
