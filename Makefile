@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM := false
 # Real data and meshes that the tests use, from Debian's archive.
 DEB_PACKAGES := assimp-testmodels dataset-fashion-mnist wordnet-base
 
-.PHONY: run test test-quick lint compile s3 bench images constraints sample-data clean \
+.PHONY: run test test-quick test-trainjob lint compile s3 bench images constraints sample-data clean \
 	system-packages container-packages cluster-run
 
 $(STAMP): pyproject.toml
@@ -34,6 +34,11 @@ test: $(STAMP) lint system-packages images
 # The quick loop: no images, no containers.
 test-quick: $(STAMP) lint system-packages
 	$(BIN)/python -m pytest -q -m "not containers"
+
+# The train step across nodes for real: TrainJobs of 2 nodes x 1 CPU process through the
+# Kubeflow SDK's container backend (podman), in the GPU image (also part of `make test`).
+test-trainjob: $(STAMP) images
+	FINETUNER_GPU_IMAGE=$(GPU_IMAGE) $(BIN)/python -m pytest -q tests/test_trainjob_containers.py
 
 system-packages:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

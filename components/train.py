@@ -18,6 +18,10 @@ def train(
     loss_optimizer_options: dict,
     early_stopping_options: dict,
     num_gpus: int,
+    num_nodes: int,
+    trainjob: dict,
+    node_selector: dict,
+    tolerations: list,
     run_id: str,
     claim: str,
     model: Output[Model],
@@ -29,7 +33,9 @@ def train(
     only while the run holds its claim on output_uri. `options` are the training options
     (finetuner.parameters.TrainOptions), each value as KFP hands it over (text), but for
     those that are JSON objects (STRUCT_OPTIONS), which come as inputs of their own; the
-    values that auto resolved to go to train_metrics."""
+    values that auto resolved to go to train_metrics. With num_nodes > 1 the step drives a
+    Kubeflow Trainer TrainJob of num_nodes x num_gpus processes (`trainjob`: its resources
+    and S3 Secret) and takes its model over from S3."""
     from finetuner.orchestration.failures import reported
 
     with reported("train"):
@@ -37,7 +43,13 @@ def train(
         from finetuner.orchestration import steps
 
         steps.check_claim(output_uri, run_id, claim)
-        result = steps.train(
+        train = steps.train
+        if int(num_nodes) > 1:
+            from finetuner.orchestration import trainjob as job
+
+            nodes = job.Nodes.of(num_nodes, num_gpus, trainjob, node_selector, tolerations)
+            train = job.driver(nodes, run_id)
+        result = train(
             model_spec,
             train_dataset.path,
             model.path,

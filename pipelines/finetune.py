@@ -12,7 +12,7 @@ from finetuner.components.preprocess import preprocess
 from finetuner.components.promote import promote as promote_step
 from finetuner.components.register import register_step
 from finetuner.components.train import train
-from finetuner.orchestration.cluster import gpu_step, s3_step
+from finetuner.orchestration.cluster import gpu_step, s3_step, trainjob_inputs
 from finetuner.parameters import Finetune, struct_options, training_options
 from finetuner.parameters.generate import pipeline_function
 
@@ -59,6 +59,7 @@ def finetune(p: dict):
         **struct_options(p),
         output_uri=p["output_uri"],
         num_gpus=p["gpu_count"],
+        **trainjob_inputs(p),
         run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         claim=claimed.output,
     )

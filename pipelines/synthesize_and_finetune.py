@@ -12,7 +12,7 @@ from finetuner.components.preprocess import preprocess
 from finetuner.components.register import register_step
 from finetuner.components.synthesize import synthesize_pairs
 from finetuner.components.train import train
-from finetuner.orchestration.cluster import gpu_step, s3_step
+from finetuner.orchestration.cluster import gpu_step, s3_step, trainjob_inputs
 from finetuner.parameters import SynthesizeAndFinetune, struct_options, training_options
 from finetuner.parameters.generate import pipeline_function
 from finetuner.training.losses import MARGIN_MSE
@@ -78,6 +78,7 @@ def synthesize_and_finetune(p: dict):
         **struct_options(p),
         output_uri=p["output_uri"],
         num_gpus=p["gpu_count"],
+        **trainjob_inputs(p),
         run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         claim=claimed.output,
     )

@@ -12,7 +12,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from finetuner.cli import main
 from finetuner.components import GPU_IMAGE, IMAGE
 from finetuner.launch.compile import compile_pipelines
-from finetuner.orchestration.cluster import S3_SECRET_KEYS
+from finetuner.orchestration.cluster import S3_SECRET_KEYS, TRAINJOB_IMAGE_ENV
 
 COMPILED = Path(__file__).resolve().parent.parent / "pipelines" / "finetune.yaml"
 S3_STEPS = {
@@ -150,10 +150,15 @@ def test_every_step_gets_s3_credentials_from_the_named_secret_only(compiled):
         assert secrets == {}, step
     defaults = spec.root.input_definitions.parameters
     assert defaults["s3_secret_name"].default_value.string_value == "finetuner-s3"
-    # No parameter can carry a credential, and no step sets one in its environment.
+    # No parameter can carry a credential, and no step sets one in its environment: the
+    # train step's only variable names the image of its TrainJob's nodes (its own).
     assert not [p for p in defaults if "key" in p.lower() or "password" in p.lower()]
-    for executor in pipeline["deploymentSpec"]["executors"].values():
-        assert "env" not in executor["container"]
+    for name, executor in pipeline["deploymentSpec"]["executors"].items():
+        container = executor["container"]
+        if name == "exec-train":
+            assert container["env"] == [{"name": TRAINJOB_IMAGE_ENV, "value": container["image"]}]
+        else:
+            assert "env" not in container, name
 
 
 def test_no_credential_reaches_the_compiled_yaml(tmp_path, monkeypatch):

@@ -135,5 +135,29 @@ def test_the_example_schedule_is_a_valid_finetuner_schedule():
     assert {"image", "gpu-image"} <= set(compile_flags)
     shared = {m["name"] for m in compile_step["volumeMounts"]}
     assert shared & {m["name"] for m in container["volumeMounts"] if m["mountPath"] == "/tmp"}
-    ((_, binding),) = resources("RoleBinding")
+    bindings = {d["metadata"]["name"]: d for _, d in resources("RoleBinding")}
+    binding = bindings["finetuner-kfp-client"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "finetuner"}]
+
+
+def test_the_train_step_may_drive_its_trainjob():
+    """The RBAC of the train step across nodes: its TrainJob, the pods and log it follows,
+    and the runtimes that the Kubeflow SDK reads."""
+    roles = {d["metadata"]["name"]: d for _, d in resources("Role")}
+    granted = {
+        (resource, verb)
+        for rule in roles["finetuner-trainjob"]["rules"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    for verb in ("create", "get", "watch", "delete"):
+        assert ("trainjobs", verb) in granted
+    assert {("pods", "list"), ("pods/log", "get"), ("trainingruntimes", "get")} <= granted
+    bindings = {d["metadata"]["name"]: d for _, d in resources("RoleBinding")}
+    assert bindings["finetuner-trainjob"]["subjects"] == [
+        {"kind": "ServiceAccount", "name": "finetuner"}
+    ]
+    ((_, cluster_role),) = resources("ClusterRole")
+    assert cluster_role["rules"][0]["resources"] == ["clustertrainingruntimes"]
+    ((_, cluster_binding),) = resources("ClusterRoleBinding")
+    assert cluster_binding["roleRef"]["name"] == cluster_role["metadata"]["name"]

@@ -201,9 +201,11 @@ def start(
     secret_key: str = DEFAULT_SECRET_KEY,
     s3_port: int | None = None,
     timeout: float = 60,
+    bind: str = HOST,
 ) -> S3Server:
     """Start SeaweedFS on 127.0.0.1 with its data in `data_dir` (reused if it holds an earlier
-    run's data) and wait until S3 answers. `s3_port=None` picks a free port."""
+    run's data) and wait until S3 answers. `s3_port=None` picks a free port. `bind`: the
+    address it listens on (0.0.0.0: also where containers on a bridge network reach it)."""
     data_dir = Path(data_dir).expanduser().absolute()
     data_dir.mkdir(parents=True, exist_ok=True)
     config_path = data_dir / "s3.json"
@@ -217,7 +219,7 @@ def start(
             "mini",
             f"-dir={data_dir}",
             f"-ip={HOST}",  # without it weed advertises, and binds to, a non-loopback address
-            f"-ip.bind={HOST}",
+            f"-ip.bind={bind}",
             "-master.telemetry=false",  # without it weed reports telemetry over the internet
             "-admin.ui=false",
             "-webdav=false",

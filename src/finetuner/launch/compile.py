@@ -71,6 +71,9 @@ def set_images(spec: dict, image: str | None = None, gpu_image: str | None = Non
                 f"({IMAGE}, {GPU_IMAGE}); set its base_image from finetuner.components."
             )
         container["image"] = replace[container["image"]]
+        for env in container.get("env", []):  # a step that names its image (a TrainJob's)
+            if env.get("value") in replace:
+                env["value"] = replace[env["value"]]
     return spec
 
 

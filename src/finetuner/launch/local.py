@@ -93,6 +93,9 @@ def preflight(params: dict) -> dict:
     check_processes(params["gpu_count"])
     # Resolved here, so that this process knows where the export lands.
     params["output_uri"] = run_output(params["output_uri"], time.strftime("%Y%m%d-%H%M%S"))
+    from finetuner.orchestration.trainjob import check as check_nodes
+
+    check_nodes(int(params.get("num_nodes", 1)), params["output_uri"])
     # The output is claimed before any data is read: a second run with it fails here.
     owned = claim_output(params)
     try:
@@ -287,7 +290,14 @@ def run_locally(
     saved = os.environ.get(FAILURE_FILE)
     os.environ[FAILURE_FILE] = str(record)  # the steps inherit this process's environment
     try:
-        with containers.docker_api() if images else nullcontext():
+        # A train step across nodes starts its TrainJob's containers through the Docker API.
+        across_nodes = int(params.get("num_nodes", 1)) > 1
+        with containers.docker_api() if images or across_nodes else nullcontext():
+            if across_nodes:
+                from finetuner.components import GPU_IMAGE
+                from finetuner.orchestration.cluster import TRAINJOB_IMAGE_ENV
+
+                os.environ.setdefault(TRAINJOB_IMAGE_ENV, GPU_IMAGE)
             if images:
                 containers.check_images(*images)
                 os.chmod(root, 0o777)  # the steps' user writes their outputs here

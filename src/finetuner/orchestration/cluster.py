@@ -65,6 +65,9 @@ def gpu_step(task, p: dict):
     kubernetes.empty_dir_mount(
         task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=SHM_SIZE
     )
+    # A train step across nodes starts its TrainJob from the image it runs in (the compiled
+    # pipeline's, which `finetuner compile --gpu-image` replaces here too).
+    task.set_env_variable(TRAINJOB_IMAGE_ENV, task.container_spec.image)
     task.set_retry(
         TRAIN_RETRIES,
         backoff_duration=RETRY_BACKOFF,
@@ -72,3 +75,23 @@ def gpu_step(task, p: dict):
         backoff_max_duration=RETRY_BACKOFF_MAX,
     )
     return task
+
+
+# The image of a train step's TrainJob nodes (finetuner.orchestration.trainjob).
+TRAINJOB_IMAGE_ENV = "FINETUNER_TRAINJOB_IMAGE"
+
+
+def trainjob_inputs(p: dict) -> dict:
+    """The train step's inputs that its TrainJob needs when num_nodes > 1: the nodes, the
+    step's own resources, placement and S3 Secret (each node gets them). node_selector and
+    tolerations are inputs of their own: kfp.local breaks a JSON object nested in a dict of
+    pipeline channels."""
+    return {
+        "num_nodes": p["num_nodes"],
+        "trainjob": {
+            "gpu_type": p["gpu_type"], "train_cpu": p["train_cpu"],
+            "train_memory": p["train_memory"], "s3_secret_name": p["s3_secret_name"],
+        },
+        "node_selector": p["node_selector"],
+        "tolerations": p["tolerations"],
+    }  # fmt: skip

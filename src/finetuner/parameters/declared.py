@@ -499,6 +499,16 @@ class ClusterParameters(Parameters):
         "cluster",
         local=False,
     )
+    # -- trainjob
+    num_nodes: int = param(
+        1,
+        "Nodes of the train step; above 1 it runs as a Kubeflow Trainer TrainJob on the "
+        "torch-distributed runtime, num_nodes x gpu_count processes (batch_size is per "
+        "process), with output_uri on S3.",
+        "cluster",
+        why="it counts nodes",
+        ge=1,
+    )
 
 
 class RunParameters(

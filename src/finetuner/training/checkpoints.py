@@ -37,6 +37,37 @@ def rng_states() -> dict:
     return states
 
 
+def gather_rng_states(parallel=None) -> list[dict]:
+    """Every process's random states, by rank (a list of one outside a data-parallel run):
+    each process of a run draws its own (dropout, augmentations), so a checkpoint, written by
+    process 0, keeps them all. Every process of the run must call it."""
+    states = rng_states()
+    if parallel is None:
+        return [states]
+    import torch.distributed as dist
+
+    everyone = [None] * parallel.world
+    dist.all_gather_object(everyone, states)
+    return everyone
+
+
+def own_rng_states(saved, rank: int = 0) -> dict:
+    """This process's random states among a checkpoint's (`gather_rng_states`; an older
+    checkpoint holds process 0's alone). A run resumed on more processes than wrote the
+    checkpoint gives the new ones the states of a process that did (rank modulo their
+    number): that run cannot repeat the interrupted one anyway, its batches are shared
+    differently."""
+    if isinstance(saved, dict):
+        return saved
+    if rank >= len(saved):
+        print(
+            f"the checkpoint holds the random states of {len(saved)} processes; process "
+            f"{rank} takes those of process {rank % len(saved)}",
+            flush=True,
+        )
+    return saved[rank % len(saved)]
+
+
 def set_rng_states(states: dict) -> None:
     import numpy as np
     import torch

@@ -328,13 +328,19 @@ def _stateful(embedder, loss_fn, optimizers: list, scheduler) -> dict:
     return parts
 
 
-def _save(config, position: Position, epoch_generator, parts: dict, best: dict | None) -> None:
+def _save(
+    config, position: Position, epoch_generator, parts: dict, best: dict | None, parallel
+) -> None:
+    """Every process calls it (each gives its random states); process 0 writes."""
     from finetuner.training import checkpoints
 
+    rng = checkpoints.gather_rng_states(parallel)
+    if parallel is not None and not parallel.main:
+        return
     state = {
         "position": asdict(position),
         "epoch_generator": epoch_generator,  # the sampler's state before the epoch's draws
-        "rng": checkpoints.rng_states(),
+        "rng": rng,  # each process's, by rank
         "best_model": best,  # the weights of the best epoch so far, when they are kept
         **{name: part.state_dict() for name, part in parts.items()},
     }
@@ -585,7 +591,7 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
     progress = Progress(total, every=config.log_every)
     world = parallel.world if parallel is not None else 1
-    saving = bool(config.checkpoint_dir) and (parallel is None or parallel.main)
+    saving = bool(config.checkpoint_dir)  # in every process: each gives its random states
     columns = media_columns(data.kind, sides(model))
     workers = config.num_workers
     if workers is None:  # starting workers costs more than decoding a few hundred items
@@ -598,14 +604,16 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
         generator.set_state(epoch_generator)
         progress.resume_at(pos.step)
         monitors = {name: callback.Monitor(**fields) for name, fields in pos.monitors.items()}
-    loss = None
+    last_loss = float("nan")  # the last step's loss (a parallel run's global)
     while pos.epoch <= config.epochs and pos.step < total:
         if pos.epoch > 1 or resumed:  # the epoch's batches, from the sampler's state
             epoch_generator = generator.get_state()
             epoch = _share(epoch_batches(data, sampler, config, generator, lengths), parallel)
         seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
         if rng is not None:  # resumed: the random states of the moment of the checkpoint
-            checkpoints.set_rng_states(rng)
+            checkpoints.set_rng_states(
+                checkpoints.own_rng_states(rng, parallel.rank if parallel is not None else 0)
+            )
             rng, resumed = None, None
         loader = batch_loader(data, epoch[pos.batch :], columns, workers, seed)
         for rows, prepared, bad in loader:
@@ -625,7 +633,8 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
                     loss = step(rows, prepared)
                 loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-            loss_value = loss.item()
+            loss_value = loss.item()  # a parallel run's is the global batch's (loss_of)
+            last_loss = loss_value
             # Before the optimizer step, so the weights, and the checkpoints, stay finite.
             # The loss (the global batch's) and the averaged gradients are the same in every
             # process of a parallel run, so all of them stop together.
@@ -649,7 +658,7 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
                 break
             if saving and pos.step % config.checkpoint_every == 0:
                 pos.monitors = {name: asdict(m) for name, m in monitors.items()}
-                _save(config, pos, epoch_generator, parts, best_state)
+                _save(config, pos, epoch_generator, parts, best_state, parallel)
         metrics = _epoch_metrics(model, embedder, pos, eval_data, config, device)
         pos.history.append(metrics)
         is_best, stop = _after_epoch(monitors, metrics, config.early_stopping_patience)
@@ -663,7 +672,7 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
             scheduler.step()
         if saving and pos.step < total and pos.epoch <= config.epochs:
             pos.monitors = {name: asdict(m) for name, m in monitors.items()}
-            _save(config, pos, generator.get_state(), parts, best_state)
+            _save(config, pos, generator.get_state(), parts, best_state, parallel)
     best = monitors.get("best_model")
     if best is not None and best_state is not None and best.best_epoch != pos.history[-1]["epoch"]:
         embedder.load_state_dict(best_state)
@@ -681,7 +690,7 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
     return {
         "steps": pos.step,
         "samples_per_second": progress.samples_per_second,
-        "final_loss": loss.item() if loss is not None else float("nan"),
+        "final_loss": last_loss,
         "history": pos.history,
         "epochs": len(pos.history),
         "best_epoch": best.best_epoch if best is not None else len(pos.history),
