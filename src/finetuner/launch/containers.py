@@ -20,19 +20,13 @@ from pathlib import Path
 
 from finetuner.errors import FinetunerError
 from finetuner.io import storage
+from finetuner.orchestration.cluster import S3_SECRET_KEYS
 from finetuner.orchestration.failures import FAILURE_FILE
 
 # What a step's container gets from this environment: the S3 settings, where weights are
 # mirrored, and where a failing step records its error (a file under the pipeline root, which
 # the container sees at the same path). Nothing else leaks in (no HOME, no PATH of the host).
-PASSED_ENV = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_DEFAULT_REGION",
-    "FINETUNER_MODEL_MIRROR",
-    FAILURE_FILE,
-)
+PASSED_ENV = (*S3_SECRET_KEYS, "FINETUNER_MODEL_MIRROR", FAILURE_FILE)
 # The step image's user (images/Dockerfile*).
 USER = "1000:1000"
 

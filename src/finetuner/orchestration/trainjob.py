@@ -41,15 +41,7 @@ IMAGE_ENV = TRAINJOB_IMAGE_ENV  # set on the train step (orchestration.cluster.g
 WORK = "trainjob"  # under the run's output: the job's inputs, model and result
 # What a node's container gets from the driver's environment on the container backend (a
 # cluster's nodes get the S3 Secret instead).
-PASSED_ENV = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_DEFAULT_REGION",
-    "FINETUNER_MODEL_MIRROR",
-    "HF_HUB_OFFLINE",
-    "TRANSFORMERS_OFFLINE",
-)
+PASSED_ENV = (*S3_SECRET_KEYS, "FINETUNER_MODEL_MIRROR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 # How long the driver waits for its job: a training may take days.
 WAIT_SECONDS = 30 * 24 * 3600
 POLL_SECONDS = 5
