@@ -53,9 +53,14 @@ class PreparedBatches:
         return prepare(self.data.rows(self.batches[b]), self.columns)
 
 
-def batch_loader(data, batches: list[list[int]], columns: dict, workers: int, seed: int):
+def batch_loader(
+    data, batches: list[list[int]], columns: dict, workers: int, seed: int, pin: bool = False
+):
     """Batches as (rows, tensors, bad messages), prepared in `workers` processes when there
-    are media columns, else read here with nothing to prepare."""
+    are media columns, else read here with nothing to prepare. `pin`: the tensors come in
+    pinned (page-locked) memory, for an asynchronous copy to a GPU. The workers run torch
+    with one thread (the DataLoader sets it), so they do not compete with the training
+    step's threads."""
     if not columns:
         return ((data.rows(batch), {}, []) for batch in batches)
     import torch
@@ -67,6 +72,7 @@ def batch_loader(data, batches: list[list[int]], columns: dict, workers: int, se
         collate_fn=_as_is,  # not default_convert, which makes the rows' tuples lists
         num_workers=workers,
         generator=torch.Generator().manual_seed(seed),  # seeds the workers' random draws
+        pin_memory=pin,
     )
 
 

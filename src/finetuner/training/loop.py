@@ -491,7 +491,7 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
     from finetuner.data.batches import batch_loader, media_columns
     from finetuner.data.dataset import as_dataset
     from finetuner.models import sides
-    from finetuner.training import checkpoints
+    from finetuner.training import checkpoints, fast_path
 
     data = as_dataset(data)
     config = config.validate().resolved(model.spec.family)
@@ -507,6 +507,9 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
     generator = seed_everything(config.seed)
     adapted = lora.wrap(model, config) if config.lora_r else None  # before the optimizer
     embedder = model.embedder.to(device).train()
+    columns = media_columns(data.kind, sides(model))
+    # Before the optimizer and a data-parallel wrapper take the weights: CUDA only.
+    last = fast_path.channels_last(embedder, columns, device)
     # WiSE-FT needs the weights training starts from (before any checkpoint is loaded).
     pretrained = _copy_state(embedder) if config.wiseft_alpha < 1 else None
     label_ids = None
@@ -592,7 +595,6 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
     progress = Progress(total, every=config.log_every)
     world = parallel.world if parallel is not None else 1
     saving = bool(config.checkpoint_dir)  # in every process: each gives its random states
-    columns = media_columns(data.kind, sides(model))
     workers = config.num_workers
     if workers is None:  # starting workers costs more than decoding a few hundred items
         workers = min(2, os.cpu_count() or 1) if len(data) >= WORKERS_FROM_ROWS else 0
@@ -615,8 +617,10 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
                 checkpoints.own_rng_states(rng, parallel.rank if parallel is not None else 0)
             )
             rng, resumed = None, None
-        loader = batch_loader(data, epoch[pos.batch :], columns, workers, seed)
+        pin = fast_path.on_cuda(device)
+        loader = batch_loader(data, epoch[pos.batch :], columns, workers, seed, pin)
         for rows, prepared, bad in loader:
+            prepared = fast_path.to_device(prepared, device, last)
             for message in bad:  # counted and skipped; preprocess has checked every item
                 print(f"skipped a bad item: {message}", file=sys.stderr, flush=True)
             pos.skipped += len(bad)
@@ -684,6 +688,8 @@ def _train(model, data, config, device, on_step, eval_data, parallel) -> dict:
         )
     if pretrained is not None:
         wise_ft(embedder, pretrained, config.wiseft_alpha)
+    if last:
+        fast_path.restore(embedder)
     if adapted is not None:  # the adapter kept on the model; a plain model from here on
         lora.merge(model, adapted)
     embedder.eval()
