@@ -107,3 +107,31 @@ def test_no_int8_file_without_eval_data_or_when_turned_off(minilm, tmp_path):
 def test_int8_max_drop_out_of_range_is_refused(value):
     with pytest.raises(FinetunerError, match=r"parameter int8_max_drop: .*\[0, 1\]"):
         subset("Int8", ["int8_max_drop"])(int8_max_drop=value)
+
+
+def test_graphs_with_a_gemm_quantize(tmp_path):
+    """An MLP (and any projection head) exports Gemm with transposed weights, whose shape
+    annotations onnx's shape inference contradicts; the quantizer starts without them."""
+    import onnxruntime as ort
+
+    from finetuner import models
+    from finetuner.export.publish import export_onnx
+    from finetuner.export.quantize import quantize
+
+    model = models.pretrained(
+        lookup("mlp", model_options={"input_size": 64, "hidden_sizes": [32, 16]})
+    )
+    spec = model.onnx_spec()
+    export_onnx(spec, tmp_path / "model.onnx")
+    quantize(tmp_path / "model.onnx", tmp_path / "model.int8.onnx")
+    names = list(spec["example"])
+    inputs = {n: spec["example"][n].numpy() for n in names}
+    fp32, int8 = (
+        ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"]).run(
+            None, inputs
+        )[0]
+        for f in ("model.onnx", "model.int8.onnx")
+    )
+    assert fp32.shape == int8.shape == (len(inputs[names[0]]), 16)
+    assert not np.array_equal(int8, fp32)  # quantized, and close
+    assert cosines(int8, fp32).min() > 0.99

@@ -51,8 +51,13 @@ def test_compiled_yaml_parses_strictly_with_dropdowns_and_descriptions():
     tasks = spec.root.dag.tasks
     assert set(tasks) == {
         "catalogue-lookup", "claim-output", "preprocess", "mine-negatives", "train",
-        "evaluate", "export", "promote",
+        "evaluate", "export", "promote", "condition-1",
     }  # fmt: skip
+    # The register step runs only when a registered model is named, after promote.
+    (register,) = spec.components["comp-condition-1"].dag.tasks.values()
+    assert register.task_info.name == "register"
+    assert "promote" in tasks["condition-1"].dependent_tasks
+    assert "registered_model_name" in tasks["condition-1"].trigger_policy.condition
     assert not tasks["train"].caching_options.enable_cache
     # The output is claimed, by a step that always runs, before the data is read; every step
     # that writes under it gets the claim's id to check.

@@ -2,6 +2,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -15,16 +16,21 @@ from finetuner.io import s3server
 def _listening_addresses(pid: int) -> set[tuple[str, int]]:
     return {
         (c.laddr.ip, c.laddr.port)
-        for c in psutil.Process(pid).net_connections(kind="inet")
+        for c in psutil.Process(pid).connections(kind="inet")  # net_connections from psutil 6
         if c.status == psutil.CONN_LISTEN
     }
 
 
 def test_serves_on_loopback_only(s3_server):
     assert urlparse(s3_server.endpoint).hostname == "127.0.0.1"
-    listening = _listening_addresses(s3_server.process.pid)
-    # Every service's HTTP and gRPC port, on the ports we chose, and nothing on another address.
+    # Every service's HTTP and gRPC port, on the ports we chose, and nothing on another address
+    # (weed opens its services' ports one after another, the admin's after S3 answers).
     expected = {("127.0.0.1", port) for pair in s3_server.ports.values() for port in pair}
+    for _ in range(100):
+        listening = _listening_addresses(s3_server.process.pid)
+        if listening >= expected:
+            break
+        time.sleep(0.1)
     assert listening == expected
     assert s3_server.env() == {
         "AWS_ENDPOINT_URL": s3_server.endpoint,

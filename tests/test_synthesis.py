@@ -365,8 +365,11 @@ def test_compiled_pipeline_parses_strictly_with_its_steps_and_dropdowns():
     tasks = spec.root.dag.tasks
     assert set(tasks) == {
         "catalogue-lookup", "claim-output", "synthesize-pairs", "preprocess", "train",
-        "evaluate", "export",
+        "evaluate", "export", "condition-1",
     }  # fmt: skip
+    # The register step runs only when a registered model is named.
+    assert set(spec.components["comp-condition-1"].dag.tasks) == {"register"}
+    assert "registered_model_name" in tasks["condition-1"].trigger_policy.condition
     assert "catalogue-lookup" in tasks["claim-output"].dependent_tasks
     assert "claim-output" in tasks["synthesize-pairs"].dependent_tasks
     source = tasks["preprocess"].inputs.parameters["train_data"].task_output_parameter
@@ -381,7 +384,9 @@ def test_compiled_pipeline_parses_strictly_with_its_steps_and_dropdowns():
         assert parameters[name].description, name
     # The cluster settings of finetune: the S3 Secret in every step, the GPU node for train.
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert {name.removeprefix("exec-") for name in executors} == set(tasks)
+    assert {name.removeprefix("exec-") for name in executors} == set(tasks) - {"condition-1"} | {
+        "register"
+    }
     assert all("secretAsEnv" in executor for executor in executors.values())
     assert {"nodeSelector", "tolerations", "emptyDirMounts"} <= set(executors["exec-train"])
 

@@ -27,11 +27,21 @@ def quantize(fp32: Path, int8: Path) -> None:
     attention to fuse in the graphs that torch.onnx's dynamo exporter writes, and an offline
     graph-optimised model was no faster: the fp32 graph is quantized as it is.
     """
+    import tempfile
+
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _quiet():
+    # The quantizer infers every shape again; the exporter's own shape annotations of a
+    # Gemm's transposed weights (a projection head, an MLP) contradict onnx's inference and
+    # fail it, so it starts from the graph without them.
+    graph = onnx.load(str(fp32))
+    del graph.graph.value_info[:]
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        bare = Path(tmp) / "model.onnx"
+        onnx.save(graph, str(bare))
         quantize_dynamic(
-            fp32, int8, weight_type=QuantType.QInt8, per_channel=True,
+            bare, int8, weight_type=QuantType.QInt8, per_channel=True,
             op_types_to_quantize=["MatMul", "Gather"],
         )  # fmt: skip
 
